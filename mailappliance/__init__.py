@@ -1,0 +1,2 @@
+"""mailappliance: a small, safe mail server for a LAN host, on Twisted."""
+__version__ = "0.1.0"

@@ -1,0 +1,343 @@
+# -*- test-case-name: tests.test_interfaces -*-
+"""
+The seams of mailappliance: what is meant to be replaced or faked.
+
+L{IAddressResolver} and L{IAddressResolverFactory} are public API: third
+parties implement them (for example an SQL or LDAP lookup) in a
+C{twisted.plugin} plug-in and select them by name in C{[accounts] resolvers},
+without changing the product. The result and error types they use are
+defined here too, so a plug-in imports only this module (and
+L{mailappliance.address} for L{Mailbox}).
+
+The other interfaces are internal seams between the parts of the server
+(accounts, spool, local delivery), so that tests can swap fakes in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twisted.plugin import IPlugin
+from zope.interface import Attribute, Interface
+
+from mailappliance.address import Mailbox
+
+# ---------------------------------------------------------------------------
+# Address resolution (public)
+
+
+@dataclass(frozen=True)
+class Account:
+    """
+    A resolution result: deliver to the mailbox of this local account.
+
+    @ivar mailbox: the account's address; its Maildir is
+        C{DATA_DIR/mail/<domain>/<local>/} (lower-cased).
+    """
+
+    mailbox: Mailbox
+
+
+@dataclass(frozen=True)
+class Forward:
+    """
+    A resolution result: the address stands for these addresses (an alias).
+
+    Each target is resolved again through the whole resolver chain (so an
+    alias may point at an account another resolver knows, or at another
+    alias); targets outside the local domains are relayed. A target equal to
+    the address being resolved means "deliver to the address itself as
+    well": it is looked up in the resolvers after the one that returned this
+    L{Forward} (sendmail's C{alice: alice, archive} idiom).
+
+    @ivar targets: the addresses, in order; never empty.
+    """
+
+    targets: tuple[Mailbox, ...]
+
+
+class ResolutionError(Exception):
+    """
+    An address cannot be resolved. Carries the SMTP reply to give at RCPT.
+
+    @ivar code: the SMTP reply code (4xx temporary, 5xx permanent).
+    @ivar status: the enhanced status code (RFC 3463), e.g. C{"5.1.1"}.
+    @ivar reason: human-readable text for the reply and the log.
+    """
+
+    code = 550
+    status = "5.1.1"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    @property
+    def temporary(self) -> bool:
+        return 400 <= self.code < 500
+
+
+class UnknownAddress(ResolutionError):
+    """
+    No resolver knows the address: C{550 5.1.1}.
+    """
+
+
+class AliasLoop(ResolutionError):
+    """
+    Alias expansion came back to an address already being expanded.
+    """
+
+    code = 550
+    status = "5.4.6"
+
+
+class ExpansionTooLarge(ResolutionError):
+    """
+    Alias expansion produced more addresses than the limit (1000).
+    """
+
+    code = 550
+    status = "5.3.0"
+
+
+class TemporaryResolutionError(ResolutionError):
+    """
+    The resolver could not answer now (a database is down, say): the client
+    should try again later. C{451 4.3.0}.
+    """
+
+    code = 451
+    status = "4.3.0"
+
+
+class IAddressResolver(Interface):
+    """
+    Knows some of the addresses of the local domains: which are accounts and
+    which are aliases.
+
+    Resolvers are consulted in the order given by C{[accounts] resolvers}.
+    For an address C{a}, the chain asks every resolver's L{resolve} for C{a};
+    if none knows it and C{a} has a sub-address (C{user+tag}), every
+    resolver's L{resolve} for C{user}; if still none, every resolver's
+    L{resolve_catch_all} for the domain. The first answer that is not L{None}
+    wins. Recursion, loop detection, the expansion limit and the split into
+    local and remote targets are the chain's work, not the resolver's.
+
+    Implementations must not block: do I/O asynchronously or in a thread
+    pool and return a L{Deferred}.
+    """
+
+    name = Attribute("The name that selects this resolver in the configuration.")
+
+    def resolve(mailbox):
+        """
+        Look up one address of a local domain.
+
+        @param mailbox: the normalised address; compare with
+            L{Mailbox.key} (addresses are case-insensitive).
+        @type mailbox: L{mailappliance.address.Mailbox}
+        @return: a L{Deferred} firing with L{Account}, L{Forward}, or L{None}
+            when this resolver does not know the address. It may fail with a
+            L{ResolutionError} (most usefully L{TemporaryResolutionError});
+            any other failure is logged and treated as temporary.
+        """
+
+    def resolve_catch_all(domain):
+        """
+        Look up the catch-all of a local domain, used last.
+
+        @param domain: the normalised domain (L{Mailbox.domain}).
+        @type domain: L{str}
+        @return: a L{Deferred} firing as for L{resolve}.
+        """
+
+
+class IAddressResolverFactory(IPlugin):
+    """
+    A C{twisted.plugin} plug-in (in a C{twisted/plugins/} module) that makes
+    an L{IAddressResolver}, selected by its C{name} in C{[accounts]
+    resolvers}.
+    """
+
+    name = Attribute("The resolver's name, as written in the configuration.")
+
+    def make_resolver(context):
+        """
+        Build the resolver.
+
+        @param context: what the product offers a resolver.
+        @type context: L{ResolverContext}
+        @return: an L{IAddressResolver} provider.
+        """
+
+
+@dataclass(frozen=True)
+class ResolverContext:
+    """
+    What a resolver plug-in is given to build itself.
+
+    @ivar config: the whole parsed configuration
+        (L{mailappliance.config.Config}); a plug-in may read its own
+        settings from a file named there or from its environment.
+    @ivar accounts: the L{IAccountStore} of the users file.
+    @ivar reactor: the reactor.
+    @ivar disk: the L{mailappliance.disk.DiskPool} for blocking work.
+    """
+
+    config: object
+    accounts: object
+    reactor: object
+    disk: object
+
+
+# ---------------------------------------------------------------------------
+# Internal seams
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """
+    The outcome of resolving one recipient through the whole chain.
+
+    @ivar address: the address that was resolved (as given at RCPT).
+    @ivar local: accounts to deliver to here (deduplicated, in order).
+    @ivar remote: addresses outside the local domains, to relay.
+    @ivar unknown: alias members in a local domain that resolve to nothing;
+        they are recorded as failed recipients (and bounced), while the rest
+        of the expansion is delivered.
+    """
+
+    address: Mailbox
+    local: tuple[Mailbox, ...] = ()
+    remote: tuple[Mailbox, ...] = ()
+    unknown: tuple[Mailbox, ...] = ()
+
+
+class IRecipientResolver(Interface):
+    """
+    The resolver chain as the SMTP server sees it.
+    """
+
+    def is_local_domain(domain):
+        """
+        @param domain: a normalised domain.
+        @return: whether mail for it is delivered here.
+        """
+
+    def resolve(mailbox):
+        """
+        Resolve a recipient completely (aliases expanded recursively,
+        sub-address and catch-all applied).
+
+        @param mailbox: the recipient (L{Mailbox}).
+        @return: a L{Deferred} firing with a L{Resolved} with at least one
+            local or remote target; or failing with L{ResolutionError}
+            (L{UnknownAddress} when nothing delivers, L{AliasLoop},
+            L{ExpansionTooLarge}, L{TemporaryResolutionError}).
+            An address outside the local domains resolves to itself as the
+            only remote target, without consulting any resolver.
+        """
+
+
+
+class IAccountStore(Interface):
+    """
+    The accounts (users file): who may log in and who has a mailbox.
+    """
+
+    def lookup(mailbox):
+        """
+        @param mailbox: an address.
+        @type mailbox: L{Mailbox}
+        @return: the account's L{mailappliance.accounts.users.UserRecord}, or
+            L{None}. Synchronous: the store is held in memory.
+        """
+
+    def check_password(mailbox, password):
+        """
+        Verify a password. Hashing runs off the reactor thread.
+
+        @param mailbox: the login name, parsed.
+        @param password: the password as given, L{bytes}.
+        @return: a L{Deferred} firing with L{True} or L{False}.
+        """
+
+
+class IMessageWriter(Interface):
+    """
+    One message being received into the spool. Obtained from
+    L{ISpool.new_message}; ends with exactly one of L{commit} or L{abort}.
+    """
+
+    queue_id = Attribute("The queue id the message will have, L{str}.")
+    size = Attribute("Bytes written so far, L{int}.")
+
+    def write(data):
+        """
+        Append bytes to the message body. Data is buffered and written to
+        disk in a thread pool.
+
+        @param data: L{bytes}.
+        @return: L{None}, or a L{Deferred} when the caller should stop
+            producing (pause its transport) until it fires, so that memory
+            stays bounded when the disk is slower than the network.
+        """
+
+    def commit(envelope):
+        """
+        Make the message durable: body and envelope fsynced, renamed into the
+        queue, directory fsynced. Only then may the server say 250.
+
+        @param envelope: the L{mailappliance.queue.envelope.Envelope}.
+        @return: a L{Deferred} firing with the queue id once durable, or
+            failing (disk full, I/O error) with nothing left behind.
+        """
+
+    def abort():
+        """
+        Discard the message (size exceeded, bad data, connection lost).
+        Idempotent; never fails.
+        """
+
+
+class ISpool(Interface):
+    """
+    The queue's entry point for new messages.
+    """
+
+    def new_message():
+        """
+        @return: a new L{IMessageWriter}.
+        """
+
+
+class ILocalDelivery(Interface):
+    """
+    Delivers one queued message to one local mailbox.
+    """
+
+    def deliver(mailbox, prefix, body_path):
+        """
+        @param mailbox: the account's address (L{Mailbox}).
+        @param prefix: header lines to put in front (C{Return-Path:},
+            C{Delivered-To:}), L{bytes} with CRLF line ends.
+        @param body_path: path of the spooled message (L{str}).
+        @return: a L{Deferred} firing with the path of the delivered file
+            once it is durable (file and directory fsynced), or failing with
+            L{mailappliance.interfaces.DeliveryError}.
+        """
+
+
+class DeliveryError(Exception):
+    """
+    A delivery failed.
+
+    @ivar permanent: L{True} if retrying cannot help.
+    @ivar reason: text for the log and for a DSN.
+    """
+
+    def __init__(self, reason: str, permanent: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.permanent = permanent

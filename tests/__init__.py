@@ -1,0 +1,1 @@
+"""Tests for mailappliance. Run with: python3 -m twisted.trial tests"""
