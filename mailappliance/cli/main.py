@@ -1,0 +1,84 @@
+# -*- test-case-name: tests.test_cli -*-
+"""
+The C{mailappliance} admin command (SPEC section 6).
+
+Every subcommand takes C{--config FILE}, before or after the subcommand
+(default as for twistd: C{etc/mailappliance.toml} if it exists, else the
+built-in defaults), and exits non-zero with a one-line error on failure.
+The commands work on the configuration and the data folder only, so they
+are safe to run while the server is running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, TextIO
+
+from mailappliance.config import ConfigError, default_config_path, load_config
+
+
+class CommandError(Exception):
+    """
+    A command failed; the message is printed as one line and the exit status
+    is C{status}.
+    """
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit status 2
+        raise CommandError(f"{self.prog}: {message} (see --help)", 2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mailappliance.cli import check, user
+
+    config_help = "the configuration file (default: etc/mailappliance.toml if it exists, else built-in defaults)"
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS keeps a --config given before the subcommand when none
+    # follows it.
+    common.add_argument("--config", "-c", metavar="FILE", default=argparse.SUPPRESS, help=config_help)
+
+    parser = _Parser(prog="mailappliance", description="Administer a mailappliance mail server.",
+                     parents=[common])
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+    check.add_parser(commands, common)
+    user.add_parser(commands, common)
+    return parser
+
+
+def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None,
+         stderr: TextIO | None = None) -> int:
+    """
+    Run the command line.
+
+    @return: the exit status.
+    """
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    try:
+        parser = build_parser()
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+        path = getattr(args, "config", None) or default_config_path()
+        config = load_config(path)
+        run: Callable[..., int | None] = args.run
+        return run(config, args, stdin, stdout) or 0
+    except ConfigError as e:
+        stderr.write(f"mailappliance: {e}\n")
+        return 1
+    except CommandError as e:
+        stderr.write(f"{e}\n" if str(e).startswith("mailappliance") else f"mailappliance: {e}\n")
+        return e.status
+    except KeyboardInterrupt:
+        stderr.write("mailappliance: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

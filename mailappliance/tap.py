@@ -1,0 +1,51 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The twistd side of the plug-in: options and C{makeService}.
+
+C{twistd -n mailappliance --config FILE}. Without C{--config}, the file
+C{etc/mailappliance.toml} in the current directory is used if it exists,
+else the built-in defaults (SPEC section 1).
+
+A configuration mistake ends the process with a one-line message on
+standard error and exit status 1, never a traceback: twistd prints the
+argument of C{SystemExit} as it is.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.python import usage
+
+from mailappliance.config import ConfigError, default_config_path, load_config
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE]"
+    longdesc = (
+        "Run every configured mailappliance service (SMTP, submission, POP3, "
+        "relay) in this process. Without --config, etc/mailappliance.toml in "
+        "the current directory is used if it exists, else built-in defaults "
+        "(loopback only, high ports)."
+    )
+    optParameters = [["config", "c", None, "The configuration file (TOML)."]]
+
+
+def makeService(options: Options):
+    """
+    Build the service tree from the configuration named in C{options}.
+
+    @raise SystemExit: with a one-line message for a configuration error.
+    """
+    from twisted.internet import reactor
+
+    from mailappliance.service import StartupError, make_service
+
+    path = options["config"] or default_config_path()
+    try:
+        config = load_config(path)
+        return make_service(config, reactor)
+    except (ConfigError, StartupError) as e:
+        sys.stderr.write(f"mailappliance: {e}\n")
+        sys.stderr.flush()
+        raise SystemExit(1)

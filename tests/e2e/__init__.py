@@ -1,0 +1,1 @@
+"""End-to-end tests: the real twistd process and real clients."""

@@ -1,0 +1,230 @@
+"""
+Run the real C{twistd -n mailappliance} on free loopback ports, for
+end-to-end tests with real clients.
+
+L{ServerProcess} writes a configuration into a temporary folder, starts
+C{python -m twisted -n mailappliance --config FILE} as a child process
+(the same Python, with the source tree under test first on the path), waits
+(a bounded poll, never a fixed sleep) until every listener accepts
+connections, and stops it on clean-up. Its log is kept for assertions and
+shown when start-up fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+START_TIMEOUT = 30.0
+POLL_INTERVAL = 0.02
+
+
+def free_port() -> int:
+    """
+    A TCP port on 127.0.0.1 that was free a moment ago.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = POLL_INTERVAL, what: str = "condition"):
+    """
+    Poll C{predicate} until it returns something true, or fail after
+    C{timeout} seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def require_client(testcase, name: str) -> str:
+    """
+    The path of a third-party client program, or skip the test when it is
+    missing (fail instead when C{MAILAPPLIANCE_REQUIRE_CLIENTS} is set, as
+    in CI, which installs them).
+    """
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("MAILAPPLIANCE_REQUIRE_CLIENTS"):
+            testcase.fail(f"{name} is not installed (CI installs it with apt-get)")
+        from twisted.trial.unittest import SkipTest
+
+        raise SkipTest(f"{name} is not installed")
+    return path
+
+
+class ServerProcess:
+    """
+    One running mailappliance.
+
+    @ivar ports: service name -> port (C{smtp}, C{submission}, C{pop3},
+        and C{smtp_tls}, C{submission_tls}, C{pop3_tls} when TLS is on).
+    @ivar base: the temporary folder holding the configuration, the users
+        and aliases files, and C{var/}.
+    """
+
+    def __init__(self, testcase, services=("smtp", "submission", "pop3"), local_domains=("example.test",),
+                 extra: str = "", users: dict[str, str] | None = None, aliases: str = "", tls: bool = False,
+                 hostname: str = "mail.example.test", config_text: str | None = None) -> None:
+        self.testcase = testcase
+        self.base = os.path.abspath(testcase.mktemp())
+        os.makedirs(self.base)
+        self.data_dir = os.path.join(self.base, "var")
+        self.config_path = os.path.join(self.base, "mailappliance.toml")
+        self.log_path = os.path.join(self.base, "twistd.log")
+        self.ports: dict[str, int] = {}
+        self.process: subprocess.Popen | None = None
+        self.hostname = hostname
+        if config_text is None:
+            config_text = self._config(services, local_domains, extra, tls)
+        with open(self.config_path, "w") as f:
+            f.write(config_text)
+        with open(os.path.join(self.base, "users"), "w") as f:
+            for address, password in (users or {}).items():
+                f.write(f"{address}:{{PLAIN}}{password}\n")
+        with open(os.path.join(self.base, "aliases"), "w") as f:
+            f.write(aliases)
+
+    def _config(self, services, local_domains, extra, tls) -> str:
+        domains = ", ".join(f'"{d}"' for d in local_domains)
+        lines = [
+            "[server]",
+            f'hostname = "{self.hostname}"',
+            'data_dir = "var"',
+            f"local_domains = [{domains}]",
+            "",
+        ]
+        if tls:
+            from tests.e2e.certs import write_certificate
+
+            write_certificate(os.path.join(self.base, "tls"))
+            lines += ["[tls]", 'certificate = "tls/cert.pem"', 'key = "tls/key.pem"', ""]
+        for service in services:
+            port = self.ports[service] = free_port()
+            lines += [f"[{service}]", f'listen = ["tcp:{port}:interface=127.0.0.1"]']
+            if tls:
+                tls_port = self.ports[f"{service}_tls"] = free_port()
+                lines.append(f'listen_tls = ["tcp:{tls_port}:interface=127.0.0.1"]')
+            lines.append("")
+        return "\n".join(lines) + "\n" + extra
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "twisted", "--pidfile=", "-n", "mailappliance", "--config", self.config_path]
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = SOURCE_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        env.pop("MAILAPPLIANCE_REQUIRE_CLIENTS", None)
+        return env
+
+    def start(self, wait: bool = True) -> ServerProcess:
+        """
+        Start the server and wait until every configured port accepts
+        connections.
+        """
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            self.command(), cwd=self.base, env=self.env(), stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        self.testcase.addCleanup(self.stop)
+        if wait:
+            for name, port in self.ports.items():
+                wait_until(lambda: self._accepting(port), START_TIMEOUT, what=f"{name} on port {port}")
+        return self
+
+    def _accepting(self, port: int) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"twistd exited with {self.process.returncode}:\n{self.log()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def run_to_exit(self, timeout: float = 30.0) -> tuple[int, str]:
+        """
+        Start the server and wait for it to exit (for configuration errors).
+
+        @return: the exit status and everything it printed.
+        """
+        result = subprocess.run(self.command(), cwd=self.base, env=self.env(), stdin=subprocess.DEVNULL,
+                                capture_output=True, timeout=timeout)
+        return result.returncode, (result.stdout + result.stderr).decode("utf-8", "replace")
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
+        return wait_until(lambda: text in self.log() and self.log(), timeout, what=f"log line {text!r}")
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def kill(self) -> None:
+        """
+        SIGKILL: the crash case.
+        """
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self) -> int | None:
+        """
+        SIGTERM and wait for the exit (SIGKILL after a bound).
+        """
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        if not self._log.closed:
+            self._log.close()
+        return self.process.returncode
+
+    def maildir(self, address: str) -> str:
+        local, domain = address.lower().rsplit("@", 1)
+        return os.path.join(self.data_dir, "mail", domain, local)
+
+    def maildir_files(self, address: str) -> list[str]:
+        """
+        The message files in the Maildir's C{new/} and C{cur/}, oldest first.
+        """
+        found = []
+        for sub in ("new", "cur"):
+            folder = os.path.join(self.maildir(address), sub)
+            if os.path.isdir(folder):
+                found += [os.path.join(folder, name) for name in os.listdir(folder)]
+        return sorted(found, key=lambda p: os.path.basename(p))
+
+    def wait_for_messages(self, address: str, count: int, timeout: float = 15.0) -> list[bytes]:
+        """
+        Wait until the Maildir holds C{count} messages; return their bytes.
+        """
+        files = wait_until(lambda: len(self.maildir_files(address)) >= count and self.maildir_files(address),
+                           timeout, what=f"{count} message(s) for {address}")
+        result = []
+        for path in files:
+            with open(path, "rb") as f:
+                result.append(f.read())
+        return result
