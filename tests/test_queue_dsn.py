@@ -1,0 +1,98 @@
+"""
+Tests for L{mailappliance.queue.dsn}.
+"""
+
+import email
+import email.policy
+
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SynchronousTestCase
+
+from mailappliance.queue.dsn import (
+    DELAYED,
+    RecipientReport,
+    build_dsn,
+    count_received_headers,
+    read_original_headers,
+)
+
+
+class BuildDSNTests(SynchronousTestCase):
+    def build(self, **kw):
+        args = dict(
+            hostname="mail.example.test",
+            queue_id="QID123",
+            sender="alice@example.test",
+            arrival=1700000000.0,
+            reports=[
+                RecipientReport("bob@remote.test", "5.1.1", "550 5.1.1 <bob@remote.test>: no such user",
+                                original="team@example.test", remote_mta="mx.remote.test", smtp_reply=True),
+                RecipientReport("carol@gone.test", "5.1.2", "domain gone.test does not exist"),
+            ],
+            original_headers=b"Subject: hello\r\nFrom: alice@example.test\r\n",
+            now=1700003600.0,
+        )
+        args.update(kw)
+        return build_dsn(**args)
+
+    def test_structure(self):
+        """
+        A multipart/report with a text part, a delivery-status part naming
+        each recipient with its status and the remote reply, and the
+        original headers.
+        """
+        data = self.build()
+        self.assertNotIn(b"\n", data.replace(b"\r\n", b""))
+        msg = email.message_from_bytes(data, policy=email.policy.default)
+        self.assertEqual(msg["From"], "Mail Delivery System <MAILER-DAEMON@mail.example.test>")
+        self.assertEqual(msg["To"].addresses[0].addr_spec, "alice@example.test")
+        self.assertEqual(msg["Auto-Submitted"], "auto-replied")
+        self.assertEqual(msg.get_content_type(), "multipart/report")
+        self.assertEqual(msg.get_param("report-type"), "delivery-status")
+        parts = list(msg.iter_parts())
+        self.assertEqual([p.get_content_type() for p in parts],
+                         ["text/plain", "message/delivery-status", "text/rfc822-headers"])
+        self.assertIn("bob@remote.test", parts[0].get_content())
+        status = parts[1].as_bytes().decode()
+        self.assertIn("Reporting-MTA: dns; mail.example.test", status)
+        self.assertIn("Original-Recipient: rfc822; team@example.test", status)
+        self.assertIn("Final-Recipient: rfc822; bob@remote.test", status)
+        self.assertIn("Action: failed", status)
+        self.assertIn("Status: 5.1.1", status)
+        self.assertIn("Remote-MTA: dns; mx.remote.test", status)
+        self.assertIn("Diagnostic-Code: smtp; 550 5.1.1 <bob@remote.test>: no such user", status)
+        self.assertIn("Final-Recipient: rfc822; carol@gone.test", status)
+        self.assertIn("Status: 5.1.2", status)
+        self.assertIn(b"Subject: hello\r\nFrom: alice@example.test\r\n", data)
+
+    def test_delay(self):
+        """
+        A delay warning says "delayed" and when retries end.
+        """
+        data = self.build(action=DELAYED, retry_until=1700400000.0,
+                          reports=[RecipientReport("bob@remote.test", "4.4.1", "connection refused")])
+        self.assertIn(b"Action: delayed", data)
+        self.assertIn(b"Will-Retry-Until:", data)
+        self.assertIn(b"THIS IS A WARNING ONLY", data)
+
+    def test_utf8(self):
+        """
+        UTF-8 addresses use the utf-8 address type and global delivery
+        status.
+        """
+        data = self.build(reports=[RecipientReport("jöran@remote.test", "5.1.1", "no")])
+        self.assertIn("Final-Recipient: utf-8; jöran@remote.test".encode(), data)
+        self.assertIn(b"message/global-delivery-status", data)
+
+
+class HeaderTests(SynchronousTestCase):
+    def test_read_headers(self):
+        path = FilePath(self.mktemp())
+        path.setContent(b"Received: a\r\nReceived: b\r\nSubject: x\r\n\r\nbody\r\nReceived: not a header\r\n")
+        self.assertEqual(read_original_headers(path.path), b"Received: a\r\nReceived: b\r\nSubject: x\r\n")
+        self.assertEqual(count_received_headers(path.path), 2)
+
+    def test_read_headers_limit(self):
+        path = FilePath(self.mktemp())
+        path.setContent(b"X: " + b"a" * 100 + b"\r\nY: b\r\n" + b"Z: " + b"c" * 100 + b"\r\n\r\n")
+        self.assertEqual(read_original_headers(path.path, limit=115), b"X: " + b"a" * 100 + b"\r\nY: b\r\n")
