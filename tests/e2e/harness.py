@@ -3,7 +3,7 @@ Run the real C{twistd -n mailappliance} on free loopback ports, for
 end-to-end tests with real clients.
 
 L{ServerProcess} writes a configuration into a temporary folder, starts
-C{python -m twisted -n mailappliance --config FILE} as a child process
+C{twistd -n mailappliance --config FILE} as a child process
 (the same Python, with the source tree under test first on the path), waits
 (a bounded poll, never a fixed sleep) until every listener accepts
 connections, and stops it on clean-up. Its log is kept for assertions and
@@ -121,7 +121,10 @@ class ServerProcess:
         return "\n".join(lines) + "\n" + extra
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "twisted", "--pidfile=", "-n", "mailappliance", "--config", self.config_path]
+        # "python -m twisted" is twist, not twistd; run twistd's entry point
+        # with this very interpreter.
+        return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--pidfile=", "-n",
+                "mailappliance", "--config", self.config_path]
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
