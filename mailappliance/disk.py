@@ -54,12 +54,18 @@ def fsync_directory(path: str) -> None:
         os.close(fd)
 
 
-def write_file_durably(path: str, data: bytes, mode: int = 0o600, sync_directory: bool = True) -> None:
+def write_file_durably(path: str, data: bytes, mode: int = 0o600, sync_directory: bool = True,
+                       owner: tuple[int, int] | None = None) -> None:
     """
     Replace C{path} atomically with C{data}: write a temporary file in the
     same directory, fsync it, rename it over C{path}, fsync the directory.
     On failure the temporary file is removed and C{path} is untouched.
 
+    @param mode: the new file's permission bits, set exactly (whatever the
+        umask) before the rename.
+    @param owner: C{(uid, gid)} to give the new file before the rename, when
+        allowed (an administrator editing as root keeps the file readable
+        by the server's user); L{None} leaves the creator's.
     @raise OSError: on any I/O error.
     """
     directory = os.path.dirname(os.path.abspath(path))
@@ -67,6 +73,12 @@ def write_file_durably(path: str, data: bytes, mode: int = 0o600, sync_directory
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         try:
+            os.fchmod(fd, mode)
+            if owner is not None:
+                try:
+                    os.fchown(fd, *owner)
+                except PermissionError:
+                    pass
             write_all(fd, data)
             os.fsync(fd)
         finally:
