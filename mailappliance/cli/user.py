@@ -35,7 +35,7 @@ def add_parser(commands, common) -> None:
     listing.set_defaults(run=_list)
 
 
-def read_password(stdin: TextIO, prompt=getpass.getpass) -> bytes:
+def read_password(stdin: TextIO, prompt=None) -> bytes:
     """
     Read a new password: from a terminal, asked twice without echo; else the
     first line of standard input.
@@ -43,6 +43,7 @@ def read_password(stdin: TextIO, prompt=getpass.getpass) -> bytes:
     @raise CommandError: if it is empty, too long or the two differ.
     """
     if stdin.isatty():
+        prompt = prompt or getpass.getpass
         first = prompt("New password: ")
         if prompt("Repeat password: ") != first:
             raise CommandError("the passwords differ")

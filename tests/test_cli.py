@@ -1,0 +1,173 @@
+"""
+Tests for the C{mailappliance} command line (L{mailappliance.cli}).
+"""
+
+import io
+import os
+import subprocess
+import sys
+
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SynchronousTestCase
+
+from mailappliance.accounts import hashing
+from mailappliance.accounts.hashing import verify_password
+from mailappliance.cli.main import main
+
+SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self):
+        return True
+
+
+class CLITestCase(SynchronousTestCase):
+    def setUp(self):
+        # Cheap argon2 parameters keep the tests fast; the format is the same.
+        self.patch(hashing, "DEFAULT_ARGON2", hashing.Argon2Parameters(memory_cost=256, time_cost=1, parallelism=1))
+        self.base = FilePath(self.mktemp())
+        self.base.makedirs()
+        self.config = self.base.child("mailappliance.toml")
+        self.config.setContent(
+            b'[server]\nhostname = "mail.example.test"\nlocal_domains = ["example.test"]\n'
+            b'[smtp]\nlisten = ["tcp:2525:interface=127.0.0.1"]\n'
+        )
+        self.users = self.base.child("users")
+
+    def run_cli(self, *argv, stdin=""):
+        out, err = io.StringIO(), io.StringIO()
+        source = stdin if hasattr(stdin, "isatty") else io.StringIO(stdin)
+        status = main(list(argv), stdin=source, stdout=out, stderr=err)
+        return status, out.getvalue(), err.getvalue()
+
+
+class UserCommandTests(CLITestCase):
+    def test_add_and_list(self):
+        """
+        user add hashes the password from stdin with argon2id; list shows
+        the accounts; --config may come after the subcommand.
+        """
+        status, out, err = self.run_cli("--config", self.config.path, "user", "add", "Alice@Example.test",
+                                        stdin="s3cret\n")
+        self.assertEqual((status, out, err), (0, "added alice@example.test\n", ""))
+        line = self.users.getContent().decode().strip()
+        address, stored = line.split(":", 1)
+        self.assertEqual(address, "alice@example.test")
+        self.assertTrue(stored.startswith("{ARGON2ID}$argon2id$"))
+        self.assertTrue(verify_password(stored, b"s3cret"))
+        self.assertFalse(verify_password(stored, b"s3cret\n"))
+        status, out, err = self.run_cli("user", "list", "--config", self.config.path)
+        self.assertEqual((status, out), (0, "alice@example.test\n"))
+
+    def test_add_duplicate(self):
+        self.run_cli("-c", self.config.path, "user", "add", "alice@example.test", stdin="a\n")
+        status, out, err = self.run_cli("-c", self.config.path, "user", "add", "ALICE@example.test", stdin="b\n")
+        self.assertEqual(status, 1)
+        self.assertEqual(err.count("\n"), 1)
+        self.assertIn("alice@example.test", err)
+        self.assertIn("already", err)
+
+    def test_add_malformed(self):
+        status, out, err = self.run_cli("-c", self.config.path, "user", "add", "not an address", stdin="a\n")
+        self.assertEqual(status, 1)
+        self.assertEqual(err, "mailappliance: not an address: missing local part or '@'\n")
+        self.assertFalse(self.users.exists())
+
+    def test_add_foreign_domain(self):
+        status, out, err = self.run_cli("-c", self.config.path, "user", "add", "bob@elsewhere.test", stdin="a\n")
+        self.assertEqual(status, 1)
+        self.assertIn("not in local_domains", err)
+
+    def test_add_empty_password(self):
+        status, out, err = self.run_cli("-c", self.config.path, "user", "add", "bob@example.test", stdin="\n")
+        self.assertEqual((status, err), (1, "mailappliance: empty password\n"))
+
+    def test_tty_prompts_twice(self):
+        """
+        On a terminal the password is asked twice (without echo); a
+        mismatch is refused.
+        """
+        answers = iter(["pw1", "pw2"])
+        self.patch(__import__("mailappliance.cli.user", fromlist=["x"]), "getpass",
+                   type("G", (), {"getpass": staticmethod(lambda prompt: next(answers))}))
+        status, out, err = self.run_cli("-c", self.config.path, "user", "add", "bob@example.test",
+                                        stdin=FakeTTY(""))
+        self.assertEqual((status, err), (1, "mailappliance: the passwords differ\n"))
+
+    def test_passwd(self):
+        self.run_cli("-c", self.config.path, "user", "add", "alice@example.test", stdin="old\n")
+        status, out, err = self.run_cli("-c", self.config.path, "user", "passwd", "alice@example.test", stdin="new\n")
+        self.assertEqual(status, 0, err)
+        stored = self.users.getContent().decode().strip().split(":", 1)[1]
+        self.assertTrue(verify_password(stored, b"new"))
+
+    def test_passwd_unknown(self):
+        status, out, err = self.run_cli("-c", self.config.path, "user", "passwd", "who@example.test", stdin="x\n")
+        self.assertEqual(status, 1)
+        self.assertIn("who@example.test", err)
+
+    def test_del_keeps_comments(self):
+        self.users.setContent(b"# my users\nbob@example.test:{PLAIN}x\n# end\n")
+        self.run_cli("-c", self.config.path, "user", "add", "alice@example.test", stdin="a\n")
+        status, out, err = self.run_cli("-c", self.config.path, "user", "del", "bob@example.test")
+        self.assertEqual(status, 0, err)
+        content = self.users.getContent()
+        self.assertTrue(content.startswith(b"# my users\n# end\n"), content)
+        self.assertIn(b"alice@example.test:{ARGON2ID}", content)
+
+    def test_usage_error(self):
+        status, out, err = self.run_cli("-c", self.config.path, "user", "frobnicate")
+        self.assertEqual(status, 2)
+        self.assertEqual(err.count("\n"), 1)
+
+    def test_bad_config(self):
+        self.config.setContent(b"[server]\nhostnme = 1\n")
+        status, out, err = self.run_cli("-c", self.config.path, "user", "list")
+        self.assertEqual(status, 1)
+        self.assertEqual(err, f"mailappliance: {self.config.path}:2: server.hostnme: unknown key "
+                              "(known keys: hostname, data_dir, local_domains, postmaster)\n")
+
+
+class CheckCommandTests(CLITestCase):
+    def test_summary(self):
+        """
+        check prints what would run and says OK.
+        """
+        self.users.setContent(b"alice@example.test:{PLAIN}x\n")
+        self.base.child("aliases").setContent(b"team@example.test: alice@example.test\n")
+        status, out, err = self.run_cli("check", "--config", self.config.path)
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("hostname: mail.example.test\n", out)
+        self.assertIn("smtp: tcp:2525:interface=127.0.0.1\n", out)
+        self.assertIn("submission: not configured\n", out)
+        self.assertIn("users: 1 in ", out)
+        self.assertIn("aliases: 1 in ", out)
+        self.assertTrue(out.endswith("configuration OK\n"))
+
+    def test_bad_users_file(self):
+        self.users.setContent(b"alice@example.test:{PLAIN}x\nbroken line\n")
+        status, out, err = self.run_cli("check", "--config", self.config.path)
+        self.assertEqual(status, 1)
+        self.assertTrue(err.startswith(f"mailappliance: {self.users.path}:2: "), err)
+        self.assertEqual(err.count("\n"), 1)
+
+    def test_unknown_resolver(self):
+        self.config.setContent(self.config.getContent() + b'[accounts]\nresolvers = ["users", "ldap"]\n')
+        status, out, err = self.run_cli("check", "--config", self.config.path)
+        self.assertEqual(status, 1)
+        self.assertIn("ldap", err)
+        self.assertEqual(err.count("\n"), 1)
+
+    def test_console_script(self):
+        """
+        The installed console script (here: the module) runs and exits
+        non-zero with one line on a bad configuration.
+        """
+        result = subprocess.run(
+            [sys.executable, "-m", "mailappliance.cli.main", "--config", "/nonexistent.toml", "check"],
+            capture_output=True, cwd=SOURCE_ROOT,
+        )
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.stderr,
+                         b"mailappliance: /nonexistent.toml: cannot read configuration: No such file or directory\n")
