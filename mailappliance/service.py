@@ -1,0 +1,314 @@
+# -*- test-case-name: tests.test_service -*-
+"""
+C{make_service(config, reactor)}: the one service tree of the appliance.
+
+Start-up order (children of the L{MultiService} start in this order and
+stop in reverse):
+
+  1. the disk thread pool;
+  2. the queue manager (recovers the spool: whatever a previous run left is
+     resumed before any new mail is accepted);
+  3. the reloader (users and aliases files polled every second; SIGHUP
+     reloads them and the TLS certificate at once);
+  4. the listeners of every configured service.
+
+Everything that can be wrong with the configuration or the data folder is
+found here, before the reactor runs, and reported as one L{StartupError}
+line (the plug-in turns it into exit status 1). L{validate} runs the same
+checks for C{mailappliance check}.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService, Service
+from twisted.internet import endpoints
+from twisted.internet.defer import DeferredList
+from twisted.logger import Logger
+
+from mailappliance.config import Config
+
+RELOAD_INTERVAL = 1.0
+
+log = Logger(namespace="mailappliance")
+
+
+class StartupError(Exception):
+    """
+    The appliance cannot start; the message is one line.
+    """
+
+
+@dataclass
+class Accounts:
+    """
+    The address and login machinery built from C{[accounts]}.
+    """
+
+    users: Any
+    resolvers: list
+    chain: Any
+    reloadables: list = field(default_factory=list)
+
+
+def prepare_data_dir(config: Config) -> None:
+    """
+    Create the data folder and its C{queue/} and C{mail/} folders, and make
+    sure they are writable (blocking; runs before the reactor).
+
+    @raise StartupError: if it cannot.
+    """
+    from mailappliance.disk import ensure_directory
+
+    for path in (config.server.data_dir, config.queue_dir, config.mail_dir):
+        try:
+            ensure_directory(path)
+        except OSError as e:
+            raise StartupError(f"data folder {path}: cannot create: {e.strerror}") from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise StartupError(f"data folder {path}: not writable by this user")
+
+
+def load_accounts(config: Config, reactor: Any, disk: Any) -> Accounts:
+    """
+    Load the users file and build the resolvers and the chain.
+
+    @raise StartupError: for a bad users or aliases file or resolver name.
+    """
+    from mailappliance.accounts.users import UsersDatabase, UsersFileError
+    from mailappliance.interfaces import ResolverContext
+    from mailappliance.resolve.aliasfile import AliasesFileError
+    from mailappliance.resolve.chain import ResolverChain
+    from mailappliance.resolve.plugins import ResolverPluginError, load_resolvers, reloadables_of
+
+    users = UsersDatabase(config.accounts.users_file, disk)
+    try:
+        users.load()
+    except UsersFileError as e:
+        raise StartupError(str(e)) from None
+    context = ResolverContext(config=config, accounts=users, reactor=reactor, disk=disk)
+    try:
+        resolvers = load_resolvers(list(config.accounts.resolvers), context)
+    except (AliasesFileError, ResolverPluginError) as e:
+        raise StartupError(f"{config.path or 'configuration'}: accounts.resolvers: {e}"
+                           if isinstance(e, ResolverPluginError) else str(e)) from None
+    chain = ResolverChain(resolvers, config.server.local_domains)
+    return Accounts(users, resolvers, chain, [users, *reloadables_of(resolvers)])
+
+
+def load_tls(config: Config):
+    """
+    @return: the L{mailappliance.tls.ServerTLS} for C{[tls]}, or L{None}.
+    @raise StartupError: if the certificate or key cannot be used.
+    """
+    if config.tls is None:
+        return None
+    from mailappliance.tls import ServerTLS, TLSConfigError
+
+    try:
+        return ServerTLS.from_files(config.tls.certificate, config.tls.key)
+    except TLSConfigError as e:
+        raise StartupError(f"{config.path or 'configuration'}: tls: {e}") from None
+
+
+def validate(config: Config) -> dict:
+    """
+    Run the start-up checks that need no reactor and no listening sockets
+    (for C{mailappliance check}).
+
+    @return: facts for the summary (C{users}, C{aliases}).
+    @raise StartupError: as start-up would.
+    """
+    from mailappliance.disk import SynchronousDiskPool
+
+    accounts = load_accounts(config, None, SynchronousDiskPool())
+    load_tls(config)
+    aliases = sum(len(getattr(r, "table", ())) for r in accounts.resolvers if getattr(r, "name", "") == "aliases")
+    return {"users": len(accounts.users.addresses()), "aliases": aliases}
+
+
+class Reloader(Service):
+    """
+    Polls the users and aliases files and reloads them when they change;
+    SIGHUP reloads them and the TLS certificate at once.
+    """
+
+    name = "reloader"
+
+    def __init__(self, reactor: Any, reloadables: list, tls: Any = None, interval: float = RELOAD_INTERVAL) -> None:
+        self.reactor = reactor
+        self.reloadables = reloadables
+        self.tls = tls
+        self.timer = TimerService(interval, self.poll)
+        self.timer.clock = reactor
+        self._previous_handler = None
+
+    def poll(self):
+        return DeferredList([r.reload_if_changed() for r in self.reloadables], consumeErrors=True)
+
+    def reload_all(self):
+        log.info("event=reload reason=SIGHUP")
+        if self.tls is not None:
+            try:
+                self.tls.reload()
+            except Exception as e:  # keep the old certificate, say why
+                log.error("event=reload what=tls status=failed reason={reason}", reason=str(e))
+            else:
+                log.info("event=reload what=tls status=ok")
+        return DeferredList([r.reload() for r in self.reloadables], consumeErrors=True)
+
+    def startService(self) -> None:
+        super().startService()
+        self.timer.startService()
+        if hasattr(signal, "SIGHUP"):
+            self._previous_handler = signal.signal(
+                signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload_all)
+            )
+
+    def stopService(self):
+        super().stopService()
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGHUP, self._previous_handler)
+            self._previous_handler = None
+        return self.timer.stopService()
+
+
+class Listener(Service):
+    """
+    One listening endpoint. Listens in C{privilegedStartService} (before
+    twistd drops privileges) and fails start-up with a one-line
+    L{StartupError} if the port cannot be bound.
+    """
+
+    def __init__(self, reactor: Any, service_name: str, description: str, factory: Any) -> None:
+        self.reactor = reactor
+        self.service_name = service_name
+        self.description = description
+        self.factory = factory
+        self.port = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        endpoint = endpoints.serverFromString(self.reactor, self.description)
+        d = endpoint.listen(self.factory)
+        failures = []
+        d.addCallbacks(self._listening, failures.append)
+        if failures:
+            reason = failures[0].getErrorMessage()
+            raise StartupError(f"{self.service_name}: cannot listen on {self.description}: {reason}")
+
+    def _listening(self, port):
+        self.port = port
+        log.info("service={service} listen={listen}", service=self.service_name, listen=self.description)
+
+    def stopService(self):
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+
+
+class StartupErrorExit(MultiService):
+    """
+    The root service: turns a L{StartupError} raised while listening into
+    a one-line message and exit status 1 (twistd would print a traceback).
+    """
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except StartupError as e:
+            import sys
+
+            sys.stderr.write(f"mailappliance: {e}\n")
+            sys.stderr.flush()
+            raise SystemExit(1)
+
+
+def make_service(config: Config, reactor: Any) -> MultiService:
+    """
+    Build the whole appliance.
+
+    @raise StartupError: for anything that prevents start-up.
+    """
+    from mailappliance.disk import DirectorySyncer, DiskPool
+    from mailappliance.maildir import MaildirDelivery, maildir_path
+    from mailappliance.queue.manager import QueueManager
+    from mailappliance.queue.spool import Spool
+
+    prepare_data_dir(config)
+    root = StartupErrorExit()
+    disk = DiskPool(reactor)
+    disk.setServiceParent(root)
+    accounts = load_accounts(config, reactor, disk)
+    tls = load_tls(config)
+
+    syncer = DirectorySyncer(disk)
+    spool = Spool(config.queue_dir, disk, syncer, reactor)
+    delivery = MaildirDelivery(config.mail_dir, config.server.hostname, disk, syncer)
+    manager = QueueManager(spool, delivery, reactor)
+    manager.setServiceParent(root)
+    Reloader(reactor, accounts.reloadables, tls).setServiceParent(root)
+    log.info("event=relay status=unavailable reason=\"outbound relay not implemented yet; remote mail stays queued\"")
+
+    def listen(service_name: str, section: Any, factory: Any) -> None:
+        for description in section.listen:
+            Listener(reactor, service_name, description, factory).setServiceParent(root)
+        if section.listen_tls:
+            from mailappliance.tls import wrap_implicit_tls
+
+            wrapped = wrap_implicit_tls(factory, tls)
+            for description in section.listen_tls:
+                Listener(reactor, service_name + "+tls", description, wrapped).setServiceParent(root)
+
+    if config.smtp is not None:
+        listen("smtp", config.smtp, _smtp_factory(config, "smtp", accounts, spool, reactor, tls))
+    if config.submission is not None:
+        log.info("service=submission status=skipped reason=\"not implemented yet\"")
+    if config.pop3 is not None:
+        listen("pop3", config.pop3, _pop3_factory(config, accounts, disk, reactor, tls))
+    return root
+
+
+def _smtp_factory(config: Config, service: str, accounts: Accounts, spool: Any, reactor: Any, tls: Any):
+    from mailappliance.smtp.policy import SMTPSettings
+    from mailappliance.smtp.server import SMTPFactory
+
+    limits = config.limits
+    settings = SMTPSettings(
+        hostname=config.server.hostname,
+        max_message_size=limits.max_message_size,
+        max_recipients=limits.max_recipients,
+        idle_timeout=limits.idle_timeout,
+        max_connections=limits.max_connections,
+        max_connections_per_ip=limits.max_connections_per_ip,
+        trusted_networks=config.trusted_networks,
+        service=service,
+    )
+    return SMTPFactory(settings, accounts.chain, spool, reactor)
+
+
+def _pop3_factory(config: Config, accounts: Accounts, disk: Any, reactor: Any, tls: Any):
+    from mailappliance.accounts.checker import AccountsChecker
+    from mailappliance.address import parse_mailbox
+    from mailappliance.maildir import maildir_path
+    from mailappliance.pop3.server import POP3Factory, POP3Settings
+
+    limits = config.limits
+    settings = POP3Settings(
+        idle_timeout=config.pop3.idle_timeout,
+        trusted_networks=config.trusted_networks,
+        max_connections=limits.max_connections,
+        max_connections_per_ip=limits.max_connections_per_ip,
+        hostname=config.server.hostname,
+    )
+
+    def mailbox_path(avatar_id: str) -> str:
+        return maildir_path(config.mail_dir, parse_mailbox(avatar_id))
+
+    return POP3Factory(AccountsChecker(accounts.users), mailbox_path, disk, settings, tls=tls, clock=reactor)
