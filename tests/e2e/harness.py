@@ -107,9 +107,9 @@ class ServerProcess:
             "",
         ]
         if tls:
-            from tests.e2e.certs import write_certificate
+            from mailappliance.tls import write_self_signed_certificate
 
-            write_certificate(os.path.join(self.base, "tls"))
+            write_self_signed_certificate(os.path.join(self.base, "tls"))
             lines += ["[tls]", 'certificate = "tls/cert.pem"', 'key = "tls/key.pem"', ""]
         for service in services:
             port = self.ports[service] = free_port()

@@ -1,0 +1,236 @@
+# -*- test-case-name: tests.test_tls,tests.test_pop3_tls -*-
+"""
+Server-side TLS from the C{[tls]} section: a certificate chain and key in
+PEM files, for STARTTLS/STLS (C{transport.startTLS}) and for implicit-TLS
+listeners (RFC 8314).
+
+L{ServerTLS} provides L{IOpenSSLServerConnectionCreator}, so the one object
+goes to C{transport.startTLS} and to L{TLSMemoryBIOFactory} alike. Its
+L{ServerTLS.reload} re-reads the files (on SIGHUP): connections made after
+it use the new certificate, connections already open keep theirs, and a
+failed reload keeps the old certificate in force.
+
+Protocol versions and ciphers are Twisted's L{CertificateOptions} defaults
+(its secure cipher list, no compression, single-use DH/ECDH keys) with
+TLS 1.2 as the minimum (RFC 8996 retired 1.0 and 1.1).
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.ssl import CertificateOptions, TLSVersion
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
+
+MINIMUM_TLS_VERSION = TLSVersion.TLSv1_2
+
+# PEM files bigger than this are not certificates or keys we should parse.
+MAX_PEM_FILE = 1024 * 1024
+
+# Validity of the certificates made by write_self_signed_certificate.
+SELF_SIGNED_VALIDITY = datetime.timedelta(days=30)
+
+
+class TLSConfigError(Exception):
+    """
+    The certificate or key cannot be used. C{str(error)} is one line naming
+    the file and what is wrong with it.
+    """
+
+
+def _read_pem(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_PEM_FILE + 1)
+    except FileNotFoundError:
+        raise TLSConfigError(f"{path}: {what} file not found")
+    except IsADirectoryError:
+        raise TLSConfigError(f"{path}: {what} file is a directory")
+    except OSError as e:
+        raise TLSConfigError(f"{path}: cannot read {what} file: {e.strerror or e}")
+    if len(data) > MAX_PEM_FILE:
+        raise TLSConfigError(f"{path}: {what} file is too large to be PEM")
+    return data
+
+
+def _public_bytes(key: Any) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def load_certificate_options(certificate_path: str, key_path: str) -> CertificateOptions:
+    """
+    Read and check a PEM certificate chain and its private key, and build
+    the TLS server options from them. Blocking (reads two small files).
+
+    @param certificate_path: the chain: the server certificate first, then
+        any intermediates.
+    @param key_path: the unencrypted private key of the first certificate.
+    @return: the options, with their OpenSSL context already built (so any
+        problem shows now, not at the first connection).
+    @raise TLSConfigError: if a file is missing or unreadable, not PEM, the
+        key is encrypted, or the key does not match the certificate.
+    """
+    chain_pem = _read_pem(certificate_path, "certificate")
+    key_pem = _read_pem(key_path, "key")
+    try:
+        chain = x509.load_pem_x509_certificates(chain_pem)
+    except ValueError:
+        raise TLSConfigError(f"{certificate_path}: not a PEM certificate")
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError:
+        raise TLSConfigError(f"{key_path}: the private key is encrypted; give an unencrypted key")
+    except (ValueError, UnsupportedAlgorithm):
+        raise TLSConfigError(f"{key_path}: not a PEM private key")
+    if _public_bytes(chain[0].public_key()) != _public_bytes(key.public_key()):
+        raise TLSConfigError(f"{key_path}: the key does not match the certificate in {certificate_path}")
+    try:
+        # cryptography objects, not pyOpenSSL ones (deprecated there);
+        # CertificateOptions hands them straight to the OpenSSL context.
+        options = CertificateOptions(
+            privateKey=key,
+            certificate=chain[0],
+            extraCertChain=chain[1:],
+            raiseMinimumTo=MINIMUM_TLS_VERSION,
+        )
+        options.getContext()
+    except (SSL.Error, ValueError, TypeError) as e:
+        raise TLSConfigError(f"{certificate_path}: cannot use this certificate and key: {e}")
+    return options
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLS:
+    """
+    The server side of TLS, from a certificate chain and key in PEM files.
+
+    @ivar certificate_path: the chain file.
+    @ivar key_path: the key file.
+    """
+
+    def __init__(self, certificate_path: str, key_path: str, options: CertificateOptions, log: Logger | None = None):
+        """
+        Use L{from_files}; this takes options already loaded.
+        """
+        self.certificate_path = certificate_path
+        self.key_path = key_path
+        self._options = options
+        self._log = log if log is not None else Logger(namespace="mailappliance.tls")
+
+    @classmethod
+    def from_files(cls, certificate_path: str, key_path: str, log: Logger | None = None) -> ServerTLS:
+        """
+        Load the certificate chain and key.
+
+        @raise TLSConfigError: as L{load_certificate_options}.
+        """
+        certificate_path = os.path.abspath(certificate_path)
+        key_path = os.path.abspath(key_path)
+        return cls(certificate_path, key_path, load_certificate_options(certificate_path, key_path), log)
+
+    def reload(self) -> None:
+        """
+        Re-read both files (for SIGHUP, after a certificate renewal). On
+        success new connections use them; on failure the certificate in use
+        stays, the problem is logged, and the error raised.
+
+        Blocking: reads two small files; call it where that is acceptable
+        (a signal handler's deferred call, or the disk pool).
+
+        @raise TLSConfigError: if the new files cannot be used.
+        """
+        try:
+            options = load_certificate_options(self.certificate_path, self.key_path)
+        except TLSConfigError as e:
+            self._log.error("service=tls event=reload status=failed error={error}", error=str(e))
+            raise
+        self._options = options
+        self._log.info("service=tls event=reload status=ok certificate={path}", path=self.certificate_path)
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        """
+        L{IOpenSSLServerConnectionCreator}: a new server connection with the
+        current certificate.
+        """
+        return SSL.Connection(self._options.getContext(), None)
+
+    def getContext(self) -> SSL.Context:
+        """
+        The current OpenSSL context, for APIs that still take an
+        L{IOpenSSLContextFactory}.
+        """
+        return self._options.getContext()
+
+
+def wrap_implicit_tls(factory: Any, server_tls: ServerTLS, clock: Any = None) -> TLSMemoryBIOFactory:
+    """
+    Wrap a protocol factory for an implicit-TLS listener (RFC 8314: TLS
+    from the first byte, ports 465 and 995), for C{listen_tls} endpoints.
+
+    @param factory: the service's own factory (the same object that serves
+        its plain listeners, so limits apply to both).
+    @param server_tls: the certificate to serve.
+    @param clock: the clock the TLS layer batches small writes with; the
+        global reactor if L{None}.
+    @return: a factory to listen with.
+    """
+    return TLSMemoryBIOFactory(server_tls, False, factory, clock)
+
+
+def write_self_signed_certificate(directory: str, hostname: str = "localhost") -> tuple[str, str]:
+    """
+    For tests: write a self-signed certificate for C{hostname} (and
+    127.0.0.1, ::1) as C{cert.pem}, and its key as C{key.pem}, into
+    C{directory} (created if needed). The key is P-256 (quick to make).
+
+    @return: the paths of the certificate and the key.
+    """
+    os.makedirs(directory, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + SELF_SIGNED_VALIDITY)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName(hostname),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    x509.IPAddress(ipaddress.ip_address("::1")),
+                ]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    certificate_path = os.path.join(directory, "cert.pem")
+    key_path = os.path.join(directory, "key.pem")
+    with open(certificate_path, "wb") as f:
+        f.write(certificate.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+    return certificate_path, key_path
