@@ -1,0 +1,255 @@
+# -*- test-case-name: tests.test_maildir -*-
+"""
+Durable delivery into Maildirs (the delivery side; POP3 reads them in
+L{mailappliance.pop3.mailbox}).
+
+Where a mailbox lives (SPEC section 3): C{<mail_root>/<domain>/<local>/},
+from the lower-cased L{Mailbox.key}. Characters that are unsafe in a path
+component (C{/}, C{\\}, NUL and other control characters, C{%} itself, and
+a leading C{.}) are percent-encoded (C{%2F}, one escape per UTF-8 byte), so
+every mailbox maps to a distinct folder strictly inside C{mail_root}.
+
+A Maildir is a folder with C{tmp/}, C{new/} and C{cur/} (mode 0700). A
+message is delivered the Maildir way (U{https://cr.yp.to/proto/maildir.html}),
+made durable:
+
+  1. write C{tmp/<unique>}: our C{Return-Path:}/C{Delivered-To:} prefix,
+     then the spooled message, byte for byte (CRLF line ends, as received);
+  2. fsync it;
+  3. rename it to C{new/<unique>,S=<size>,W=<size>} (Maildir++ size
+     fields: C{S=} the file size, C{W=} the RFC 822 size with CRLF line
+     ends, the same number since the file has CRLF line ends);
+  4. fsync C{new/} (batched with other deliveries: group commit).
+
+The unique part is C{<sec>.M<usec>P<pid>Q<n>.<host>}: time, the process id
+(read at each delivery, so it is right after twistd forks), a per-process
+counter, and the host name with C{/}, C{:} and C{,} written as C{\\057},
+C{\\072} and C{\\054} (so the name can be split at C{:} and C{,}).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mailappliance.address import Mailbox
+from mailappliance.disk import ensure_directory, fsync_directory, write_all
+from mailappliance.interfaces import DeliveryError, ILocalDelivery
+
+MAILDIR_SUBDIRECTORIES = ("cur", "new", "tmp")
+DIRECTORY_MODE = 0o700
+MESSAGE_MODE = 0o600
+COPY_CHUNK_SIZE = 64 * 1024
+# Attempts at a fresh unique name if tmp/<unique> exists (it cannot, unless
+# the clock steps back and a pid is reused; then just try again).
+UNIQUE_NAME_ATTEMPTS = 5
+
+# Errors that retrying later can cure (disk full, quota, I/O trouble,
+# resource exhaustion, an administrator fixing permissions): the message
+# stays queued. Anything else about the mailbox's path is permanent.
+_PERMANENT_ERRNOS = frozenset({errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG})
+
+_counter = itertools.count()
+_counter_lock = threading.Lock()
+
+
+def _escape_component(text: str) -> str:
+    out = []
+    for i, char in enumerate(text):
+        code = ord(char)
+        if char in "/\\%" or code < 0x20 or code == 0x7F or (i == 0 and char == "."):
+            out.extend(f"%{b:02X}" for b in char.encode("utf-8"))
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def maildir_path(mail_root: str, mailbox: Mailbox) -> str:
+    """
+    The Maildir of a mailbox.
+
+    @param mail_root: C{DATA_DIR/mail}.
+    @param mailbox: the account's address.
+    @return: C{<mail_root>/<domain>/<local>}, lower-cased, each component
+        escaped as the module docstring says; always strictly inside
+        C{mail_root}, two levels down.
+    """
+    local, _, domain = mailbox.key.rpartition("@")
+    return os.path.join(mail_root, _escape_component(domain), _escape_component(local))
+
+
+def ensure_maildir(path: str) -> None:
+    """
+    Create a Maildir (and its parents) if missing, durably: each folder
+    created is made durable by fsyncing its parent. Blocking.
+
+    @param path: the Maildir.
+    @raise OSError: if it cannot be created (C{NotADirectoryError} if a
+        file is in the way).
+    """
+    ensure_directory(path, DIRECTORY_MODE)
+    created = False
+    for sub in MAILDIR_SUBDIRECTORIES:
+        try:
+            os.mkdir(os.path.join(path, sub), DIRECTORY_MODE)
+            created = True
+        except FileExistsError:
+            if not os.path.isdir(os.path.join(path, sub)):
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", os.path.join(path, sub))
+    if created:
+        fsync_directory(path)
+
+
+def _escape_host(hostname: str) -> str:
+    return hostname.replace("/", "\\057").replace(":", "\\072").replace(",", "\\054")
+
+
+def unique_name(hostname: str, now: Callable[[], float] = time.time) -> str:
+    """
+    A new Maildir unique name, C{<sec>.M<usec>P<pid>Q<n>.<host>}.
+    Thread-safe.
+
+    @param hostname: this host's name (escaped here).
+    @param now: the clock, Unix time.
+    """
+    with _counter_lock:
+        n = next(_counter)
+    seconds = now()
+    whole = int(seconds)
+    micros = min(round((seconds - whole) * 1_000_000), 999_999)
+    return f"{whole}.M{micros}P{os.getpid()}Q{n}.{_escape_host(hostname)}"
+
+
+def deliver_file(maildir: str, prefix: bytes, source_path: str, hostname: str) -> str:
+    """
+    Deliver a message into an existing Maildir. Blocking; memory bounded
+    (the source is copied in chunks of L{COPY_CHUNK_SIZE}).
+
+    @param maildir: the Maildir (with C{tmp/} and C{new/}).
+    @param prefix: bytes written before the message (header lines).
+    @param source_path: the file holding the message, copied byte for
+        byte: no line-ending conversion.
+    @param hostname: for the unique name.
+    @return: the path of the delivered file in C{new/}. The file is
+        fsynced; the caller makes C{new/} durable (fsync or group commit).
+    @raise OSError: on any failure; no file is left in C{tmp/} or C{new/}.
+    """
+    with open(source_path, "rb") as source:
+        fd, tmp, name = _create_tmp(maildir, hostname)
+        try:
+            try:
+                write_all(fd, prefix)
+                size = len(prefix)
+                buffer = bytearray(COPY_CHUNK_SIZE)
+                view = memoryview(buffer)
+                while count := source.readinto(buffer):
+                    write_all(fd, view[:count])
+                    size += count
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            final = os.path.join(maildir, "new", f"{name},S={size},W={size}")
+            os.rename(tmp, final)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+    return final
+
+
+def _create_tmp(maildir: str, hostname: str) -> tuple[int, str, str]:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    for attempt in range(UNIQUE_NAME_ATTEMPTS):
+        name = unique_name(hostname)
+        tmp = os.path.join(maildir, "tmp", name)
+        try:
+            return os.open(tmp, flags, MESSAGE_MODE), tmp, name
+        except FileExistsError:
+            if attempt == UNIQUE_NAME_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def classify_error(error: BaseException, body_path: str) -> DeliveryError:
+    """
+    Turn a delivery exception into a L{DeliveryError}.
+
+    Permanent: the mailbox's path cannot be a Maildir (a file in the way, a
+    symbolic-link loop, a name too long), or the spooled body is gone.
+    Temporary: everything else, notably C{ENOSPC}, C{EDQUOT}, C{EIO},
+    C{EACCES}: the message stays queued and is tried again.
+
+    @param error: what L{deliver_file} or L{ensure_maildir} raised.
+    @param body_path: the spooled body, to recognise its loss.
+    """
+    if isinstance(error, OSError):
+        text = error.strerror or str(error)
+        if error.filename:
+            text = f"{text}: {error.filename}"
+        if error.errno == errno.ENOENT and error.filename == body_path:
+            return DeliveryError(f"queued message body missing ({text})", permanent=True)
+        return DeliveryError(f"cannot deliver to Maildir: {text}", permanent=error.errno in _PERMANENT_ERRNOS)
+    return DeliveryError(f"cannot deliver to Maildir: {error!r}", permanent=False)
+
+
+@implementer(ILocalDelivery)
+class MaildirDelivery:
+    """
+    L{ILocalDelivery} into C{<mail_root>/<domain>/<local>/}.
+    """
+
+    def __init__(self, mail_root: str, hostname: str, disk: Any, syncer: Any) -> None:
+        """
+        @param mail_root: C{DATA_DIR/mail}.
+        @param hostname: for unique names.
+        @param disk: the disk pool.
+        @param syncer: a L{mailappliance.disk.DirectorySyncer}, to batch
+            the fsyncs of C{new/} folders.
+        """
+        self.mail_root = os.path.abspath(mail_root)
+        self.hostname = hostname
+        self.disk = disk
+        self.syncer = syncer
+
+    def deliver(self, mailbox: Mailbox, prefix: bytes, body_path: str) -> Deferred:
+        """
+        See L{ILocalDelivery.deliver}. Creates the Maildir on first
+        delivery.
+
+        @return: a L{Deferred} firing with the delivered file's path once
+            file and C{new/} are durable, or failing with L{DeliveryError}.
+            If only the final fsync of C{new/} fails, the file stays (it
+            may be read) and the failure is temporary: a retry delivers a
+            second copy, never none.
+        """
+        path = maildir_path(self.mail_root, mailbox)
+
+        def blocking() -> str:
+            ensure_maildir(path)
+            return deliver_file(path, prefix, body_path, self.hostname)
+
+        def delivered(final: str) -> Deferred:
+            d = self.syncer.sync(os.path.join(path, "new"))
+            d.addCallback(lambda _: final)
+            return d
+
+        def failed(reason: Failure) -> Failure:
+            if reason.check(DeliveryError):
+                return reason
+            return Failure(classify_error(reason.value, body_path))
+
+        d = self.disk.run(blocking)
+        d.addCallback(delivered)
+        d.addErrback(failed)
+        return d

@@ -1,0 +1,465 @@
+# -*- test-case-name: tests.test_queue_manager -*-
+"""
+The queue manager: the consumer of the spool that delivers each queued
+message to its recipients and removes it when they are all done.
+
+What it does with a message (one I{round} at a time per message, so the
+same recipient is never delivered twice at once):
+
+  - every pending local recipient that is due (C{next_attempt} reached) is
+    delivered through L{ILocalDelivery} with a C{Return-Path:} and
+    C{Delivered-To:} prefix (SPEC section 5); recipients of one message
+    with the same target get one delivery;
+  - the outcomes are recorded in the envelope and written durably
+    (L{Spool.update}) once all deliveries of the round are done: delivered,
+    failed (a permanent L{DeliveryError}; bounces come with a later issue),
+    or retried after C{retry_delay} (a temporary one);
+  - a message whose recipients are all delivered or failed is removed;
+  - remote recipients (C{local=False}) are handed to the optional
+    L{IRemoteDelivery} (the relay); without one they stay pending and
+    persisted, with one log line per recipient and message.
+
+On start-up L{Spool.recover} returns what a previous run left, and every
+pending recipient resumes at its persisted C{next_attempt}.
+
+The duplicate window: a Maildir delivery is durable before the envelope
+says so. If the process dies between the two (or the envelope update
+fails), that recipient is delivered again after the restart. RFC 5321
+section 6.1 accepts duplicates in preference to losses; the window is one
+round (the time to write one envelope).
+
+Log lines (one event each, key=value, with the queue id)::
+
+  qid=... from=<...> size=... nrcpt=... status=queued
+  qid=... to=<...> status=delivered path=...
+  qid=... to=<...> status=deferred reason="..." delay=60
+  qid=... to=<...> status=failed reason="..."
+  qid=... status=removed
+  qid=... status=removed reason="no longer in the queue"   (deleted by the admin)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    DeferredSemaphore,
+    maybeDeferred,
+    succeed,
+)
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Interface
+
+from mailappliance.interfaces import DeliveryError
+from mailappliance.queue.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipient
+
+DEFAULT_RETRY_DELAY = 60.0
+DEFAULT_LOCAL_CONCURRENCY = 8
+REMOTE_UNAVAILABLE = "relay not available yet"
+
+_default_log = Logger(namespace="mailappliance.queue")
+
+
+class IRemoteDelivery(Interface):
+    """
+    The seam through which the relay takes a message's remote recipients
+    (C{local=False}). Pass a provider as C{remote_delivery} to
+    L{QueueManager}.
+    """
+
+    def deliver(envelope, recipients, body_path):
+        """
+        Attempt some of a message's remote recipients.
+
+        The manager calls this at most once at a time per message, with the
+        pending remote recipients whose C{next_attempt} has come.
+
+        @param envelope: the message's current L{Envelope}.
+        @param recipients: the due pending remote L{Recipient}s, a
+            L{tuple}.
+        @param body_path: the spooled body (L{str}).
+        @return: a L{Deferred} firing with a sequence of L{Recipient}s: the
+            same recipients in the same order, with their new C{state},
+            C{attempts}, C{last_error} and C{next_attempt}. The relay owns
+            the retry schedule (backoff, lifetime) of remote recipients:
+            the manager calls again at the earliest C{next_attempt} of
+            those still pending. If it fails, the failure is logged and
+            the recipients are tried again after the manager's
+            C{retry_delay}.
+        """
+
+
+def delivery_prefix(sender: Any, target: Any) -> bytes:
+    """
+    The header lines put in front of a locally delivered copy (SPEC
+    section 5): C{Return-Path:} (RFC 5322 section 3.6.7, the envelope
+    sender, C{<>} for the null sender) and C{Delivered-To:} (the account
+    delivered to). Addresses are written as UTF-8 (RFC 6532).
+
+    @param sender: the envelope sender (L{Mailbox}) or L{None}.
+    @param target: the recipient's target (L{Mailbox}).
+    @return: the lines, with CRLF line ends.
+    """
+    return_path = f"<{sender}>" if sender is not None else "<>"
+    return f"Return-Path: {return_path}\r\nDelivered-To: {target}\r\n".encode()
+
+
+def _quote(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "\\r").replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+@dataclass
+class _Message:
+    """
+    The manager's state for one queued message.
+    """
+
+    envelope: Envelope
+    active: bool = False
+    again: bool = False
+    # Outcomes recorded in memory that are not yet on disk.
+    dirty: bool = False
+    timer: Any = None
+    finished: list[Deferred] = field(default_factory=list)
+
+
+class QueueManager(Service):
+    """
+    Delivers queued messages. A service: started after the disk pool and
+    before the listeners.
+
+    @ivar recovered: after L{startService}, a L{Deferred} firing with the
+        number of messages recovered from the spool (for tests and
+        start-up ordering).
+    """
+
+    name = "queue"
+
+    def __init__(
+        self,
+        spool: Any,
+        local_delivery: Any,
+        clock: Any,
+        log: Logger | None = None,
+        retry_delay: float = DEFAULT_RETRY_DELAY,
+        max_local_concurrency: int = DEFAULT_LOCAL_CONCURRENCY,
+        remote_delivery: Any = None,
+    ) -> None:
+        """
+        @param spool: the L{mailappliance.queue.spool.Spool}.
+        @param local_delivery: an L{ILocalDelivery}.
+        @param clock: provides C{seconds()} (Unix time) and C{callLater}.
+        @param log: the L{Logger} to use.
+        @param retry_delay: seconds before a temporarily failed local
+            delivery is tried again.
+        @param max_local_concurrency: local deliveries in flight at once,
+            over all messages.
+        @param remote_delivery: an L{IRemoteDelivery}, or L{None} until the
+            relay exists: remote recipients then stay queued.
+        """
+        self.spool = spool
+        self.local_delivery = local_delivery
+        self.clock = clock
+        self.log = log if log is not None else _default_log
+        self.retry_delay = retry_delay
+        self.remote_delivery = remote_delivery
+        self.recovered: Deferred | None = None
+        self._local_slots = DeferredSemaphore(max_local_concurrency)
+        self._messages: dict[str, _Message] = {}
+
+    # -- service -----------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self.spool.on_commit = self.enqueue
+        self.recovered = self.spool.recover()
+        self.recovered.addCallbacks(self._take_recovered, self._recovery_failed)
+
+    def stopService(self) -> Deferred:
+        """
+        Stop starting deliveries. Messages stay in the queue for the next
+        start.
+
+        @return: a L{Deferred} firing once the rounds in flight have
+            recorded their outcomes.
+        """
+        super().stopService()
+        self.spool.on_commit = None
+        waiting = []
+        for message in self._messages.values():
+            if message.timer is not None and message.timer.active():
+                message.timer.cancel()
+            message.timer = None
+            if message.active:
+                d: Deferred = Deferred()
+                message.finished.append(d)
+                waiting.append(d)
+        return DeferredList(waiting)
+
+    def _take_recovered(self, envelopes: list[Envelope]) -> int:
+        for envelope in envelopes:
+            self._take(envelope, new=False)
+        return len(envelopes)
+
+    def _recovery_failed(self, reason: Failure) -> None:
+        self.log.failure("event=recover status=error reason=\"queue recovery failed\"", reason)
+
+    # -- taking messages ---------------------------------------------------
+
+    def enqueue(self, envelope: Envelope) -> None:
+        """
+        Take a newly committed message (the spool's C{on_commit} hook).
+        Ignored when the service is not running: the message is on disk and
+        is recovered at the next start.
+
+        @param envelope: its envelope, as committed.
+        """
+        if self.running:
+            self._take(envelope, new=True)
+
+    @property
+    def queue_ids(self) -> list[str]:
+        """
+        The queue ids the manager holds, in no particular order.
+        """
+        return list(self._messages)
+
+    def envelope(self, queue_id: str) -> Envelope | None:
+        """
+        @return: the manager's current view of a message's envelope, or
+            L{None} if it does not hold it.
+        """
+        message = self._messages.get(queue_id)
+        return message.envelope if message is not None else None
+
+    def _take(self, envelope: Envelope, new: bool) -> None:
+        qid = envelope.queue_id
+        if qid in self._messages:
+            # A message committed while recovery scanned the queue.
+            return
+        self._messages[qid] = _Message(envelope)
+        if new:
+            sender = str(envelope.sender) if envelope.sender is not None else ""
+            self.log.info(
+                "qid={qid} from=<{sender}> size={size} nrcpt={nrcpt} status=queued",
+                qid=qid,
+                sender=sender,
+                size=envelope.size,
+                nrcpt=len(envelope.recipients),
+            )
+            for r in envelope.recipients:
+                if r.state == FAILED:
+                    self._log_failed(qid, r.target, r.last_error)
+        if self.remote_delivery is None:
+            for r in envelope.recipients:
+                if r.state == PENDING and not r.local:
+                    self.log.info(
+                        "qid={qid} to=<{to}> status=deferred reason={reason}",
+                        qid=qid,
+                        to=str(r.target),
+                        reason=_quote(REMOTE_UNAVAILABLE),
+                    )
+        self._run(qid)
+
+    # -- rounds ------------------------------------------------------------
+
+    def _due(self, recipient: Recipient, now: float) -> bool:
+        if recipient.state != PENDING or recipient.next_attempt > now:
+            return False
+        return recipient.local or self.remote_delivery is not None
+
+    def _run(self, qid: str) -> None:
+        message = self._messages.get(qid)
+        if message is None or not self.running:
+            return
+        if message.active:
+            message.again = True
+            return
+        if message.timer is not None and message.timer.active():
+            message.timer.cancel()
+        message.timer = None
+        message.active = True
+        envelope = message.envelope
+        now = self.clock.seconds()
+        body_path = self.spool.body_path(qid)
+        attempts: list[Deferred] = []
+
+        by_target: dict[str, list[int]] = {}
+        remote: list[int] = []
+        for index, r in enumerate(envelope.recipients):
+            if self._due(r, now):
+                if r.local:
+                    by_target.setdefault(r.target.key, []).append(index)
+                else:
+                    remote.append(index)
+        for indexes in by_target.values():
+            attempts.append(self._deliver_local(envelope, indexes, body_path))
+        if remote:
+            attempts.append(self._deliver_remote(envelope, remote, body_path))
+
+        d = DeferredList(attempts)
+        d.addCallback(self._round_done, qid, bool(attempts))
+
+    def _deliver_local(self, envelope: Envelope, indexes: list[int], body_path: str) -> Deferred:
+        qid = envelope.queue_id
+        target = envelope.recipients[indexes[0]].target
+        prefix = delivery_prefix(envelope.sender, target)
+        d = self._local_slots.run(self.local_delivery.deliver, target, prefix, body_path)
+
+        def delivered(path: str) -> list[tuple[int, Recipient]]:
+            self.log.info("qid={qid} to=<{to}> status=delivered path={path}", qid=qid, to=str(target), path=path)
+            return [
+                (i, _attempted(envelope.recipients[i], state=DELIVERED, last_error="", next_attempt=0.0))
+                for i in indexes
+            ]
+
+        def failed(reason: Failure) -> list[tuple[int, Recipient]]:
+            if reason.check(DeliveryError):
+                error = reason.value
+            else:
+                self.log.failure("qid={qid} to=<{to}> status=error", reason, qid=qid, to=str(target))
+                error = DeliveryError(f"local delivery error: {reason.getErrorMessage()}")
+            if error.permanent:
+                self._log_failed(qid, target, error.reason)
+                changes: dict[str, Any] = {"state": FAILED, "last_error": error.reason}
+            else:
+                self._log_deferred(qid, target, error.reason)
+                changes = {"last_error": error.reason, "next_attempt": self.clock.seconds() + self.retry_delay}
+            return [(i, _attempted(envelope.recipients[i], **changes)) for i in indexes]
+
+        d.addCallbacks(delivered, failed)
+        return d
+
+    def _deliver_remote(self, envelope: Envelope, indexes: list[int], body_path: str) -> Deferred:
+        qid = envelope.queue_id
+        recipients = tuple(envelope.recipients[i] for i in indexes)
+        d = maybeDeferred(self.remote_delivery.deliver, envelope, recipients, body_path)
+
+        def done(results: Any) -> list[tuple[int, Recipient]]:
+            results = list(results)
+            if len(results) != len(indexes):
+                raise ValueError(f"remote delivery returned {len(results)} results for {len(indexes)} recipients")
+            return list(zip(indexes, results))
+
+        def failed(reason: Failure) -> list[tuple[int, Recipient]]:
+            self.log.failure("qid={qid} status=error reason=\"remote delivery failed\"", reason, qid=qid)
+            retry = self.clock.seconds() + self.retry_delay
+            return [
+                (i, _attempted(r, last_error=reason.getErrorMessage(), next_attempt=retry))
+                for i, r in zip(indexes, recipients)
+            ]
+
+        d.addCallback(done)
+        d.addErrback(failed)
+        return d
+
+    def _round_done(self, results: list[tuple[bool, Any]], qid: str, attempted: bool) -> None:
+        message = self._messages[qid]
+        recipients = list(message.envelope.recipients)
+        for _, updates in results:
+            for index, recipient in updates:
+                recipients[index] = recipient
+        message.envelope = message.envelope.replace(recipients=tuple(recipients))
+        message.dirty = message.dirty or attempted
+        if message.envelope.done:
+            d = self.spool.remove(qid)
+            d.addCallbacks(self._removed, self._persist_failed, callbackArgs=(qid,), errbackArgs=(qid, "remove"))
+        elif message.dirty:
+            d = self.spool.update(message.envelope)
+            d.addCallbacks(self._updated, self._persist_failed, callbackArgs=(qid,), errbackArgs=(qid, "update"))
+        else:
+            d = succeed(None)
+        d.addCallback(lambda _: self._round_finished(qid))
+
+    def _updated(self, _: object, qid: str) -> None:
+        message = self._messages.get(qid)
+        if message is not None:
+            message.dirty = False
+
+    def _removed(self, _: object, qid: str) -> None:
+        message = self._messages.pop(qid, None)
+        self.log.info("qid={qid} status=removed", qid=qid)
+        if message is not None:
+            _fire(message.finished)
+
+    def _persist_failed(self, reason: Failure, qid: str, what: str) -> None:
+        # The outcomes stay in memory (no duplicate delivery in this run)
+        # and the write is tried again after retry_delay; a crash meanwhile
+        # means redelivery, as for the window described above.
+        if what == "update" and reason.check(FileNotFoundError):
+            # Removed by someone else (the administrator's "queue delete").
+            message = self._messages.pop(qid, None)
+            self.log.info("qid={qid} status=removed reason={reason}", qid=qid, reason=_quote("no longer in the queue"))
+            if message is not None:
+                _fire(message.finished)
+            return
+        message = self._messages.get(qid)
+        if message is not None:
+            message.dirty = True
+        self.log.error(
+            "qid={qid} status=error reason={reason}",
+            qid=qid,
+            reason=_quote(f"envelope {what} failed: {reason.getErrorMessage()}"),
+        )
+
+    def _round_finished(self, qid: str) -> None:
+        message = self._messages.get(qid)
+        if message is None:
+            return
+        message.active = False
+        finished, message.finished = message.finished, []
+        _fire(finished)
+        if not self.running:
+            return
+        if message.again:
+            message.again = False
+            self._run(qid)
+        else:
+            self._schedule(qid)
+
+    def _schedule(self, qid: str) -> None:
+        message = self._messages[qid]
+        now = self.clock.seconds()
+        times = [
+            r.next_attempt
+            for r in message.envelope.recipients
+            if r.state == PENDING and (r.local or self.remote_delivery is not None)
+        ]
+        if message.dirty or message.envelope.done:
+            # A failed update or removal, to be tried again.
+            times.append(now + self.retry_delay)
+        if not times:
+            return
+        delay = max(0.0, min(times) - now)
+        message.timer = self.clock.callLater(delay, self._run, qid)
+
+    # -- logging -----------------------------------------------------------
+
+    def _log_deferred(self, qid: str, target: Any, reason: str) -> None:
+        self.log.info(
+            "qid={qid} to=<{to}> status=deferred reason={reason} delay={delay:g}",
+            qid=qid,
+            to=str(target),
+            reason=_quote(reason),
+            delay=self.retry_delay,
+        )
+
+    def _log_failed(self, qid: str, target: Any, reason: str) -> None:
+        self.log.warn(  # noqa: G010 -- twisted.logger.Logger has no warning()
+            "qid={qid} to=<{to}> status=failed reason={reason}", qid=qid, to=str(target), reason=_quote(reason)
+        )
+
+
+def _attempted(recipient: Recipient, **changes: Any) -> Recipient:
+    return recipient.with_state(attempts=recipient.attempts + 1, **changes)
+
+
+def _fire(waiters: list[Deferred]) -> None:
+    for waiter in waiters:
+        waiter.callback(None)

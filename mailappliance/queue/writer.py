@@ -1,0 +1,343 @@
+# -*- test-case-name: tests.test_queue_writer -*-
+"""
+Receiving one message into the spool: L{SpoolWriter}, the
+L{IMessageWriter} that L{mailappliance.queue.spool.Spool.new_message}
+returns.
+
+The body is streamed to C{tmp/<qid>} in the disk pool, in chunks, one
+write job at a time so that the bytes land in order. Memory is bounded by
+backpressure: when more than L{HIGH_WATER} bytes are buffered or being
+written, L{SpoolWriter.write} returns a L{Deferred} the caller waits for
+(pausing its transport) before it writes more.
+
+L{SpoolWriter.commit} is the durability point of the whole server (SPEC
+section 5: "Mail is accepted (250 after DATA) only once it is durable on
+disk"). It does, in this order:
+
+  1. wait for every body write to finish;
+  2. fsync the body, close it;
+  3. write C{tmp/<qid>.env}, fsync it;
+  4. rename the body to C{messages/<qid>}, then the envelope to
+     C{messages/<qid>.env}: the envelope's appearance is the commit point,
+     so a crash before it leaves a body without an envelope, which
+     recovery removes;
+  5. fsync C{messages/} (shared with other commits: group commit);
+  6. only then fire with the queue id.
+
+Any failure removes whatever was written and fails the L{Deferred} with the
+L{OSError}.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mailappliance.disk import ensure_directory, write_all
+from mailappliance.interfaces import IMessageWriter
+from mailappliance.queue.envelope import Envelope
+
+if TYPE_CHECKING:
+    from mailappliance.queue.spool import Spool
+
+# Body bytes handed to the disk pool per write job.
+CHUNK_SIZE = 256 * 1024
+# Backpressure: write() asks the caller to wait when more than this is
+# buffered or in flight, and lets it go on when the backlog is down to
+# LOW_WATER.
+HIGH_WATER = 1024 * 1024
+LOW_WATER = 2 * CHUNK_SIZE
+
+BODY_MODE = 0o600
+
+_OPEN = "open"
+_COMMITTING = "committing"
+_ABORTED = "aborted"
+_DONE = "done"
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+@implementer(IMessageWriter)
+class SpoolWriter:
+    """
+    One message being received into a L{Spool}.
+
+    Blocking work happens only in the spool's disk pool. The body file
+    descriptor is used only by pool jobs, and at most one job of a writer
+    runs at a time, so it needs no lock.
+
+    @ivar queue_id: the message's queue id, known from the start.
+    @ivar size: body bytes given to L{write} so far.
+    """
+
+    def __init__(self, spool: Spool, queue_id: str) -> None:
+        self.queue_id = queue_id
+        self.size = 0
+        self._spool = spool
+        self._disk = spool.disk
+        self._tmp_body = os.path.join(spool.tmp_dir, queue_id)
+        self._tmp_envelope = self._tmp_body + ".env"
+        self._body = spool.body_path(queue_id)
+        self._envelope = spool.envelope_path(queue_id)
+        self._state = _OPEN
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._chunks: deque[bytes] = deque()
+        # Bytes buffered, handed off or being written: what memory holds.
+        self._outstanding = 0
+        self._writing = False
+        self._fd: int | None = None
+        self._error: Failure | None = None
+        self._drain_waiters: list[Deferred] = []
+        self._idle_waiters: list[Deferred] = []
+        self._discarded: Deferred | None = None
+
+    @property
+    def outstanding(self) -> int:
+        """
+        Bytes held in memory for this message (buffered or being written).
+        """
+        return self._outstanding
+
+    def write(self, data: bytes) -> Deferred | None:
+        """
+        Append bytes to the body. See L{IMessageWriter.write}.
+
+        After L{abort}, or once a disk write has failed, data is counted in
+        L{size} but discarded (the failure is reported by L{commit}).
+
+        @return: L{None}, or a L{Deferred} firing with L{None} when the
+            backlog has drained enough for the caller to go on.
+        @raise RuntimeError: if L{commit} was called.
+        """
+        if self._state in (_COMMITTING, _DONE):
+            raise RuntimeError(f"write after commit of {self.queue_id}")
+        self.size += len(data)
+        if self._state == _ABORTED or self._error is not None or not data:
+            return None
+        self._buffer.append(bytes(data))
+        self._buffered += len(data)
+        self._outstanding += len(data)
+        if self._buffered >= CHUNK_SIZE:
+            self._hand_off()
+        if self._outstanding > HIGH_WATER:
+            waiter: Deferred = Deferred()
+            self._drain_waiters.append(waiter)
+            return waiter
+        return None
+
+    def commit(self, envelope: Envelope) -> Deferred:
+        """
+        Make the message durable. See L{IMessageWriter.commit}.
+
+        @param envelope: the envelope; its C{queue_id} and C{size} are set
+            to this writer's L{queue_id} and L{size} (the size must be the
+            body size, and only the writer knows it for certain).
+        @return: a L{Deferred} firing with the queue id once body,
+            envelope and directory are durable, or failing with the
+            L{OSError} with nothing left behind.
+        @raise RuntimeError: if L{commit} or L{abort} was called before.
+        """
+        if self._state != _OPEN:
+            raise RuntimeError(f"commit of {self.queue_id} in state {self._state}")
+        self._state = _COMMITTING
+        envelope = envelope.replace(queue_id=self.queue_id, size=self.size)
+        if self._buffer:
+            self._hand_off()
+        d = self._when_idle()
+
+        def finish(_: object) -> Deferred:
+            if self._error is not None:
+                return fail(self._error)
+            return self._disk.run(self._finish_blocking, envelope.to_bytes())
+
+        def sync_directory(_: object) -> Deferred:
+            syncing = self._spool.syncer.sync(self._spool.messages_dir)
+            syncing.addErrback(self._unpublish)
+            return syncing
+
+        def failed(reason: Failure) -> Deferred:
+            cleaning = self._disk.run(self._discard_blocking)
+            cleaning.addErrback(lambda _: None)
+            cleaning.addCallback(lambda _: reason)
+            return cleaning
+
+        def done(_: object) -> str:
+            self._state = _DONE
+            self._spool._writer_finished(self.queue_id)
+            self._spool._committed(envelope)
+            return self.queue_id
+
+        def give_up(reason: Failure) -> Failure:
+            self._state = _DONE
+            self._spool._writer_finished(self.queue_id)
+            self._spool._commit_failed(self.queue_id, reason)
+            return reason
+
+        d.addCallback(finish)
+        d.addCallback(sync_directory)
+        d.addErrback(failed)
+        d.addCallbacks(done, give_up)
+        return d
+
+    def abort(self) -> None:
+        """
+        Discard the message. See L{IMessageWriter.abort}.
+
+        The body file is removed in the disk pool, after any write in
+        flight has finished. Once L{commit} has been called, the commit
+        runs to its end and C{abort} does nothing: half-undoing the renames
+        of a commit would be worse than a duplicate (RFC 5321 section
+        6.1 accepts duplicates, never losses).
+        """
+        if self._state != _OPEN:
+            return
+        self._state = _ABORTED
+        self._buffer = []
+        self._buffered = 0
+        self._outstanding -= sum(len(c) for c in self._chunks)
+        self._chunks.clear()
+        self._outstanding = max(self._outstanding, 0)
+        self._release_drain_waiters()
+        if not self._writing:
+            self._discard()
+
+    # -- writing ---------------------------------------------------------
+
+    def _hand_off(self) -> None:
+        chunk = b"".join(self._buffer)
+        self._buffer = []
+        self._buffered = 0
+        self._chunks.append(chunk)
+        self._pump()
+
+    def _pump(self) -> None:
+        if self._writing or not self._chunks:
+            return
+        chunk = self._chunks.popleft()
+        self._writing = True
+        self._disk.run(self._write_blocking, chunk).addBoth(self._written, len(chunk))
+
+    def _written(self, result: Any, length: int) -> None:
+        self._writing = False
+        self._outstanding -= length
+        if isinstance(result, Failure) and self._error is None:
+            self._error = result
+            # Nothing more will be written: free the memory now.
+            self._outstanding -= self._buffered + sum(len(c) for c in self._chunks)
+            self._buffer = []
+            self._buffered = 0
+            self._chunks.clear()
+        if self._state == _ABORTED:
+            self._discard()
+            return
+        self._pump()
+        if self._outstanding <= LOW_WATER or self._error is not None:
+            self._release_drain_waiters()
+        if not self._writing and not self._chunks:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def _release_drain_waiters(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _when_idle(self) -> Deferred:
+        if not self._writing and not self._chunks:
+            return succeed(None)
+        waiter: Deferred = Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
+
+    def _discard(self) -> None:
+        if self._discarded is not None:
+            return
+        self._discarded = self._disk.run(self._discard_blocking)
+
+        def finished(result: Any) -> None:
+            self._spool._writer_finished(self.queue_id)
+            if isinstance(result, Failure):
+                self._spool._discard_failed(self.queue_id, result)
+
+        self._discarded.addBoth(finished)
+
+    def _unpublish(self, reason: Failure) -> Deferred:
+        # The directory fsync failed: the message may not survive a crash,
+        # so it was not accepted; take it back out of messages/.
+        def unlink() -> None:
+            _unlink_quietly(self._envelope)
+            _unlink_quietly(self._body)
+
+        d = self._disk.run(unlink)
+        d.addErrback(lambda _: None)
+        d.addCallback(lambda _: reason)
+        return d
+
+    # -- blocking, in the disk pool --------------------------------------
+
+    def _open_blocking(self) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            return os.open(self._tmp_body, flags, BODY_MODE)
+        except FileNotFoundError:
+            # The folders are made by recovery; a message may arrive first.
+            ensure_directory(self._spool.tmp_dir)
+            ensure_directory(self._spool.messages_dir)
+            return os.open(self._tmp_body, flags, BODY_MODE)
+
+    def _write_blocking(self, chunk: bytes) -> None:
+        if self._fd is None:
+            self._fd = self._open_blocking()
+        write_all(self._fd, chunk)
+
+    def _finish_blocking(self, envelope_bytes: bytes) -> None:
+        try:
+            if self._fd is None:
+                self._fd = self._open_blocking()
+            os.fsync(self._fd)
+            fd, self._fd = self._fd, None
+            os.close(fd)
+            fd = os.open(
+                self._tmp_envelope,
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                BODY_MODE,
+            )
+            try:
+                write_all(fd, envelope_bytes)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(self._tmp_body, self._body)
+            os.rename(self._tmp_envelope, self._envelope)
+        except BaseException:
+            self._discard_blocking()
+            raise
+
+    def _discard_blocking(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.close(fd)
+            except OSError as e:
+                if e.errno != errno.EBADF:
+                    raise
+        # The envelope first: a body without an envelope is garbage by the
+        # layout's rules, an envelope without a body is not.
+        _unlink_quietly(self._envelope)
+        _unlink_quietly(self._tmp_envelope)
+        _unlink_quietly(self._body)
+        _unlink_quietly(self._tmp_body)

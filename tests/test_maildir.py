@@ -1,0 +1,346 @@
+# -*- test-case-name: tests.test_maildir -*-
+"""
+Tests for L{mailappliance.maildir}: where mailboxes live, unique names, and
+durable delivery.
+"""
+
+import errno
+import os
+import re
+
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from mailappliance import maildir
+from mailappliance.address import Mailbox, parse_mailbox
+from mailappliance.disk import DirectorySyncer, SynchronousDiskPool
+from mailappliance.interfaces import DeliveryError, ILocalDelivery
+from mailappliance.maildir import (
+    COPY_CHUNK_SIZE,
+    MaildirDelivery,
+    deliver_file,
+    ensure_maildir,
+    maildir_path,
+    unique_name,
+)
+
+ROOT = "/srv/mail"
+
+
+class MaildirPathTests(SynchronousTestCase):
+    def test_plain(self):
+        """
+        C{<root>/<domain>/<local>}, lower-cased.
+        """
+        self.assertEqual(maildir_path(ROOT, parse_mailbox("Alice@Example.TEST")), "/srv/mail/example.test/alice")
+
+    def test_utf8(self):
+        """
+        Non-ASCII local parts stay as they are (lower-cased).
+        """
+        mailbox = parse_mailbox("Jörg@example.test", allow_utf8=True)
+        self.assertEqual(maildir_path(ROOT, mailbox), "/srv/mail/example.test/jörg")
+
+    def test_hostile(self):
+        """
+        Local parts that would climb out of the mail root, hide the folder,
+        split it, or collide with an escape are percent-encoded; the result
+        is always two levels below the root.
+        """
+        cases = {
+            "..": "%2E.",
+            ".": "%2E",
+            "../x": "%2E.%2Fx",
+            "a/b": "a%2Fb",
+            "a\\b": "a%5Cb",
+            ".hidden": "%2Ehidden",
+            "a.b": "a.b",
+            "100%": "100%25",
+            "nul\x00here": "nul%00here",
+            "line\nbreak\x7f": "line%0Abreak%7F",
+            '"../x"': '"..%2Fx"',
+        }
+        for local, expected in cases.items():
+            path = maildir_path(ROOT, Mailbox(local, "example.test"))
+            self.assertEqual(path, "/srv/mail/example.test/" + expected, local)
+            self.assertEqual(os.path.dirname(os.path.dirname(os.path.normpath(path))), ROOT, local)
+
+    def test_parsed_hostile(self):
+        """
+        Addresses a client can really send (C{/} is atext; quoted strings
+        may hold anything printable) stay inside the root.
+        """
+        for text in ["a/b@example.test", '"../../etc"@example.test', '"..\\/x"@example.test']:
+            path = maildir_path(ROOT, parse_mailbox(text))
+            self.assertEqual(os.path.dirname(os.path.dirname(os.path.normpath(path))), ROOT, text)
+            self.assertNotIn("/", os.path.basename(path))
+
+    def test_hostile_domain(self):
+        """
+        The domain is escaped the same way.
+        """
+        self.assertEqual(maildir_path(ROOT, Mailbox("a", "..")), "/srv/mail/%2E./a")
+
+    def test_distinct(self):
+        """
+        Escaping is injective: different local parts give different
+        folders.
+        """
+        locals_ = ["a/b", "a%2Fb", "a%252Fb", ".x", "%2Ex"]
+        paths = {maildir_path(ROOT, Mailbox(l, "example.test")) for l in locals_}
+        self.assertEqual(len(paths), len(locals_))
+
+
+class UniqueNameTests(SynchronousTestCase):
+    def test_format(self):
+        """
+        C{<sec>.M<usec>P<pid>Q<n>.<host>}, with the pid read now and a
+        per-process counter.
+        """
+        first = unique_name("mx.example.test", now=lambda: 1700000000.25)
+        second = unique_name("mx.example.test", now=lambda: 1700000000.25)
+        pattern = r"1700000000\.M250000P%d Q(\d+)\.mx\.example\.test".replace(" ", "") % os.getpid()
+        n1 = int(re.fullmatch(pattern, first).group(1))
+        n2 = int(re.fullmatch(pattern, second).group(1))
+        self.assertEqual(n2, n1 + 1)
+
+    def test_pid_read_each_time(self):
+        """
+        The pid is not cached at import time (it changes when twistd
+        forks).
+        """
+        self.patch(os, "getpid", lambda: 4242)
+        self.assertIn("P4242Q", unique_name("h", now=lambda: 1.0))
+
+    def test_host_escaped(self):
+        """
+        C{/}, C{:} and C{,} in the host name are written as octal escapes.
+        """
+        name = unique_name("a/b:c,d", now=lambda: 1.5)
+        self.assertTrue(name.endswith(".a\\057b\\072c\\054d"), name)
+        self.assertNotIn(":", name)
+        self.assertNotIn(",", name)
+
+
+class FilesystemTestCase(SynchronousTestCase):
+    def setUp(self):
+        self.root = os.path.abspath(self.mktemp())
+        os.makedirs(self.root)
+        self.box = os.path.join(self.root, "example.test", "alice")
+
+    def source(self, data):
+        path = os.path.join(self.root, "source")
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def listing(self, sub):
+        return sorted(os.listdir(os.path.join(self.box, sub)))
+
+
+class EnsureMaildirTests(FilesystemTestCase):
+    def test_creates(self):
+        """
+        The Maildir and its parents are created with C{cur/ new/ tmp/},
+        mode 0700; doing it again changes nothing.
+        """
+        ensure_maildir(self.box)
+        ensure_maildir(self.box)
+        self.assertEqual(sorted(os.listdir(self.box)), ["cur", "new", "tmp"])
+        for path in [self.box, os.path.join(self.box, "new"), os.path.dirname(self.box)]:
+            self.assertEqual(os.stat(path).st_mode & 0o777, 0o700, path)
+
+    def test_syncs_parents(self):
+        """
+        Each new folder is made durable by fsyncing its parent.
+        """
+        synced = []
+        self.patch(maildir, "fsync_directory", synced.append)
+        import mailappliance.disk
+
+        self.patch(mailappliance.disk, "fsync_directory", synced.append)
+        ensure_maildir(self.box)
+        self.assertEqual(synced, [self.root, os.path.dirname(self.box), self.box])
+
+    def test_file_in_the_way(self):
+        """
+        A file where the Maildir or a subfolder should be is an error.
+        """
+        os.makedirs(os.path.dirname(self.box))
+        with open(self.box, "w"):
+            pass
+        self.assertRaises(NotADirectoryError, ensure_maildir, self.box)
+        other = os.path.join(self.root, "example.test", "bob")
+        os.makedirs(other)
+        with open(os.path.join(other, "new"), "w"):
+            pass
+        self.assertRaises(NotADirectoryError, ensure_maildir, other)
+
+
+class DeliverFileTests(FilesystemTestCase):
+    def setUp(self):
+        super().setUp()
+        ensure_maildir(self.box)
+
+    def test_byte_exact(self):
+        """
+        The delivered file is the prefix followed by the source, byte for
+        byte: lines starting with dots, 8-bit bytes, no header, no trailing
+        newline, CR LF kept as they are.
+        """
+        body = b".\r\n..double\r\n\x00\x80\xff\xfe 8-bit \xc3\xa9\r\nno end"
+        prefix = b"Return-Path: <a@b>\r\nDelivered-To: <c@d>\r\n"
+        final = deliver_file(self.box, prefix, self.source(body), "mx.example.test")
+        self.assertEqual(os.path.dirname(final), os.path.join(self.box, "new"))
+        with open(final, "rb") as f:
+            self.assertEqual(f.read(), prefix + body)
+        size = len(prefix) + len(body)
+        self.assertTrue(final.endswith(f",S={size},W={size}"), final)
+        self.assertEqual(self.listing("tmp"), [])
+        self.assertEqual(self.listing("new"), [os.path.basename(final)])
+        self.assertEqual(os.stat(final).st_mode & 0o777, 0o600)
+
+    def test_empty_prefix_and_body(self):
+        """
+        An empty source and prefix give an empty file of size 0.
+        """
+        final = deliver_file(self.box, b"", self.source(b""), "h")
+        self.assertTrue(final.endswith(",S=0,W=0"))
+        self.assertEqual(os.path.getsize(final), 0)
+
+    def test_large_in_chunks(self):
+        """
+        A source larger than the copy chunk is copied in full, in order,
+        with reads of at most L{COPY_CHUNK_SIZE}.
+        """
+        body = b"".join(bytes([i % 256]) * 1000 for i in range(700))
+        self.assertGreater(len(body), 3 * COPY_CHUNK_SIZE)
+        writes = []
+        real_write = os.write
+
+        def recording_write(fd, data):
+            writes.append(len(data))
+            return real_write(fd, data)
+
+        self.patch(os, "write", recording_write)
+        final = deliver_file(self.box, b"X: y\r\n", self.source(body), "h")
+        with open(final, "rb") as f:
+            self.assertEqual(f.read(), b"X: y\r\n" + body)
+        self.assertLessEqual(max(writes), COPY_CHUNK_SIZE)
+
+    def test_fsync_before_rename(self):
+        """
+        The file is fsynced in C{tmp/} before it is renamed into C{new/}.
+        """
+        ops = []
+        real_fsync, real_rename = os.fsync, os.rename
+        self.patch(os, "fsync", lambda fd: (ops.append("fsync"), real_fsync(fd)))
+        self.patch(os, "rename", lambda a, b: (ops.append(("rename", os.path.basename(os.path.dirname(a)), os.path.basename(os.path.dirname(b)))), real_rename(a, b)))
+        deliver_file(self.box, b"", self.source(b"x"), "h")
+        self.assertEqual(ops, ["fsync", ("rename", "tmp", "new")])
+
+    def test_failure_leaves_nothing(self):
+        """
+        An error while writing removes the file from C{tmp/} and raises.
+        """
+
+        def broken(fd):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        self.patch(os, "fsync", broken)
+        error = self.assertRaises(OSError, deliver_file, self.box, b"", self.source(b"x"), "h")
+        self.assertEqual(error.errno, errno.ENOSPC)
+        self.assertEqual(self.listing("tmp"), [])
+        self.assertEqual(self.listing("new"), [])
+
+    def test_source_missing(self):
+        """
+        A missing source raises before anything is created.
+        """
+        self.assertRaises(FileNotFoundError, deliver_file, self.box, b"", os.path.join(self.root, "nope"), "h")
+        self.assertEqual(self.listing("tmp"), [])
+
+    def test_two_deliveries(self):
+        """
+        Two deliveries of the same source make two distinct files.
+        """
+        source = self.source(b"same")
+        first = deliver_file(self.box, b"", source, "h")
+        second = deliver_file(self.box, b"", source, "h")
+        self.assertNotEqual(first, second)
+        self.assertEqual(len(self.listing("new")), 2)
+
+
+class MaildirDeliveryTests(FilesystemTestCase):
+    def setUp(self):
+        super().setUp()
+        self.synced = []
+        disk = SynchronousDiskPool()
+        self.delivery = MaildirDelivery(self.root, "mx.example.test", disk, DirectorySyncer(disk, fsync=self.synced.append))
+        self.alice = parse_mailbox("Alice@example.test")
+
+    def test_interface(self):
+        """
+        L{MaildirDelivery} provides L{ILocalDelivery}.
+        """
+        self.assertTrue(verifyObject(ILocalDelivery, self.delivery))
+
+    def test_first_delivery(self):
+        """
+        The first delivery creates the Maildir; the result is the delivered
+        file's path, fired after C{new/} was synced.
+        """
+        final = self.successResultOf(self.delivery.deliver(self.alice, b"P: 1\r\n", self.source(b"hello\r\n")))
+        self.assertEqual(self.listing("new"), [os.path.basename(final)])
+        self.assertEqual(self.synced[-1], os.path.join(self.box, "new"))
+        with open(final, "rb") as f:
+            self.assertEqual(f.read(), b"P: 1\r\nhello\r\n")
+
+    def test_path_is_a_file(self):
+        """
+        A file where the Maildir should be is a permanent failure.
+        """
+        os.makedirs(os.path.dirname(self.box))
+        with open(self.box, "w"):
+            pass
+        failure = self.failureResultOf(self.delivery.deliver(self.alice, b"", self.source(b"x")), DeliveryError)
+        self.assertTrue(failure.value.permanent)
+        self.assertIn("Not a directory", failure.value.reason)
+
+    def test_disk_full(self):
+        """
+        ENOSPC and EIO are temporary failures.
+        """
+        ensure_maildir(self.box)
+        for code in (errno.ENOSPC, errno.EIO):
+
+            def broken(fd, code=code):
+                raise OSError(code, os.strerror(code))
+
+            self.patch(os, "fsync", broken)
+            failure = self.failureResultOf(self.delivery.deliver(self.alice, b"", self.source(b"x")), DeliveryError)
+            self.assertFalse(failure.value.permanent)
+            self.assertIn(os.strerror(code), failure.value.reason)
+            self.assertEqual(self.listing("tmp"), [])
+
+    def test_directory_sync_fails(self):
+        """
+        A failed fsync of C{new/} is a temporary failure.
+        """
+
+        def broken(path):
+            raise OSError(errno.EIO, "Input/output error")
+
+        disk = SynchronousDiskPool()
+        delivery = MaildirDelivery(self.root, "h", disk, DirectorySyncer(disk, fsync=broken))
+        failure = self.failureResultOf(delivery.deliver(self.alice, b"", self.source(b"x")), DeliveryError)
+        self.assertFalse(failure.value.permanent)
+
+    def test_body_missing(self):
+        """
+        A spooled body that has disappeared is a permanent failure.
+        """
+        missing = os.path.join(self.root, "gone")
+        failure = self.failureResultOf(self.delivery.deliver(self.alice, b"", missing), DeliveryError)
+        self.assertTrue(failure.value.permanent)
+        self.assertIn("body missing", failure.value.reason)

@@ -1,0 +1,538 @@
+# -*- test-case-name: tests.test_queue_manager -*-
+"""
+Tests for L{mailappliance.queue.manager}, end to end over a real temporary
+folder: spool, Maildir delivery and the manager, with a synchronous disk
+pool and a L{Clock}.
+"""
+
+import os
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.logger import Logger, formatEvent
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from mailappliance.address import parse_mailbox
+from mailappliance.disk import DirectorySyncer, SynchronousDiskPool
+from mailappliance.interfaces import DeliveryError, ILocalDelivery
+from mailappliance.maildir import MaildirDelivery, maildir_path
+from mailappliance.queue.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipient
+from mailappliance.queue.manager import IRemoteDelivery, QueueManager, delivery_prefix
+from mailappliance.queue.spool import Spool
+
+T0 = 1700000000.0
+BODY = b"Received: from client\r\nSubject: hi\r\n\r\n.leading dot\r\n\xe9\r\n"
+
+
+def mb(text):
+    return parse_mailbox(text, allow_utf8=True)
+
+
+def rcpt(target, local=True, original=None, **state):
+    return Recipient(mb(original or target), mb(target), local, **state)
+
+
+@implementer(ILocalDelivery)
+class ScriptedDelivery:
+    """
+    Delivers through a real L{MaildirDelivery}, except that the first
+    deliveries to some targets fail with given errors.
+    """
+
+    def __init__(self, real, failures=None):
+        self.real = real
+        self.failures = failures or {}
+        self.calls = []
+
+    def deliver(self, mailbox, prefix, body_path):
+        self.calls.append(mailbox.key)
+        errors = self.failures.get(mailbox.key)
+        if errors:
+            return fail(errors.pop(0))
+        return self.real.deliver(mailbox, prefix, body_path)
+
+
+@implementer(ILocalDelivery)
+class ManualDelivery:
+    """
+    A delivery whose results the test gives.
+    """
+
+    def __init__(self):
+        self.pending = []
+
+    def deliver(self, mailbox, prefix, body_path):
+        d = Deferred()
+        self.pending.append((mailbox.key, d))
+        return d
+
+
+class ManagerTestCase(SynchronousTestCase):
+    def setUp(self):
+        self.root = os.path.abspath(self.mktemp())
+        os.makedirs(self.root)
+        self.mail_root = os.path.join(self.root, "mail")
+        self.queue_dir = os.path.join(self.root, "queue")
+        self.disk = SynchronousDiskPool()
+        self.syncer = DirectorySyncer(self.disk)
+        self.clock = Clock()
+        self.clock.advance(T0)
+        self.events = []
+        self.log = Logger(observer=lambda e: self.events.append(formatEvent(e)))
+        self.maildir = MaildirDelivery(self.mail_root, "mx.example.test", self.disk, self.syncer)
+        self.spool = Spool(self.queue_dir, self.disk, self.syncer, self.clock, log=self.log)
+
+    def start(self, delivery=None, **kwargs):
+        self.manager = QueueManager(self.spool, delivery or self.maildir, self.clock, log=self.log, **kwargs)
+        self.manager.startService()
+        self.addCleanup(lambda: self.manager.running and self.manager.stopService())
+        return self.successResultOf(self.manager.recovered)
+
+    def submit(self, recipients, sender="bob@example.test", body=BODY):
+        writer = self.spool.new_message()
+        writer.write(body)
+        envelope = Envelope(
+            queue_id=writer.queue_id,
+            sender=mb(sender) if sender else None,
+            recipients=tuple(recipients),
+            arrival=self.clock.seconds(),
+        )
+        return self.successResultOf(writer.commit(envelope))
+
+    def delivered_files(self, address):
+        new = os.path.join(maildir_path(self.mail_root, mb(address)), "new")
+        if not os.path.isdir(new):
+            return []
+        result = []
+        for name in sorted(os.listdir(new)):
+            with open(os.path.join(new, name), "rb") as f:
+                result.append(f.read())
+        return result
+
+    def stored(self, qid):
+        with open(self.spool.envelope_path(qid), "rb") as f:
+            return Envelope.from_bytes(f.read())
+
+    def queued(self):
+        return sorted(os.listdir(self.spool.messages_dir))
+
+    def lines(self, qid):
+        return [e for e in self.events if e.startswith(f"qid={qid} ")]
+
+
+class LocalDeliveryTests(ManagerTestCase):
+    def test_many_local_recipients(self):
+        """
+        One message to three local recipients makes three Maildir files,
+        each with C{Return-Path:} and C{Delivered-To:} before the body,
+        then leaves the queue.
+        """
+        self.start()
+        targets = ["alice@example.test", "carol@example.test", "dave@other.test"]
+        qid = self.submit([rcpt(t) for t in targets])
+        for target in targets:
+            self.assertEqual(
+                self.delivered_files(target),
+                [b"Return-Path: <bob@example.test>\r\nDelivered-To: " + target.encode() + b"\r\n" + BODY],
+            )
+        self.assertEqual(self.queued(), [])
+        lines = self.lines(qid)
+        self.assertEqual(lines[0], f"qid={qid} from=<bob@example.test> size={len(BODY)} nrcpt=3 status=queued")
+        for line, target in zip(lines[1:4], targets):
+            self.assertTrue(line.startswith(f"qid={qid} to=<{target}> status=delivered path={self.mail_root}/"), line)
+        self.assertEqual(lines[4:], [f"qid={qid} status=removed"])
+
+    def test_null_sender_and_utf8(self):
+        """
+        The null sender gives C{Return-Path: <>}; UTF-8 addresses are
+        written as UTF-8.
+        """
+        self.start()
+        self.submit([rcpt("jörg@example.test")], sender=None)
+        self.assertEqual(
+            self.delivered_files("jörg@example.test"),
+            ["Return-Path: <>\r\nDelivered-To: jörg@example.test\r\n".encode() + BODY],
+        )
+
+    def test_prefix(self):
+        """
+        L{delivery_prefix} writes both lines with CRLF.
+        """
+        self.assertEqual(
+            delivery_prefix(mb("a@b.test"), mb("C@d.test")),
+            b"Return-Path: <a@b.test>\r\nDelivered-To: C@d.test\r\n",
+        )
+
+    def test_same_target_once(self):
+        """
+        Two recipients of one message that lead to the same account (two
+        aliases of one user) get one copy; both are recorded delivered.
+        """
+        delivery = ScriptedDelivery(self.maildir)
+        self.start(delivery)
+        self.submit(
+            [
+                rcpt("alice@example.test", original="team@example.test"),
+                rcpt("Alice@example.test", original="boss@example.test"),
+                rcpt("remote@far.test", local=False),
+            ]
+        )
+        self.assertEqual(delivery.calls, ["alice@example.test"])
+        self.assertEqual(len(self.delivered_files("alice@example.test")), 1)
+        [qid] = self.manager.queue_ids
+        self.assertEqual([r.state for r in self.stored(qid).recipients], [DELIVERED, DELIVERED, PENDING])
+
+    def test_already_failed_left_failed(self):
+        """
+        Recipients that arrive failed (unknown alias members) stay failed
+        (logged at arrival); the message leaves the queue once the others
+        are delivered.
+        """
+        self.start()
+        qid = self.submit(
+            [
+                rcpt("nobody@example.test", state=FAILED, last_error="550 5.1.1 unknown"),
+                rcpt("alice@example.test"),
+            ]
+        )
+        self.assertEqual(self.delivered_files("nobody@example.test"), [])
+        self.assertEqual(len(self.delivered_files("alice@example.test")), 1)
+        self.assertIn(f'qid={qid} to=<nobody@example.test> status=failed reason="550 5.1.1 unknown"', self.events)
+        self.assertEqual(self.queued(), [])
+
+    def test_all_failed_on_arrival(self):
+        """
+        A message whose recipients all arrived failed is removed at once.
+        """
+        self.start()
+        qid = self.submit([rcpt("nobody@example.test", state=FAILED, last_error="x")])
+        self.assertEqual(self.queued(), [])
+        self.assertEqual(self.lines(qid)[-1], f"qid={qid} status=removed")
+
+
+class RemoteRecipientTests(ManagerTestCase):
+    def test_remote_persist(self):
+        """
+        Without a relay, remote recipients stay pending on disk while local
+        ones are delivered; the deferral is logged once per recipient and
+        message, not on every round.
+        """
+        self.start()
+        qid = self.submit([rcpt("alice@example.test"), rcpt("carol@far.test", local=False)])
+        self.assertEqual(self.queued(), [qid, qid + ".env"])
+        stored = self.stored(qid)
+        self.assertEqual([r.state for r in stored.recipients], [DELIVERED, PENDING])
+        self.assertEqual(stored.recipients[0].attempts, 1)
+        self.assertEqual(stored.recipients[1].attempts, 0)
+        deferred = f'qid={qid} to=<carol@far.test> status=deferred reason="relay not available yet"'
+        self.assertEqual(self.events.count(deferred), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(3600)
+        self.assertEqual(self.events.count(deferred), 1)
+
+    def test_remote_survives_restart(self):
+        """
+        After a restart the remote recipient is still queued and logged
+        again (once); the local one is not delivered again.
+        """
+        self.start()
+        qid = self.submit([rcpt("alice@example.test"), rcpt("carol@far.test", local=False)])
+        self.manager.stopService()
+        self.events.clear()
+        self.assertEqual(self.start(), 1)
+        self.assertEqual(len(self.delivered_files("alice@example.test")), 1)
+        self.assertEqual(self.queued(), [qid, qid + ".env"])
+        self.assertIn(f'qid={qid} to=<carol@far.test> status=deferred reason="relay not available yet"', self.events)
+
+    def test_remote_delivery_seam(self):
+        """
+        With an L{IRemoteDelivery}, the manager hands it the due remote
+        recipients, records what it returns, and calls again at the
+        earliest C{next_attempt} it set.
+        """
+        calls = []
+
+        @implementer(IRemoteDelivery)
+        class Relay:
+            def deliver(self, envelope, recipients, body_path):
+                calls.append((envelope.queue_id, [r.target.key for r in recipients], body_path))
+                if len(calls) == 1:
+                    return succeed(
+                        [
+                            recipients[0].with_state(state=DELIVERED, attempts=1),
+                            recipients[1].with_state(attempts=1, last_error="451 busy", next_attempt=T0 + 300),
+                        ]
+                    )
+                return succeed([recipients[0].with_state(state=DELIVERED, attempts=2)])
+
+        self.start(remote_delivery=Relay())
+        qid = self.submit([rcpt("a@far.test", local=False), rcpt("b@far.test", local=False)])
+        self.assertEqual(calls, [(qid, ["a@far.test", "b@far.test"], self.spool.body_path(qid))])
+        stored = self.stored(qid)
+        self.assertEqual([r.state for r in stored.recipients], [DELIVERED, PENDING])
+        self.assertEqual(stored.recipients[1].last_error, "451 busy")
+        self.assertNotIn("relay not available", "".join(self.events))
+        self.clock.advance(299)
+        self.assertEqual(len(calls), 1)
+        self.clock.advance(1)
+        self.assertEqual(calls[1][1], ["b@far.test"])
+        self.assertEqual(self.queued(), [])
+
+    def test_remote_delivery_fails(self):
+        """
+        A failing relay is logged and its recipients retried after
+        C{retry_delay}.
+        """
+        attempts = []
+
+        @implementer(IRemoteDelivery)
+        class Broken:
+            def deliver(self, envelope, recipients, body_path):
+                attempts.append(self)
+                return fail(RuntimeError("boom"))
+
+        self.start(remote_delivery=Broken(), retry_delay=30)
+        qid = self.submit([rcpt("a@far.test", local=False)])
+        stored = self.stored(qid)
+        self.assertEqual((stored.recipients[0].state, stored.recipients[0].next_attempt), (PENDING, T0 + 30))
+        self.clock.advance(30)
+        self.assertEqual(len(attempts), 2)
+        self.assertIn(f'qid={qid} status=error reason="remote delivery failed"', self.events)
+
+
+class RetryTests(ManagerTestCase):
+    def test_temporary_failure_retried(self):
+        """
+        A temporary failure is recorded on disk (attempts, error, next
+        attempt) and retried after C{retry_delay}, then the message leaves.
+        """
+        delivery = ScriptedDelivery(self.maildir, {"alice@example.test": [DeliveryError("disk full")]})
+        self.start(delivery, retry_delay=60)
+        qid = self.submit([rcpt("alice@example.test"), rcpt("carol@example.test")])
+        stored = self.stored(qid)
+        self.assertEqual(stored.recipients[0], rcpt("alice@example.test", attempts=1, last_error="disk full", next_attempt=T0 + 60))
+        self.assertEqual(stored.recipients[1].state, DELIVERED)
+        self.assertIn(f'qid={qid} to=<alice@example.test> status=deferred reason="disk full" delay=60', self.events)
+        self.clock.advance(59)
+        self.assertEqual(delivery.calls, ["alice@example.test", "carol@example.test"])
+        self.clock.advance(1)
+        self.assertEqual(delivery.calls[2:], ["alice@example.test"])
+        self.assertEqual(len(self.delivered_files("alice@example.test")), 1)
+        self.assertEqual(len(self.delivered_files("carol@example.test")), 1)
+        self.assertEqual(self.queued(), [])
+
+    def test_permanent_failure(self):
+        """
+        A permanent failure marks the recipient failed with its reason and
+        logs it; with nothing else pending the message leaves the queue.
+        """
+        delivery = ScriptedDelivery(self.maildir, {"alice@example.test": [DeliveryError("not a directory", permanent=True)]})
+        self.start(delivery)
+        qid = self.submit([rcpt("alice@example.test"), rcpt("x@far.test", local=False)])
+        stored = self.stored(qid)
+        self.assertEqual(stored.recipients[0], rcpt("alice@example.test", state=FAILED, attempts=1, last_error="not a directory"))
+        self.assertIn(f'qid={qid} to=<alice@example.test> status=failed reason="not a directory"', self.events)
+        self.clock.advance(3600)
+        self.assertEqual(delivery.calls, ["alice@example.test"])
+
+    def test_unexpected_error_is_temporary(self):
+        """
+        An exception that is not a L{DeliveryError} is logged and treated
+        as temporary.
+        """
+        delivery = ScriptedDelivery(self.maildir, {"alice@example.test": [ZeroDivisionError("bug")]})
+        self.start(delivery, retry_delay=10)
+        qid = self.submit([rcpt("alice@example.test")])
+        self.assertEqual(self.stored(qid).recipients[0].next_attempt, T0 + 10)
+        self.clock.advance(10)
+        self.assertEqual(self.queued(), [])
+
+    def test_persisted_schedule_after_restart(self):
+        """
+        After a restart, a recipient waiting for a retry is tried at its
+        persisted C{next_attempt}, not at once.
+        """
+        delivery = ScriptedDelivery(self.maildir, {"alice@example.test": [DeliveryError("busy")]})
+        self.start(delivery, retry_delay=100)
+        qid = self.submit([rcpt("alice@example.test")])
+        self.manager.stopService()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(40)
+        self.start(delivery, retry_delay=100)
+        self.assertEqual(len(delivery.calls), 1)
+        self.clock.advance(59)
+        self.assertEqual(len(delivery.calls), 1)
+        self.clock.advance(1)
+        self.assertEqual(len(delivery.calls), 2)
+        self.assertEqual(self.queued(), [])
+        self.assertEqual(self.lines(qid)[-1], f"qid={qid} status=removed")
+
+    def test_update_failure(self):
+        """
+        If the envelope update fails, the outcome is kept in memory (no
+        second delivery in this run) and the write is tried again.
+        """
+        delivery = ScriptedDelivery(self.maildir)
+        self.start(delivery, retry_delay=5)
+        real_update = self.spool.update
+        failures = [OSError(28, "No space left on device")]
+
+        def update(envelope):
+            if failures:
+                return fail(failures.pop())
+            return real_update(envelope)
+
+        self.spool.update = update
+        qid = self.submit([rcpt("alice@example.test"), rcpt("x@far.test", local=False)])
+        self.assertIn(f'qid={qid} status=error reason="envelope update failed: [Errno 28] No space left on device"', self.events)
+        self.assertEqual(self.stored(qid).recipients[0].state, PENDING)
+        self.clock.advance(5)
+        self.assertEqual(self.stored(qid).recipients[0].state, DELIVERED)
+        self.assertEqual(delivery.calls, ["alice@example.test"])
+
+
+class RecoveryTests(ManagerTestCase):
+    def put(self, envelope, body=BODY):
+        os.makedirs(self.spool.messages_dir, exist_ok=True)
+        with open(self.spool.body_path(envelope.queue_id), "wb") as f:
+            f.write(body)
+        with open(self.spool.envelope_path(envelope.queue_id), "wb") as f:
+            f.write(envelope.to_bytes())
+
+    def test_resume_half_done(self):
+        """
+        A message a previous run half delivered: only the pending
+        recipients are delivered, then it leaves the queue.
+        """
+        qid = "0000000000000AAA"
+        self.put(
+            Envelope(
+                queue_id=qid,
+                sender=mb("bob@example.test"),
+                recipients=(rcpt("alice@example.test", state=DELIVERED, attempts=1), rcpt("carol@example.test")),
+                arrival=T0 - 10,
+                size=len(BODY),
+            )
+        )
+        delivery = ScriptedDelivery(self.maildir)
+        self.assertEqual(self.start(delivery), 1)
+        self.assertEqual(delivery.calls, ["carol@example.test"])
+        self.assertEqual(len(self.delivered_files("carol@example.test")), 1)
+        self.assertEqual(self.queued(), [])
+        self.assertNotIn("status=queued", "".join(self.events))
+
+    def test_committed_while_stopped(self):
+        """
+        A message committed while the manager was not running (the crash
+        window between the 250 and delivery) is delivered at the next
+        start.
+        """
+        qid = self.submit([rcpt("alice@example.test")])
+        self.assertEqual(self.queued(), [qid, qid + ".env"])
+        self.start()
+        self.assertEqual(len(self.delivered_files("alice@example.test")), 1)
+        self.assertEqual(self.queued(), [])
+
+    def test_recovered_not_taken_twice(self):
+        """
+        A message both recovered and announced by C{on_commit} (committed
+        while recovery scanned) is delivered once.
+        """
+        delivery = ScriptedDelivery(self.maildir)
+        qid = self.submit([rcpt("alice@example.test"), rcpt("x@far.test", local=False)])
+        self.start(delivery)
+        self.manager.enqueue(self.stored(qid))
+        self.assertEqual(delivery.calls, ["alice@example.test"])
+
+
+class SchedulingTests(ManagerTestCase):
+    def test_one_round_at_a_time(self):
+        """
+        While a round of a message is in flight, another trigger (a timer, a
+        second announcement) does not start a second delivery of the same
+        recipient; the round that follows finds nothing due.
+        """
+        delivery = ManualDelivery()
+        self.start(delivery)
+        qid = self.submit([rcpt("alice@example.test")])
+        self.assertEqual(len(delivery.pending), 1)
+        self.manager._run(qid)
+        self.clock.advance(1000)
+        self.assertEqual(len(delivery.pending), 1)
+        delivery.pending[0][1].callback("/path")
+        self.assertEqual(len(delivery.pending), 1)
+        self.assertEqual(self.queued(), [])
+
+    def test_outcomes_written_once_per_round(self):
+        """
+        The outcomes of all local deliveries of a round are written with
+        one envelope update, after the last one is done.
+        """
+        delivery = ManualDelivery()
+        self.start(delivery)
+        updates = []
+        real_update = self.spool.update
+        self.spool.update = lambda envelope: (updates.append(envelope), real_update(envelope))[1]
+        qid = self.submit([rcpt("a@example.test"), rcpt("b@example.test"), rcpt("c@far.test", local=False)])
+        self.assertEqual(len(delivery.pending), 2)
+        delivery.pending[0][1].callback("/a")
+        self.assertEqual(updates, [])
+        delivery.pending[1][1].errback(DeliveryError("later"))
+        self.assertEqual(len(updates), 1)
+        self.assertEqual([r.state for r in updates[0].recipients], [DELIVERED, PENDING, PENDING])
+        self.assertEqual(self.stored(qid), updates[0])
+
+    def test_concurrency_limit(self):
+        """
+        No more than C{max_local_concurrency} local deliveries run at once,
+        over all messages.
+        """
+        delivery = ManualDelivery()
+        self.start(delivery, max_local_concurrency=2)
+        for name in "abcde":
+            self.submit([rcpt(f"{name}@example.test")])
+        self.assertEqual([key for key, d in delivery.pending], ["a@example.test", "b@example.test"])
+        delivery.pending[0][1].callback("/a")
+        self.assertEqual(len(delivery.pending), 3)
+        for _, d in list(delivery.pending[1:]):
+            d.callback("/x")
+        for _, d in list(delivery.pending[3:]):
+            if not d.called:
+                d.callback("/x")
+        self.assertEqual(self.queued(), [])
+
+    def test_stop_waits_for_round(self):
+        """
+        C{stopService} fires once the rounds in flight have recorded their
+        outcomes; no new round starts after it.
+        """
+        delivery = ManualDelivery()
+        self.start(delivery)
+        qid = self.submit([rcpt("alice@example.test"), rcpt("x@far.test", local=False)])
+        stopping = self.manager.stopService()
+        self.assertNoResult(stopping)
+        delivery.pending[0][1].callback("/done")
+        self.successResultOf(stopping)
+        self.assertEqual(self.stored(qid).recipients[0].state, DELIVERED)
+        self.assertEqual(self.spool.on_commit, None)
+        self.submit([rcpt("bob@example.test")])
+        self.assertEqual(len(delivery.pending), 1)
+
+    def test_removed_by_someone_else(self):
+        """
+        A message removed from the queue by another process (the
+        administrator) is dropped when its envelope update finds it gone,
+        not retried for ever.
+        """
+        busy = [DeliveryError("busy"), DeliveryError("busy")]
+        delivery = ScriptedDelivery(self.maildir, {"alice@example.test": busy})
+        self.start(delivery, retry_delay=5)
+        qid = self.submit([rcpt("x@far.test", local=False), rcpt("alice@example.test")])
+        self.successResultOf(self.spool.remove(qid))
+        self.clock.advance(5)
+        self.assertEqual(delivery.calls, ["alice@example.test"] * 2)
+        self.assertEqual(self.manager.queue_ids, [])
+        self.assertEqual(self.lines(qid)[-1], f'qid={qid} status=removed reason="no longer in the queue"')
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.queued(), [])

@@ -1,0 +1,532 @@
+# -*- test-case-name: tests.test_queue_writer -*-
+"""
+Tests for L{mailappliance.queue.writer}: receiving a message into the spool
+(streaming, backpressure, abort, and the durable commit).
+"""
+
+import errno
+import os
+
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.task import Clock
+from twisted.logger import Logger, formatEvent
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
+
+from mailappliance.address import parse_mailbox
+from mailappliance.disk import DirectorySyncer, DiskPool, SynchronousDiskPool
+from mailappliance.interfaces import IMessageWriter
+from mailappliance.queue.envelope import Envelope, Recipient
+from mailappliance.queue.spool import Spool
+from mailappliance.queue.writer import CHUNK_SIZE, HIGH_WATER, LOW_WATER
+
+
+class ManualDiskPool:
+    """
+    A disk pool whose jobs wait until the test runs them, in order, so a
+    test can look at every intermediate state.
+    """
+
+    def __init__(self):
+        self.jobs = []
+
+    def run(self, function, *args, **kwargs):
+        d = Deferred()
+        self.jobs.append((function, args, kwargs, d))
+        return d
+
+    def run_one(self):
+        function, args, kwargs, d = self.jobs.pop(0)
+        try:
+            result = function(*args, **kwargs)
+        except BaseException:  # noqa: BLE001 -- handed to the Deferred, as a pool does
+            d.errback()
+        else:
+            d.callback(result)
+
+    def run_all(self):
+        while self.jobs:
+            self.run_one()
+
+
+def make_envelope(queue_id="", size=0, recipients=("alice@example.test",), arrival=1000.0, sender="bob@example.test"):
+    """
+    An envelope with local recipients.
+    """
+    return Envelope(
+        queue_id=queue_id,
+        sender=parse_mailbox(sender) if sender else None,
+        recipients=tuple(Recipient(parse_mailbox(r), parse_mailbox(r), True) for r in recipients),
+        arrival=arrival,
+        size=size,
+    )
+
+
+def listing(path):
+    """
+    Sorted names in a directory ([] if it does not exist).
+    """
+    try:
+        return sorted(os.listdir(path))
+    except FileNotFoundError:
+        return []
+
+
+class SpoolFixture:
+    """
+    Builds a spool in a fresh temporary folder.
+    """
+
+    def make_spool(self, disk=None, dir_fsync=None):
+        self.root = os.path.abspath(self.mktemp())
+        os.makedirs(self.root)
+        self.disk = disk if disk is not None else SynchronousDiskPool()
+        self.dir_syncs = []
+
+        def record_dir_sync(path):
+            self.dir_syncs.append(path)
+            if dir_fsync is not None:
+                dir_fsync(path)
+
+        self.syncer = DirectorySyncer(self.disk, fsync=record_dir_sync)
+        self.clock = Clock()
+        self.clock.advance(1700000000)
+        self.events = []
+        log = Logger(observer=lambda e: self.events.append(formatEvent(e)))
+        self.spool = Spool(os.path.join(self.root, "queue"), self.disk, self.syncer, self.clock, log=log)
+        self.committed = []
+        self.spool.on_commit = self.committed.append
+        return self.spool
+
+    def queue_files(self):
+        q = self.spool
+        return {
+            "tmp": listing(q.tmp_dir),
+            "messages": listing(q.messages_dir),
+            "corrupt": listing(q.corrupt_dir),
+        }
+
+
+class CommitTests(SpoolFixture, SynchronousTestCase):
+    def setUp(self):
+        self.make_spool()
+        self.successResultOf(self.spool.recover())
+
+    def test_interface(self):
+        """
+        The writer provides L{IMessageWriter} and knows its queue id from
+        the start.
+        """
+        writer = self.spool.new_message()
+        self.assertTrue(verifyObject(IMessageWriter, writer))
+        self.assertEqual(len(writer.queue_id), 16)
+        self.assertEqual(writer.size, 0)
+
+    def test_commit(self):
+        """
+        Committing moves body and envelope into C{messages/}, byte for
+        byte; the envelope gets the writer's queue id and body size; the
+        L{Deferred} fires with the queue id and C{on_commit} is called with
+        the stored envelope.
+        """
+        writer = self.spool.new_message()
+        body = b"Received: from x\r\n\r\n.dot\r\n\xff\xfe 8-bit\r\n"
+        self.assertIsNone(writer.write(body[:10]))
+        self.assertIsNone(writer.write(body[10:]))
+        self.assertEqual(writer.size, len(body))
+        qid = self.successResultOf(writer.commit(make_envelope()))
+        self.assertEqual(qid, writer.queue_id)
+        self.assertEqual(self.queue_files(), {"tmp": [], "messages": [qid, qid + ".env"], "corrupt": []})
+        with open(self.spool.body_path(qid), "rb") as f:
+            self.assertEqual(f.read(), body)
+        with open(self.spool.envelope_path(qid), "rb") as f:
+            stored = Envelope.from_bytes(f.read())
+        self.assertEqual(stored, make_envelope(queue_id=qid, size=len(body)))
+        self.assertEqual(self.committed, [stored])
+        self.assertEqual(self.dir_syncs, [self.spool.messages_dir])
+        self.assertEqual(os.stat(self.spool.body_path(qid)).st_mode & 0o777, 0o600)
+
+    def test_empty_body(self):
+        """
+        A message with no body bytes still gets an (empty) body file.
+        """
+        writer = self.spool.new_message()
+        qid = self.successResultOf(writer.commit(make_envelope()))
+        with open(self.spool.body_path(qid), "rb") as f:
+            self.assertEqual(f.read(), b"")
+
+    def test_large_body_in_order(self):
+        """
+        A body larger than a chunk is written in several jobs, in order.
+        """
+        writer = self.spool.new_message()
+        pieces = [bytes([i]) * 100_000 for i in range(12)]
+        for piece in pieces:
+            writer.write(piece)
+        qid = self.successResultOf(writer.commit(make_envelope()))
+        with open(self.spool.body_path(qid), "rb") as f:
+            self.assertEqual(f.read(), b"".join(pieces))
+
+    def test_no_commit_twice(self):
+        """
+        C{write} or C{commit} after C{commit} is a programming error.
+        """
+        writer = self.spool.new_message()
+        writer.commit(make_envelope())
+        self.assertRaises(RuntimeError, writer.write, b"x")
+        self.assertRaises(RuntimeError, writer.commit, make_envelope())
+
+    def test_without_on_commit(self):
+        """
+        Without an C{on_commit} hook the commit simply succeeds; an
+        exception in the hook is logged and does not fail the commit (the
+        message is already durable).
+        """
+        self.spool.on_commit = None
+        self.successResultOf(self.spool.new_message().commit(make_envelope()))
+
+        def broken(envelope):
+            raise ZeroDivisionError()
+
+        self.spool.on_commit = broken
+        qid = self.successResultOf(self.spool.new_message().commit(make_envelope()))
+        self.assertEqual(self.events[-1], f'qid={qid} status=error reason="on_commit failed"')
+        self.assertIn(qid + ".env", listing(self.spool.messages_dir))
+
+
+class DurabilityOrderTests(SpoolFixture, SynchronousTestCase):
+    """
+    The 250-level durability calls happen in the right order.
+    """
+
+    def test_order(self):
+        """
+        Body fsync, envelope fsync, rename of the body, rename of the
+        envelope (the commit point), fsync of C{messages/}, and only then
+        the commit L{Deferred} fires.
+        """
+        self.make_spool(dir_fsync=lambda path: ops.append(("dirsync", path)))
+        self.successResultOf(self.spool.recover())
+        ops = []
+        paths = {}
+        real_open, real_fsync, real_rename = os.open, os.fsync, os.rename
+
+        def fake_open(path, *args, **kwargs):
+            fd = real_open(path, *args, **kwargs)
+            paths[fd] = path
+            return fd
+
+        def fake_fsync(fd):
+            ops.append(("fsync", paths.get(fd)))
+            real_fsync(fd)
+
+        def fake_rename(src, dst):
+            ops.append(("rename", src, dst))
+            real_rename(src, dst)
+
+        self.patch(os, "open", fake_open)
+        self.patch(os, "fsync", fake_fsync)
+        self.patch(os, "rename", fake_rename)
+        writer = self.spool.new_message()
+        writer.write(b"body\r\n")
+        d = writer.commit(make_envelope())
+        d.addCallback(lambda qid: ops.append(("fired", qid)))
+        self.successResultOf(d)
+        q = writer.queue_id
+        tmp, messages = self.spool.tmp_dir, self.spool.messages_dir
+        self.assertEqual(
+            ops,
+            [
+                ("fsync", os.path.join(tmp, q)),
+                ("fsync", os.path.join(tmp, q + ".env")),
+                ("rename", os.path.join(tmp, q), os.path.join(messages, q)),
+                ("rename", os.path.join(tmp, q + ".env"), os.path.join(messages, q + ".env")),
+                ("dirsync", messages),
+                ("fired", q),
+            ],
+        )
+
+    def test_not_durable_before_dir_sync(self):
+        """
+        With a disk pool that runs jobs on demand, the commit has not fired
+        while the directory fsync is still waiting to run.
+        """
+        disk = ManualDiskPool()
+        self.make_spool(disk=disk)
+        writer = self.spool.new_message()
+        writer.write(b"x")
+        d = writer.commit(make_envelope())
+        while len(disk.jobs) > 0 and not self.dir_syncs:
+            job = disk.jobs[0][0]
+            if getattr(job, "__name__", "") == "record_dir_sync":
+                break
+            disk.run_one()
+        self.assertNoResult(d)
+        self.assertEqual(listing(self.spool.messages_dir), [writer.queue_id, writer.queue_id + ".env"])
+        disk.run_all()
+        self.assertEqual(self.successResultOf(d), writer.queue_id)
+
+
+class FailureTests(SpoolFixture, SynchronousTestCase):
+    """
+    A failed commit fails with the L{OSError} and leaves nothing behind.
+    """
+
+    def setUp(self):
+        self.make_spool()
+        self.successResultOf(self.spool.recover())
+
+    def assertNothingLeft(self):
+        self.assertEqual(self.queue_files(), {"tmp": [], "messages": [], "corrupt": []})
+        self.assertEqual(self.committed, [])
+
+    def failing(self, name, after=0, error=errno.ENOSPC):
+        """
+        Patch C{os.<name>} to fail with C{error} after C{after} calls.
+        """
+        real = getattr(os, name)
+        calls = []
+
+        def fake(*args):
+            calls.append(args)
+            if len(calls) > after:
+                raise OSError(error, os.strerror(error))
+            return real(*args)
+
+        self.patch(os, name, fake)
+
+    def test_write_fails(self):
+        """
+        A failed body write: later writes are dropped, backpressure never
+        blocks, and C{commit} fails with the error.
+        """
+        self.failing("write")
+        writer = self.spool.new_message()
+        writer.write(b"x" * CHUNK_SIZE)
+        self.assertIsNone(writer.write(b"y" * (2 * HIGH_WATER)))
+        self.assertEqual(writer.outstanding, 0)
+        failure = self.failureResultOf(writer.commit(make_envelope()), OSError)
+        self.assertEqual(failure.value.errno, errno.ENOSPC)
+        self.assertNothingLeft()
+        self.assertEqual(len([e for e in self.events if "commit failed" in e]), 1)
+
+    def test_body_fsync_fails(self):
+        """
+        A failed fsync of the body fails the commit.
+        """
+        self.failing("fsync")
+        writer = self.spool.new_message()
+        writer.write(b"hello\r\n")
+        self.failureResultOf(writer.commit(make_envelope()), OSError)
+        self.assertNothingLeft()
+
+    def test_envelope_fsync_fails(self):
+        """
+        A failed fsync of the envelope fails the commit; the body written
+        before is removed.
+        """
+        self.failing("fsync", after=1)
+        writer = self.spool.new_message()
+        writer.write(b"hello\r\n")
+        self.failureResultOf(writer.commit(make_envelope()), OSError)
+        self.assertNothingLeft()
+
+    def test_envelope_rename_fails(self):
+        """
+        If the envelope cannot be renamed into place after the body was,
+        the body is taken back out of C{messages/}.
+        """
+        self.failing("rename", after=1, error=errno.EIO)
+        writer = self.spool.new_message()
+        writer.write(b"hello\r\n")
+        failure = self.failureResultOf(writer.commit(make_envelope()), OSError)
+        self.assertEqual(failure.value.errno, errno.EIO)
+        self.assertNothingLeft()
+
+    def test_directory_sync_fails(self):
+        """
+        If C{messages/} cannot be fsynced the message is not durable: it is
+        removed again and the commit fails.
+        """
+
+        def broken(path):
+            raise OSError(errno.EIO, "I/O error")
+
+        self.make_spool(dir_fsync=broken)
+        self.successResultOf(self.spool.recover())
+        writer = self.spool.new_message()
+        writer.write(b"hello\r\n")
+        self.failureResultOf(writer.commit(make_envelope()), OSError)
+        self.assertNothingLeft()
+
+
+class AbortTests(SpoolFixture, SynchronousTestCase):
+    def test_abort_before_writing(self):
+        """
+        Aborting a writer that never wrote leaves nothing; abort is
+        idempotent.
+        """
+        self.make_spool()
+        writer = self.spool.new_message()
+        writer.abort()
+        writer.abort()
+        self.assertEqual(listing(self.spool.tmp_dir), [])
+        self.assertNotIn(writer.queue_id, self.spool._live)
+
+    def test_abort_after_writes(self):
+        """
+        Aborting removes the partial body; later writes are ignored.
+        """
+        self.make_spool()
+        writer = self.spool.new_message()
+        writer.write(b"x" * (CHUNK_SIZE + 1))
+        self.assertEqual(listing(self.spool.tmp_dir), [writer.queue_id])
+        writer.abort()
+        self.assertIsNone(writer.write(b"more"))
+        self.assertEqual(listing(self.spool.tmp_dir), [])
+        self.assertEqual(self.committed, [])
+
+    def test_abort_during_write(self):
+        """
+        Aborting while a write job is in flight removes the file once the
+        job is done, also the file the job itself created; waiters for
+        backpressure are released.
+        """
+        disk = ManualDiskPool()
+        self.make_spool(disk=disk)
+        writer = self.spool.new_message()
+        writer.write(b"x" * CHUNK_SIZE)
+        waiting = writer.write(b"y" * HIGH_WATER)
+        self.assertIsInstance(waiting, Deferred)
+        self.assertEqual(len(disk.jobs), 1)
+        writer.abort()
+        self.successResultOf(waiting)
+        self.assertEqual(len(disk.jobs), 1)
+        disk.run_one()  # the write in flight: creates tmp/<qid>
+        disk.run_all()  # the discard
+        self.assertEqual(listing(self.spool.tmp_dir), [])
+        self.assertEqual(writer.outstanding, 0)
+
+    def test_abort_after_commit_ignored(self):
+        """
+        Once C{commit} was called, C{abort} does nothing: the commit
+        completes.
+        """
+        disk = ManualDiskPool()
+        self.make_spool(disk=disk)
+        writer = self.spool.new_message()
+        writer.write(b"data")
+        d = writer.commit(make_envelope())
+        writer.abort()
+        disk.run_all()
+        self.assertEqual(self.successResultOf(d), writer.queue_id)
+        self.assertEqual(listing(self.spool.messages_dir), [writer.queue_id, writer.queue_id + ".env"])
+
+
+class BackpressureTests(SpoolFixture, SynchronousTestCase):
+    def test_write_returns_deferred_when_backlog_large(self):
+        """
+        C{write} returns L{None} until more than L{HIGH_WATER} bytes are
+        outstanding, then a L{Deferred} that fires once the disk has
+        brought the backlog down to L{LOW_WATER}.
+        """
+        disk = ManualDiskPool()
+        self.make_spool(disk=disk)
+        writer = self.spool.new_message()
+        piece = b"z" * (64 * 1024)
+        results = []
+        while not results or results[-1] is None:
+            results.append(writer.write(piece))
+        self.assertEqual(len(results), HIGH_WATER // len(piece) + 1)
+        self.assertGreater(writer.outstanding, HIGH_WATER)
+        waiting = results[-1]
+        # One job at a time, so writes land in order.
+        self.assertEqual(len(disk.jobs), 1)
+        disk.run_one()
+        self.assertNoResult(waiting)
+        while writer.outstanding > LOW_WATER:
+            disk.run_one()
+        self.successResultOf(waiting)
+
+    def test_memory_bounded(self):
+        """
+        A producer that honours backpressure streams a 32 MiB message
+        through a slow disk with never more than L{HIGH_WATER} plus one
+        piece in memory.
+        """
+        disk = ManualDiskPool()
+        self.make_spool(disk=disk)
+        writer = self.spool.new_message()
+        piece = b"m" * 50_000
+        total = 32 * 1024 * 1024
+        written = 0
+        peak = 0
+        while written < total:
+            waiting = writer.write(piece)
+            written += len(piece)
+            peak = max(peak, writer.outstanding)
+            if waiting is not None:
+                while not waiting.called:
+                    disk.run_one()
+        d = writer.commit(make_envelope())
+        disk.run_all()
+        qid = self.successResultOf(d)
+        self.assertLessEqual(peak, HIGH_WATER + len(piece))
+        self.assertEqual(os.path.getsize(self.spool.body_path(qid)), written)
+
+
+class GroupCommitTests(SpoolFixture, SynchronousTestCase):
+    def test_concurrent_commits_share_directory_fsyncs(self):
+        """
+        Ten messages committed at the same moment need only two fsyncs of
+        C{messages/}: the first, and one shared by all that renamed while
+        it was running.
+        """
+        disk = ManualDiskPool()
+        self.make_spool(disk=disk)
+        writers = [self.spool.new_message() for _ in range(10)]
+        results = []
+        for writer in writers:
+            writer.write(b"message\r\n")
+            writer.commit(make_envelope()).addCallback(results.append)
+        disk.run_all()
+        self.assertEqual(sorted(results), sorted(w.queue_id for w in writers))
+        self.assertEqual(self.dir_syncs, [self.spool.messages_dir] * 2)
+        self.assertEqual(len(self.committed), 10)
+
+
+class ThreadedPoolTests(SpoolFixture, TestCase):
+    """
+    The writer with the real thread pool and reactor.
+    """
+
+    def test_concurrent_messages(self):
+        """
+        Twenty messages streamed at once through a real L{DiskPool}, each
+        honouring backpressure, are all committed byte for byte.
+        """
+        from twisted.internet import reactor
+
+        pool = DiskPool(reactor, threads=4)
+        pool.startService()
+        self.addCleanup(pool.stopService)
+        self.make_spool(disk=pool)
+
+        @inlineCallbacks
+        def send(n):
+            writer = self.spool.new_message()
+            for i in range(40):
+                waiting = writer.write(bytes([n]) * 40_000)
+                if waiting is not None:
+                    yield waiting
+            qid = yield writer.commit(make_envelope())
+            return n, qid
+
+        def check(results):
+            for n, qid in results:
+                with open(self.spool.body_path(qid), "rb") as f:
+                    self.assertEqual(f.read(), bytes([n]) * 1_600_000)
+            self.assertEqual(len(self.committed), 20)
+            self.assertEqual(listing(self.spool.tmp_dir), [])
+
+        return gatherResults([send(n) for n in range(20)]).addCallback(check)
