@@ -269,7 +269,7 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     if config.smtp is not None:
         listen("smtp", config.smtp, _smtp_factory(config, "smtp", accounts, spool, reactor, tls))
     if config.submission is not None:
-        log.info("service=submission status=skipped reason=\"not implemented yet\"")
+        listen("submission", config.submission, _smtp_factory(config, "submission", accounts, spool, reactor, tls))
     if config.pop3 is not None:
         listen("pop3", config.pop3, _pop3_factory(config, accounts, disk, reactor, tls))
     return root

@@ -1,0 +1,236 @@
+# -*- test-case-name: tests.test_smtp_commands -*-
+"""
+Parsing SMTP command lines (RFC 5321 section 4.1) and the arguments of
+MAIL and RCPT, with their extension parameters (RFC 1870 SIZE, RFC 6152
+8BITMIME, RFC 6531 SMTPUTF8).
+
+Everything here is pure: a parse either returns a value or raises
+L{CommandRefused} carrying the exact reply, so the server only decides
+what to do with the result.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mailappliance.address import AddressError, Mailbox, normalise_domain, parse_path
+from mailappliance.smtp.replies import MAIL_SYNTAX, RCPT_SYNTAX, UNRECOGNISED, Reply, printable, reply
+
+# RFC 1870 section 3: SIZE's value is 1*20DIGIT.
+MAX_SIZE_DIGITS = 20
+
+# Verbs of HTTP/1.x requests (RFC 9110 section 9). A browser or proxy made
+# to talk to an SMTP port (cross-protocol attacks) sends one of these
+# first; the session is closed at once.
+HTTP_METHODS = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"OPTIONS ", b"CONNECT ", b"TRACE ", b"PATCH ")
+
+_VERB = re.compile(rb"[A-Za-z]{1,16}\Z")
+# RFC 5321 section 4.1.2: esmtp-keyword and esmtp-value.
+_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
+_VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e]+\Z")
+_BODY_TYPES = {"7BIT": "7BIT", "8BITMIME": "8BITMIME"}
+
+
+class CommandRefused(Exception):
+    """
+    A command cannot be carried out; L{reply} says why.
+    """
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
+@dataclass(frozen=True)
+class Command:
+    """
+    A command line split in two.
+
+    @ivar verb: the command verb, upper-case (commands are
+        case-insensitive, RFC 5321 section 2.4).
+    @ivar argument: what follows the verb and one space, trailing spaces
+        removed; C{b""} when there is nothing.
+    """
+
+    verb: str
+    argument: bytes
+
+
+@dataclass(frozen=True)
+class MailFrom:
+    """
+    A parsed MAIL command.
+
+    @ivar sender: the reverse-path, L{None} for C{<>}.
+    @ivar size: the declared SIZE, or L{None}.
+    @ivar body: C{"7BIT"} or C{"8BITMIME"}.
+    @ivar smtputf8: whether SMTPUTF8 was given.
+    """
+
+    sender: Mailbox | None
+    size: int | None = None
+    body: str = "7BIT"
+    smtputf8: bool = False
+
+
+def is_http_request(line: bytes) -> bool:
+    """
+    @return: whether C{line} is the request line of an HTTP request.
+    """
+    return line.startswith(HTTP_METHODS)
+
+
+def parse_command(line: bytes) -> Command:
+    """
+    Split a command line (without its CRLF) into verb and argument.
+
+    @raise CommandRefused: C{500 5.5.2} for an empty line or a verb that is
+        not a word of letters.
+    """
+    verb, _, argument = line.partition(b" ")
+    if not _VERB.match(verb):
+        raise CommandRefused(UNRECOGNISED)
+    return Command(verb.decode("ascii").upper(), argument.rstrip(b" \t"))
+
+
+def _split_path(argument: bytes, prefix: bytes, syntax: Reply) -> tuple[bytes, list[bytes]]:
+    """
+    Split C{FROM:<path> params} or C{TO:<path> params}.
+
+    Spaces after the colon are tolerated (many clients send them, and
+    Postfix and Exim accept them). The path ends at the first C{>} outside
+    a quoted string.
+
+    @return: the path, brackets included, and the parameters.
+    @raise CommandRefused: with C{syntax} if the shape is wrong.
+    """
+    if argument[: len(prefix)].upper() != prefix:
+        raise CommandRefused(syntax)
+    rest = argument[len(prefix) :].lstrip(b" ")
+    if not rest.startswith(b"<"):
+        raise CommandRefused(syntax)
+    quoted = escaped = False
+    for index in range(1, len(rest)):
+        byte = rest[index]
+        if escaped:
+            escaped = False
+        elif byte == 0x5C and quoted:  # backslash
+            escaped = True
+        elif byte == 0x22:  # double quote
+            quoted = not quoted
+        elif byte == 0x3E and not quoted:  # >
+            end = index + 1
+            break
+    else:
+        raise CommandRefused(syntax)
+    path, params = rest[:end], rest[end:]
+    if params and not params.startswith(b" "):
+        raise CommandRefused(syntax)
+    return path, params.split()
+
+
+def _parameters(raw: list[bytes]) -> dict[str, str | None]:
+    """
+    Parse C{keyword[=value]} parameters; keywords are upper-cased.
+
+    @raise CommandRefused: C{501 5.5.4} on bad syntax or a keyword given
+        twice.
+    """
+    params: dict[str, str | None] = {}
+    for item in raw:
+        try:
+            text = item.decode("ascii")
+        except UnicodeDecodeError:
+            raise CommandRefused(reply(501, "5.5.4", "Syntax error in parameters")) from None
+        keyword, equals, value = text.partition("=")
+        if not _KEYWORD.match(keyword) or (equals and not _VALUE.match(value)):
+            raise CommandRefused(reply(501, "5.5.4", "Syntax error in parameters"))
+        keyword = keyword.upper()
+        if keyword in params:
+            raise CommandRefused(reply(501, "5.5.4", f"Error: duplicate parameter {keyword}"))
+        params[keyword] = value if equals else None
+    return params
+
+
+def _address(path: bytes, smtputf8: bool, syntax_status: str, what: str) -> Mailbox | None:
+    """
+    Parse a path, mapping address errors to replies.
+
+    @raise CommandRefused: C{553 5.6.7} for a non-ASCII address without
+        SMTPUTF8 (RFC 6531 section 3.5), else C{501 <syntax_status>}.
+    """
+    try:
+        return parse_path(path, allow_utf8=smtputf8)
+    except AddressError as e:
+        if not smtputf8 and not path.isascii():
+            raise CommandRefused(
+                reply(553, "5.6.7", f"Error: non-ASCII {what} address requires SMTPUTF8")
+            ) from None
+        raise CommandRefused(reply(501, syntax_status, f"Bad {what} address syntax: {printable(e.reason)}")) from None
+
+
+def parse_mail(argument: bytes, esmtp: bool) -> MailFrom:
+    """
+    Parse the argument of MAIL: C{FROM:<reverse-path> [params]}.
+
+    @param esmtp: whether the session began with EHLO; after HELO no
+        parameters are allowed (RFC 1869 section 4.5).
+    @raise CommandRefused: C{501 5.5.4} for syntax and bad values, C{555
+        5.5.4} for a parameter we do not know (RFC 5321 section
+        4.1.1.11), C{504 5.5.4} for C{BODY=BINARYMIME} (not offered),
+        C{553 5.6.7} / C{501 5.1.7} for the address.
+    """
+    path, raw = _split_path(argument, b"FROM:", MAIL_SYNTAX)
+    params = _parameters(raw)
+    if params and not esmtp:
+        raise CommandRefused(reply(555, "5.5.4", "Error: parameters need EHLO"))
+    size: int | None = None
+    body = "7BIT"
+    smtputf8 = False
+    for keyword, value in params.items():
+        if keyword == "SIZE":
+            if value is None or not value.isdigit() or len(value) > MAX_SIZE_DIGITS:
+                raise CommandRefused(reply(501, "5.5.4", "Error: bad SIZE value"))
+            size = int(value)
+        elif keyword == "BODY":
+            upper = (value or "").upper()
+            if upper == "BINARYMIME":
+                raise CommandRefused(reply(504, "5.5.4", "Error: BODY=BINARYMIME is not supported"))
+            if upper not in _BODY_TYPES:
+                raise CommandRefused(reply(501, "5.5.4", "Error: bad BODY value"))
+            body = _BODY_TYPES[upper]
+        elif keyword == "SMTPUTF8":
+            if value is not None:
+                raise CommandRefused(reply(501, "5.5.4", "Error: SMTPUTF8 takes no value"))
+            smtputf8 = True
+        else:
+            raise CommandRefused(reply(555, "5.5.4", f"Error: unsupported parameter {keyword}"))
+    sender = _address(path, smtputf8, "5.1.7", "sender")
+    return MailFrom(sender, size, body, smtputf8)
+
+
+def parse_rcpt(argument: bytes, smtputf8: bool, postmaster_domain: str) -> Mailbox:
+    """
+    Parse the argument of RCPT: C{TO:<forward-path> [params]}.
+
+    @param smtputf8: whether the transaction's MAIL had SMTPUTF8.
+    @param postmaster_domain: the domain that C{<Postmaster>} (no domain,
+        which RFC 5321 section 4.5.1 requires to be accepted) stands for.
+    @raise CommandRefused: C{501 5.5.4} for syntax, C{555 5.5.4} for any
+        parameter (none is offered for RCPT), C{553 5.6.7} / C{501 5.1.3}
+        for the address (the null path included).
+    """
+    path, raw = _split_path(argument, b"TO:", RCPT_SYNTAX)
+    params = _parameters(raw)
+    for keyword in params:
+        raise CommandRefused(reply(555, "5.5.4", f"Error: unsupported parameter {keyword}"))
+    if path.lower() == b"<postmaster>":
+        try:
+            return Mailbox("postmaster", normalise_domain(postmaster_domain))
+        except AddressError:
+            raise CommandRefused(reply(550, "5.1.1", "Error: no postmaster domain configured")) from None
+    recipient = _address(path, smtputf8, "5.1.3", "recipient")
+    if recipient is None:
+        raise CommandRefused(reply(501, "5.1.3", "Bad recipient address syntax: null path"))
+    return recipient

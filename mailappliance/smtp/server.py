@@ -1,0 +1,433 @@
+# -*- test-case-name: tests.test_smtp_server,tests.test_smtp_server_flow -*-
+"""
+The ESMTP server protocol (RFC 5321) of both SMTP services, C{smtp} and
+C{submission}, and its factory.
+
+Everything a session may do is decided by its
+L{mailappliance.smtp.policy.SessionPolicy}; what each command does is in
+L{mailappliance.smtp.handlers}; this module is the I/O around them.
+
+Pipelining (RFC 2920) is handled by never running two commands at once:
+received bytes are held by the L{CommandLineReader}, and the next command
+is taken from it only once the reply to the previous one has been sent. A
+command that needs an answer from elsewhere (a recipient lookup, the
+commit of a message) stops the loop until its L{Deferred} fires, so
+replies always come in the order of the commands, and the bytes after
+C{354} are never read as commands. While a decision is pending and too
+much input is waiting, the transport is paused.
+
+After C{354}, the body goes to the spool as it arrives (see
+L{mailappliance.smtp.receiver}); the C{250} is sent only when the spool
+has made the message durable.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime, ISSLTransport
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+
+from mailappliance.smtp import replies
+from mailappliance.smtp.commands import CommandRefused, is_http_request, parse_command
+from mailappliance.smtp.events import log_event, quote
+from mailappliance.smtp.handlers import SMTPCommandHandlers
+from mailappliance.smtp.lines import OVERLONG, CommandLineReader
+from mailappliance.smtp.policy import (
+    TOO_MANY_CONNECTIONS,
+    ConnectionLimiter,
+    SessionFacts,
+    SessionPolicy,
+    SMTPSettings,
+    peer_address,
+)
+from mailappliance.smtp.receiver import MessageReceiver
+from mailappliance.smtp.replies import Reply
+from mailappliance.smtp.transaction import Transaction
+
+# Replies of code 500 and above a session may earn before it is closed
+# with 421 (as Postfix's smtpd_hard_error_limit): a client that keeps
+# failing is broken or probing for addresses.
+MAX_ERRORS = 10
+
+# Bytes of input held while a command's decision is pending; beyond this
+# the transport is paused until the decision is made (RFC 2920 section
+# 3.1 lets a client send a whole transaction at once, but not without
+# bound).
+MAX_PENDING_INPUT = 64 * 1024
+
+# Verbs of RFC 5321 and its extensions that this server knows but does not
+# offer (502 rather than 500, RFC 5321 section 4.2.4).
+NOT_IMPLEMENTED_VERBS = frozenset(
+    {"AUTH", "STARTTLS", "BDAT", "ETRN", "TURN", "ATRN", "SEND", "SOML", "SAML", "VERB", "XCLIENT", "XFORWARD"}
+)
+
+_default_log = Logger(namespace="mailappliance.smtp")
+
+
+class SMTPServerProtocol(SMTPCommandHandlers, Protocol):
+    """
+    One SMTP session.
+
+    @ivar policy: the L{SessionPolicy} of this session (set when the
+        connection is made).
+    """
+
+    policy: SessionPolicy
+
+    def __init__(self, factory: SMTPFactory) -> None:
+        self.factory = factory
+        self._settings: SMTPSettings = factory.settings
+        self._clock: IReactorTime = factory.clock
+        self._log: Logger = factory.log
+        self._lines = CommandLineReader()
+        self._receiver: MessageReceiver | None = None
+        # The Deferred the session is waiting for (lookup, commit, disk),
+        # during which no further input is processed.
+        self._waiting: Deferred | None = None
+        self._waiting_for_disk = False
+        self._paused = False
+        self._closing = False
+        self._connected = False
+        self._admitted = False
+        self._timer: Any = None
+        self._helo: str | None = None
+        self._esmtp = False
+        self._transaction: Transaction | None = None
+        self._errors = 0
+        self._peer_ip: Any = None
+        self._peer_key = "unknown"
+        self._context: dict[str, str] = {}
+
+    # -- connection ------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._connected = True
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            # Replies are small and the client waits for each one (or for
+            # each group, with pipelining): do not let Nagle delay them.
+            no_delay(True)
+        self._peer_ip = peer_address(getattr(self.transport.getPeer(), "host", ""))
+        self._peer_key = str(self._peer_ip) if self._peer_ip is not None else "unknown"
+        # An implicit-TLS listener (RFC 8314) wraps us in TLS from the start.
+        tls = ISSLTransport.providedBy(self.transport)
+        self.policy = SessionPolicy(self._settings, SessionFacts(peer=self._peer_ip, tls=tls))
+        refusal = self.factory.connections.admit(self._peer_key)
+        if refusal is not None:
+            if refusal == TOO_MANY_CONNECTIONS:
+                reply = replies.too_many_connections(self.policy.hostname)
+            else:
+                reply = replies.too_many_connections_from_ip(self.policy.hostname)
+            self._send(reply)
+            self._close()
+            return
+        self._admitted = True
+        self._log_event(LogLevel.info, event="connect", peer=self._peer_key)
+        self._send(replies.greeting(self.policy.hostname))
+        self._arm_timer()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._connected = False
+        self._closing = True
+        self._disarm_timer()
+        self._lines.clear()
+        if self._receiver is not None:
+            # The data did not end: nothing may be queued (RFC 5321
+            # section 4.1.1.4).
+            self._log_event(LogLevel.info, event="abort", qid=self._receiver.queue_id, peer=self._peer_key,
+                            reason=quote("connection lost during DATA"))
+            self._receiver.abort()
+            self._receiver = None
+        if self._admitted:
+            self._admitted = False
+            self.factory.connections.release(self._peer_key)
+            self._log_event(LogLevel.info, event="disconnect", peer=self._peer_key, errors=str(self._errors))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            self._arm_timer()
+            if self._receiver is not None and self._waiting is None and not self._lines.buffered:
+                # The body, arriving while nothing else is held: straight
+                # to the DATA reader, without a copy.
+                self._data_chunk(data)
+            else:
+                self._lines.feed(data)
+            self._process()
+        except Exception:
+            self._crashed(Failure())
+
+    # -- the input loop ----------------------------------------------------
+
+    def _process(self) -> None:
+        """
+        Act on held input, in order, until it runs out or a decision is
+        pending.
+        """
+        while not self._closing and self._waiting is None:
+            if self._receiver is not None:
+                chunk = self._lines.take_all()
+                if not chunk:
+                    break
+                self._data_chunk(chunk)
+            else:
+                line = self._lines.next_line()
+                if line is None:
+                    break
+                self._command(line)
+        self._flow_control()
+
+    def _flow_control(self) -> None:
+        """
+        Pause the transport while a decision is pending and either the disk
+        asked for it or too much input is held; resume otherwise.
+        """
+        pause = (
+            self._connected
+            and not self._closing
+            and self._waiting is not None
+            and (self._waiting_for_disk or self._lines.buffered > MAX_PENDING_INPUT)
+        )
+        if pause and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+        elif not pause and self._paused:
+            self._paused = False
+            if self._connected:
+                self.transport.resumeProducing()
+
+    def _respond(self, result: Reply | Deferred | None) -> None:
+        """
+        Send a command's reply now, or when its L{Deferred} fires (with a
+        L{Reply}); input waits until then.
+        """
+        if result is None:
+            return
+        if isinstance(result, Reply):
+            self._send(result)
+            return
+        self._wait(result, self._send)
+
+    def _wait(self, deferred: Deferred, then: Callable[[Any], None], disk: bool = False) -> None:
+        """
+        Stop processing input until C{deferred} fires, then call C{then}
+        with its result and go on. A result that is already there is used
+        at once, without recursion (a pipelined batch of commands whose
+        lookups answer at once must not grow the stack).
+        """
+        immediate: list[Any] = []
+        running = True
+
+        def fired(result: Any) -> None:
+            if running:
+                immediate.append(result)
+                return
+            if self._waiting is not deferred:
+                return
+            self._waiting = None
+            self._waiting_for_disk = False
+            if self._closing:
+                return
+            then(result)
+            self._arm_timer()
+            self._process()
+
+        self._waiting = deferred
+        self._waiting_for_disk = disk
+        deferred.addCallback(fired).addErrback(self._crashed)
+        running = False
+        if immediate:
+            self._waiting = None
+            self._waiting_for_disk = False
+            then(immediate[0])
+        else:
+            self._disarm_timer()
+
+    def _send(self, reply: Reply) -> None:
+        """
+        Write a reply. Refusals (4xx, 5xx) are logged with this command's
+        context; the L{MAX_ERRORS}th reply of 500 or above also ends the
+        session with 421 4.7.0.
+        """
+        if not self._connected:
+            return
+        self.transport.write(reply.to_bytes())
+        if reply.code >= 400:
+            self._log_event(
+                LogLevel.info,
+                event="reject",
+                peer=self._peer_key,
+                **self._context,
+                code=str(reply.code),
+                status=reply.status or "",
+                reason=quote(reply.text),
+            )
+        if reply.code >= 500 and not self._closing:
+            self._errors += 1
+            if self._errors >= MAX_ERRORS:
+                self._send(replies.too_many_errors(self.policy.hostname))
+                self._close()
+
+    def _close(self) -> None:
+        """
+        End the session after what was written (after a 221 or 421).
+        """
+        self._closing = True
+        self._disarm_timer()
+        if self._receiver is not None:
+            self._receiver.abort()
+            self._receiver = None
+        self._lines.clear()
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
+        self.transport.loseConnection()
+
+    def _crashed(self, reason: Failure) -> None:
+        """
+        An unexpected exception: log it with its traceback and end this
+        session only.
+        """
+        self._log.failure(
+            "service={service} event=error peer={peer} reason=unexpected-exception",
+            reason,
+            service=self._settings.service,
+            peer=self._peer_key,
+        )
+        if self._closing:
+            return
+        self._context = {}
+        try:
+            self._send(replies.internal_error(self._settings.hostname))
+        finally:
+            self._close()
+
+    # -- timers --------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        """
+        (Re)start the idle timer; it runs only while the session waits
+        for the client.
+        """
+        if self._closing or self._waiting is not None:
+            self._disarm_timer()
+        elif self._timer is not None and self._timer.active():
+            self._timer.reset(self._settings.idle_timeout)
+        else:
+            self._timer = self._clock.callLater(self._settings.idle_timeout, self._timed_out)
+
+    def _disarm_timer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._log_event(LogLevel.info, event="timeout", peer=self._peer_key)
+        self._context = {}
+        self._send(replies.timeout(self.policy.hostname))
+        self._close()
+
+    # -- commands ------------------------------------------------------------
+
+    def _command(self, line: bytes | object) -> None:
+        """
+        Answer one command line (or L{OVERLONG}). An HTTP request line ends
+        the session at once: a browser or proxy was made to talk to us
+        (cross-protocol attacks), and nothing it sends is meant as SMTP.
+        """
+        self._context = {}
+        if line is OVERLONG:
+            self._send(replies.LINE_TOO_LONG)
+            return
+        assert isinstance(line, bytes)
+        if is_http_request(line):
+            self._send(replies.http_request(self.policy.hostname))
+            self._close()
+            return
+        if b"\r" in line or b"\n" in line:
+            self._send(replies.BARE_LINE_END_IN_COMMAND)
+            return
+        try:
+            command = parse_command(line)
+        except CommandRefused as e:
+            self._send(e.reply)
+            return
+        self._context = {"cmd": command.verb}
+        handler = self.handler_for(command.verb)
+        if handler is None:
+            known = command.verb in NOT_IMPLEMENTED_VERBS
+            self._send(replies.NOT_IMPLEMENTED if known else replies.UNRECOGNISED)
+            return
+        try:
+            result = handler(command.argument)
+        except CommandRefused as e:
+            result = e.reply
+        self._respond(result)
+
+    # -- the message body ----------------------------------------------------
+
+    def _data_chunk(self, chunk: bytes) -> None:
+        """
+        Give body bytes to the message receiver; wait if the spool asks
+        for it; at the end of the data, give back what followed it (to be
+        read as commands) and answer the message.
+        """
+        receiver = self._receiver
+        assert receiver is not None
+        rest, wait = receiver.feed(chunk)
+        if rest is None:
+            if wait is not None:
+                self._wait(wait, lambda _: None, disk=True)
+            return
+        self._receiver = None
+        self._lines.unread(rest)
+        self._respond(self._end_of_data(receiver))
+
+    # -- logging -------------------------------------------------------------
+
+    def _log_event(self, level: LogLevel, **fields: str | None) -> None:
+        log_event(self._log, level, self._settings.service, **fields)
+
+
+class SMTPFactory(ServerFactory):
+    """
+    Makes the sessions of one SMTP service and keeps what they share.
+
+    @ivar settings: the service's L{SMTPSettings}.
+    @ivar resolver: the L{mailappliance.interfaces.IRecipientResolver}.
+    @ivar spool: the L{mailappliance.interfaces.ISpool}.
+    @ivar clock: an L{IReactorTime} (time-outs, arrival times).
+    @ivar log: the L{Logger} of the sessions.
+    @ivar connections: the L{ConnectionLimiter} of the service.
+    """
+
+    protocol = SMTPServerProtocol  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        settings: SMTPSettings,
+        resolver: object,
+        spool: object,
+        clock: IReactorTime,
+        log: Logger | None = None,
+    ) -> None:
+        self.settings = settings
+        self.resolver = resolver
+        self.spool = spool
+        self.clock = clock
+        self.log = log if log is not None else _default_log
+        self.connections = ConnectionLimiter(settings.max_connections, settings.max_connections_per_ip)
+
+    def buildProtocol(self, addr: object) -> SMTPServerProtocol:
+        """
+        @return: a new session; the connection limits are applied when it
+            is connected (so that it can say why it refuses).
+        """
+        return SMTPServerProtocol(self)

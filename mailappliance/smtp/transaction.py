@@ -1,0 +1,64 @@
+# -*- test-case-name: tests.test_smtp_transaction -*-
+"""
+One mail transaction (RFC 5321 section 3.3): from MAIL to the end of DATA
+(or RSET, HELO/EHLO, the end of the session).
+
+It remembers the sender and MAIL parameters, the recipients accepted at
+RCPT, and the delivery targets they resolved to, deduplicated by
+L{Mailbox.key} across all RCPTs, so that a message for C{team} and
+C{alice} (a member of C{team}) reaches alice once.
+"""
+
+from __future__ import annotations
+
+from mailappliance.address import Mailbox
+from mailappliance.interfaces import Resolved
+from mailappliance.queue.envelope import FAILED, Recipient
+from mailappliance.smtp.commands import MailFrom
+
+UNKNOWN_MEMBER_ERROR = "5.1.1 unknown alias member"
+
+
+class Transaction:
+    """
+    The state of one mail transaction.
+
+    @ivar mail: the parsed MAIL command.
+    @ivar recipients: the addresses accepted at RCPT, in order.
+    @ivar rcpt_tried: whether any RCPT was given (accepted or not), to tell
+        "no RCPT yet" (503) from "no valid recipients" (554) at DATA.
+    """
+
+    def __init__(self, mail: MailFrom) -> None:
+        self.mail = mail
+        self.recipients: list[Mailbox] = []
+        self.rcpt_tried = False
+        self._targets: dict[str, Recipient] = {}
+
+    @property
+    def sender(self) -> Mailbox | None:
+        return self.mail.sender
+
+    def add(self, resolved: Resolved) -> None:
+        """
+        Record an accepted recipient and its targets. A target already
+        recorded (through an earlier RCPT or earlier in this expansion)
+        keeps its first record.
+        """
+        self.recipients.append(resolved.address)
+        original = resolved.address
+        for target in resolved.local:
+            self._targets.setdefault(target.key, Recipient(original, target, local=True))
+        for target in resolved.remote:
+            self._targets.setdefault(target.key, Recipient(original, target, local=False))
+        for member in resolved.unknown:
+            self._targets.setdefault(
+                member.key,
+                Recipient(original, member, local=True, state=FAILED, last_error=UNKNOWN_MEMBER_ERROR),
+            )
+
+    def envelope_recipients(self) -> tuple[Recipient, ...]:
+        """
+        @return: every target, in the order first seen.
+        """
+        return tuple(self._targets.values())

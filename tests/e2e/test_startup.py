@@ -1,0 +1,95 @@
+"""
+End-to-end: the real C{twistd -n mailappliance} starts with a generated
+configuration, says what it serves, and refuses a bad configuration with a
+one-line error.
+"""
+
+import os
+import socket
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.e2e.harness import ServerProcess
+
+
+class StartupTests(SynchronousTestCase):
+    def test_starts_and_logs_services(self):
+        """
+        Every configured listener accepts connections and the log names each
+        service with its endpoint.
+        """
+        server = ServerProcess(self).start()
+        for name in ("smtp", "submission", "pop3"):
+            port = server.ports[name]
+            server.wait_for_log(f"service={name} listen=tcp:{port}:interface=127.0.0.1")
+        with socket.create_connection(("127.0.0.1", server.ports["smtp"]), timeout=10) as s:
+            greeting = s.makefile("rb").readline()
+        self.assertTrue(greeting.startswith(b"220 "), greeting)
+        self.assertIn(b"mail.example.test", greeting)
+        # twistd re-raises SIGTERM after a clean shutdown, so the exit status
+        # says "terminated by SIGTERM" (-15), not 0.
+        self.assertIn(server.stop(), (0, -15))
+        self.assertIn("Main loop terminated.", server.log())
+        self.assertNotIn("Traceback", server.log())
+
+    def test_creates_data_folder(self):
+        """
+        The data folder and its queue and mail folders are created.
+        """
+        server = ServerProcess(self, services=("smtp",)).start()
+        for sub in ("queue", "mail"):
+            self.assertTrue(os.path.isdir(os.path.join(server.data_dir, sub)), sub)
+
+    def test_bad_config(self):
+        """
+        A configuration mistake: exit status 1, one line naming the file,
+        line and key, no traceback.
+        """
+        server = ServerProcess(self, config_text='[server]\nhostname = "a.test"\n[smtp]\nmax_recipients = "many"\n')
+        status, output = server.run_to_exit()
+        self.assertEqual(status, 1, output)
+        lines = [line for line in output.splitlines() if line.strip()]
+        self.assertEqual(
+            lines,
+            [f"mailappliance: {server.config_path}:4: smtp.max_recipients: expected an integer, got 'many'"],
+        )
+
+    def test_unknown_key(self):
+        """
+        Unknown keys are refused at start-up.
+        """
+        server = ServerProcess(self, config_text='[server]\nhostname = "a.test"\n\n[pop3]\nlisten_on = []\n')
+        status, output = server.run_to_exit()
+        self.assertEqual(status, 1, output)
+        self.assertIn(f"{server.config_path}:5: pop3.listen_on: unknown key", output)
+        self.assertNotIn("Traceback", output)
+
+    def test_bad_users_file(self):
+        """
+        A malformed users file stops start-up with its file and line.
+        """
+        server = ServerProcess(self, services=("smtp",))
+        with open(os.path.join(server.base, "users"), "w") as f:
+            f.write("# users\nalice@example.test:{PLAIN}x\nnot an address:{PLAIN}y\n")
+        status, output = server.run_to_exit()
+        self.assertEqual(status, 1, output)
+        self.assertIn(f"{os.path.join(server.base, 'users')}:3:", output)
+        self.assertNotIn("Traceback", output)
+        self.assertEqual(len([line for line in output.splitlines() if line.strip()]), 1, output)
+
+    def test_port_in_use(self):
+        """
+        A listener that cannot bind stops start-up with a one-line error.
+        """
+        blocker = socket.socket()
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(1)
+        self.addCleanup(blocker.close)
+        port = blocker.getsockname()[1]
+        server = ServerProcess(
+            self, config_text=f'[server]\nhostname = "a.test"\n[smtp]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n'
+        )
+        status, output = server.run_to_exit()
+        self.assertNotEqual(status, 0, output)
+        self.assertIn(f"tcp:{port}:interface=127.0.0.1", output)
+        self.assertNotIn("Traceback", output)

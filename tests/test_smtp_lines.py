@@ -1,0 +1,157 @@
+"""
+Tests for L{mailappliance.smtp.lines}.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from mailappliance.smtp.lines import (
+    MAX_AUTH_LINE,
+    MAX_COMMAND_LINE,
+    MAX_MAIL_RCPT_LINE,
+    OVERLONG,
+    CommandLineReader,
+    limit_for_command,
+)
+
+
+def read_all(reader: CommandLineReader) -> list:
+    lines = []
+    while True:
+        line = reader.next_line()
+        if line is None:
+            return lines
+        lines.append(line)
+
+
+class LimitTests(SynchronousTestCase):
+    def test_limits(self) -> None:
+        """
+        MAIL and RCPT (any case) get 1024 octets, AUTH 12288, everything
+        else 512.
+        """
+        self.assertEqual(limit_for_command(b"MAIL "), MAX_MAIL_RCPT_LINE)
+        self.assertEqual(limit_for_command(b"rcpt "), MAX_MAIL_RCPT_LINE)
+        self.assertEqual(limit_for_command(b"AUTH "), MAX_AUTH_LINE)
+        self.assertEqual(limit_for_command(b"EHLO "), MAX_COMMAND_LINE)
+        self.assertEqual(limit_for_command(b"MAIL"), MAX_COMMAND_LINE)
+        self.assertEqual((MAX_COMMAND_LINE, MAX_MAIL_RCPT_LINE, MAX_AUTH_LINE), (512, 1024, 12288))
+
+
+class CommandLineReaderTests(SynchronousTestCase):
+    def test_lines(self) -> None:
+        """
+        Lines end with CRLF only; a bare CR or LF stays in the line.
+        """
+        reader = CommandLineReader()
+        reader.feed(b"NOOP\r\nA\nB\rC\r\npartial")
+        self.assertEqual(read_all(reader), [b"NOOP", b"A\nB\rC"])
+        self.assertEqual(reader.buffered, len(b"partial"))
+        reader.feed(b"\r")
+        self.assertIsNone(reader.next_line())
+        reader.feed(b"\n")
+        self.assertEqual(read_all(reader), [b"partial"])
+        self.assertEqual(reader.buffered, 0)
+
+    def test_every_split(self) -> None:
+        """
+        A stream split anywhere gives the same lines.
+        """
+        stream = b"EHLO x\r\nMAIL FROM:<a@b>\r\n\r\nQUIT\r\n"
+        for offset in range(len(stream) + 1):
+            reader = CommandLineReader()
+            reader.feed(stream[:offset])
+            lines = read_all(reader)
+            reader.feed(stream[offset:])
+            lines += read_all(reader)
+            self.assertEqual(lines, [b"EHLO x", b"MAIL FROM:<a@b>", b"", b"QUIT"], offset)
+
+    def test_exact_limit(self) -> None:
+        """
+        A line of exactly 512 octets with its CRLF is accepted; 513 is not.
+        """
+        reader = CommandLineReader()
+        ok = b"NOOP " + b"x" * (MAX_COMMAND_LINE - 7)
+        reader.feed(ok + b"\r\n")
+        self.assertEqual(read_all(reader), [ok])
+        reader.feed(ok + b"y\r\n")
+        self.assertEqual(read_all(reader), [OVERLONG])
+
+    def test_exact_limit_byte_by_byte(self) -> None:
+        """
+        The limit holds when the line arrives one byte at a time, also
+        when the CR of the CRLF is the last byte that fits.
+        """
+        for extra, expected in ((b"", [b"NOOP " + b"x" * 505]), (b"y", [OVERLONG])):
+            reader = CommandLineReader()
+            got = []
+            for byte in b"NOOP " + b"x" * 505 + extra + b"\r\nQUIT\r\n":
+                reader.feed(bytes([byte]))
+                got += read_all(reader)
+            self.assertEqual(got, expected + [b"QUIT"])
+
+    def test_mail_limit(self) -> None:
+        """
+        MAIL lines may be up to 1024 octets.
+        """
+        reader = CommandLineReader()
+        line = b"MAIL FROM:<a@b> " + b"X" * (MAX_MAIL_RCPT_LINE - 18)
+        reader.feed(line + b"\r\n" + line + b"X\r\n")
+        self.assertEqual(read_all(reader), [line, OVERLONG])
+
+    def test_overlong_drained_without_memory(self) -> None:
+        """
+        An endless line is dropped as it arrives: the buffer stays below
+        the limit however much is sent, and the line is reported once,
+        after its CRLF; the next line is read normally.
+        """
+        reader = CommandLineReader()
+        reader.feed(b"NOOP ")
+        for _ in range(1000):
+            reader.feed(b"x" * 1000)
+            self.assertIsNone(reader.next_line())
+            self.assertLess(reader.buffered, MAX_COMMAND_LINE)
+        reader.feed(b"\r")
+        self.assertIsNone(reader.next_line())
+        reader.feed(b"\nQUIT\r\n")
+        self.assertEqual(read_all(reader), [OVERLONG, b"QUIT"])
+
+    def test_overlong_crlf_split(self) -> None:
+        """
+        The CRLF ending an over-long line may be split across chunks,
+        and a CR alone does not end it.
+        """
+        reader = CommandLineReader()
+        reader.feed(b"y" * 600)
+        self.assertIsNone(reader.next_line())
+        reader.feed(b"\r")
+        reader.feed(b"x\r")
+        self.assertEqual(read_all(reader), [])
+        reader.feed(b"\nNOOP\r\n")
+        self.assertEqual(read_all(reader), [OVERLONG, b"NOOP"])
+
+    def test_take_all_and_unread(self) -> None:
+        """
+        L{CommandLineReader.take_all} empties the reader;
+        L{CommandLineReader.unread} puts bytes back in front.
+        """
+        reader = CommandLineReader()
+        reader.feed(b"body\r\n.\r\nQU")
+        self.assertEqual(reader.take_all(), b"body\r\n.\r\nQU")
+        self.assertEqual(reader.buffered, 0)
+        reader.feed(b"IT\r\n")
+        reader.unread(b"RSET\r\nQU")
+        self.assertEqual(read_all(reader), [b"RSET", b"QUIT"])
+
+    def test_clear(self) -> None:
+        """
+        L{CommandLineReader.clear} forgets held bytes and an over-long line
+        in progress.
+        """
+        reader = CommandLineReader()
+        reader.feed(b"x" * 600)
+        reader.next_line()
+        reader.clear()
+        reader.feed(b"NOOP\r\n")
+        self.assertEqual(read_all(reader), [b"NOOP"])

@@ -1,0 +1,99 @@
+"""
+Tests for L{mailappliance.smtp.receiver}.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from mailappliance.smtp import replies
+from mailappliance.smtp.receiver import MessageReceiver, commit_failure_reply
+from mailappliance.smtp.testing import FakeWriter
+
+
+class MessageReceiverTests(SynchronousTestCase):
+    def test_stream(self) -> None:
+        """
+        The header and the decoded body are written; the rest after the
+        end is returned.
+        """
+        writer = FakeWriter("Q")
+        receiver = MessageReceiver(writer, 100)
+        receiver.write_header(b"H: 1\r\n")
+        self.assertEqual(receiver.feed(b"a\r\n..b\r\n"), (None, None))
+        self.assertEqual(receiver.feed(b".\r\nQUIT\r\n"), (b"QUIT\r\n", None))
+        self.assertEqual(bytes(writer.data), b"H: 1\r\na\r\n.b\r\n")
+        self.assertIsNone(receiver.refusal())
+        self.assertEqual(receiver.body_size, 7)
+
+    def test_size_limit(self) -> None:
+        """
+        Once the body passes the limit nothing more is written, the data
+        is still read to its end, and the refusal is 552 5.3.4.
+        """
+        writer = FakeWriter("Q")
+        receiver = MessageReceiver(writer, 10)
+        receiver.feed(b"12345678\r\n")
+        self.assertEqual(receiver.feed(b"x\r\n" * 100), (None, None))
+        self.assertEqual(bytes(writer.data), b"12345678")
+        self.assertEqual(receiver.feed(b"\r\n.\r\n"), (b"", None))
+        self.assertIs(receiver.refusal(), replies.MESSAGE_TOO_BIG)
+        # Counted up to the chunk that went over the limit.
+        self.assertEqual(receiver.body_size, 8 + 300)
+
+    def test_exactly_at_limit(self) -> None:
+        """
+        A body of exactly the limit is accepted.
+        """
+        receiver = MessageReceiver(FakeWriter("Q"), 5)
+        receiver.feed(b"abc\r\n.\r\n")
+        self.assertIsNone(receiver.refusal())
+
+    def test_bare_line_end(self) -> None:
+        """
+        A bare LF stops the writing and refuses with 550 5.6.0.
+        """
+        writer = FakeWriter("Q")
+        receiver = MessageReceiver(writer, 100)
+        receiver.feed(b"ok\r\n")
+        receiver.feed(b"bad\nline\r\nmore\r\n")
+        self.assertEqual(receiver.feed(b".\r\n"), (b"", None))
+        self.assertEqual(bytes(writer.data), b"ok")
+        self.assertIs(receiver.refusal(), replies.BARE_LINE_END_IN_DATA)
+
+    def test_backpressure(self) -> None:
+        """
+        The writer's L{Deferred} is handed back to wait for.
+        """
+        writer = FakeWriter("Q")
+        writer.writes_wait = True
+        receiver = MessageReceiver(writer, 100)
+        _, wait = receiver.feed(b"abc\r\n")
+        self.assertIs(wait, writer.waits[0])
+
+    def test_abort_once(self) -> None:
+        """
+        Abort reaches the writer once, and not after commit.
+        """
+        writer = FakeWriter("Q")
+        receiver = MessageReceiver(writer, 100)
+        receiver.abort()
+        receiver.abort()
+        self.assertEqual(writer.aborts, 1)
+        writer = FakeWriter("Q")
+        receiver = MessageReceiver(writer, 100)
+        receiver.commit(object())
+        receiver.abort()
+        self.assertEqual((writer.aborts, writer.state), (0, "committed"))
+
+    def test_commit_failure_reply(self) -> None:
+        """
+        A full disk or quota is 452 4.3.1; anything else 451 4.3.0.
+        """
+        self.assertIs(commit_failure_reply(Failure(OSError(errno.ENOSPC, "full"))), replies.QUEUE_FULL)
+        self.assertIs(commit_failure_reply(Failure(OSError(errno.EDQUOT, "quota"))), replies.QUEUE_FULL)
+        self.assertIs(commit_failure_reply(Failure(OSError(errno.EIO, "io"))), replies.QUEUE_FAILED)
+        self.assertIs(commit_failure_reply(Failure(ValueError())), replies.QUEUE_FAILED)

@@ -1,0 +1,43 @@
+"""
+Tests for L{mailappliance.smtp.transaction}.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from mailappliance.address import Mailbox
+from mailappliance.interfaces import Resolved
+from mailappliance.queue.envelope import Recipient
+from mailappliance.smtp.commands import MailFrom
+from mailappliance.smtp.transaction import UNKNOWN_MEMBER_ERROR, Transaction
+
+ALICE = Mailbox("alice", "example.test")
+BOB = Mailbox("Bob", "example.test")
+TEAM = Mailbox("team", "example.test")
+CAROL = Mailbox("carol", "elsewhere.test")
+GHOST = Mailbox("ghost", "example.test")
+
+
+class TransactionTests(SynchronousTestCase):
+    def test_targets(self) -> None:
+        """
+        Local, remote and unknown targets become recipients; targets are
+        deduplicated by key across RCPTs, keeping the first.
+        """
+        transaction = Transaction(MailFrom(None))
+        transaction.add(Resolved(TEAM, local=(ALICE, BOB), remote=(CAROL,), unknown=(GHOST,)))
+        transaction.add(Resolved(ALICE, local=(ALICE,)))
+        transaction.add(Resolved(Mailbox("bob", "example.test"), local=(Mailbox("BOB", "example.test"),)))
+        self.assertEqual(transaction.recipients, [TEAM, ALICE, Mailbox("bob", "example.test")])
+        self.assertEqual(
+            transaction.envelope_recipients(),
+            (
+                Recipient(TEAM, ALICE, local=True),
+                Recipient(TEAM, BOB, local=True),
+                Recipient(TEAM, CAROL, local=False),
+                Recipient(TEAM, GHOST, local=True, state="failed", last_error=UNKNOWN_MEMBER_ERROR),
+            ),
+        )
+        self.assertIsNone(transaction.sender)
+        self.assertEqual(UNKNOWN_MEMBER_ERROR, "5.1.1 unknown alias member")
