@@ -71,13 +71,20 @@ class ServerProcess:
 
     @ivar ports: service name -> port (C{smtp}, C{submission}, C{pop3},
         and C{smtp_tls}, C{submission_tls}, C{pop3_tls} when TLS is on).
+    Keyword arguments: C{services} to run (each on a free port), C{users}
+    (address to plain-text password), C{aliases} (the file's text), C{tls}
+    (a self-signed certificate and a C{listen_tls} port per service),
+    C{options} (service name to extra lines for its section), C{extra}
+    (text appended to the configuration), or a whole C{config_text}.
+
     @ivar base: the temporary folder holding the configuration, the users
         and aliases files, and C{var/}.
     """
 
     def __init__(self, testcase, services=("smtp", "submission", "pop3"), local_domains=("example.test",),
                  extra: str = "", users: dict[str, str] | None = None, aliases: str = "", tls: bool = False,
-                 hostname: str = "mail.example.test", config_text: str | None = None) -> None:
+                 hostname: str = "mail.example.test", config_text: str | None = None,
+                 options: dict[str, str] | None = None) -> None:
         self.testcase = testcase
         self.base = os.path.abspath(testcase.mktemp())
         os.makedirs(self.base)
@@ -87,6 +94,7 @@ class ServerProcess:
         self.ports: dict[str, int] = {}
         self.process: subprocess.Popen | None = None
         self.hostname = hostname
+        self.options = options or {}
         if config_text is None:
             config_text = self._config(services, local_domains, extra, tls)
         with open(self.config_path, "w") as f:
@@ -117,6 +125,8 @@ class ServerProcess:
             if tls:
                 tls_port = self.ports[f"{service}_tls"] = free_port()
                 lines.append(f'listen_tls = ["tcp:{tls_port}:interface=127.0.0.1"]')
+            if service in self.options:
+                lines.append(self.options[service])
             lines.append("")
         return "\n".join(lines) + "\n" + extra
 
