@@ -26,10 +26,16 @@ reads or writes it. Version 1::
       "state": "pending" | "delivered" | "failed",
       "attempts": 0,
       "last_error": "",
-      "next_attempt": 0.0}                     # Unix time; 0 = now
-   ]}
+      "next_attempt": 0.0,                     # Unix time; 0 = now
+      "status": "",                            # optional: enhanced status of the last failure
+      "remote_mta": "",                        # optional: host that gave it
+      "notified": false}                       # optional: a DSN reported this failure
+   ],
+   "kind": ""}                                 # optional: "" | "dsn" | "double-bounce"
 
-Readers refuse any other version with L{EnvelopeFormatError}.
+Members marked optional may be missing (files written before they were
+added) and then take the defaults shown. Readers refuse any other version
+with L{EnvelopeFormatError}.
 """
 
 from __future__ import annotations
@@ -66,6 +72,9 @@ class Recipient:
     @ivar attempts: delivery attempts made so far.
     @ivar last_error: the last failure's text (remote reply or local error).
     @ivar next_attempt: Unix time of the next attempt; 0 means now.
+    @ivar status: the enhanced status code of the last failure (for DSNs).
+    @ivar remote_mta: the remote host that gave the last failure, if any.
+    @ivar notified: whether a DSN has reported this recipient's failure.
     """
 
     original: Mailbox
@@ -75,6 +84,9 @@ class Recipient:
     attempts: int = 0
     last_error: str = ""
     next_attempt: float = 0.0
+    status: str = ""
+    remote_mta: str = ""
+    notified: bool = False
 
     def with_state(self, **changes: object) -> Recipient:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -96,6 +108,7 @@ class Envelope:
     client: str = ""
     auth: str = ""
     delay_warned: bool = False
+    kind: str = ""
     version: int = field(default=ENVELOPE_VERSION)
 
     @property
@@ -128,6 +141,7 @@ class Envelope:
                 "client": self.client,
                 "auth": self.auth,
                 "delay_warned": self.delay_warned,
+                "kind": self.kind,
                 "recipients": [
                     {
                         "original": str(r.original),
@@ -137,6 +151,9 @@ class Envelope:
                         "attempts": r.attempts,
                         "last_error": r.last_error,
                         "next_attempt": r.next_attempt,
+                        "status": r.status,
+                        "remote_mta": r.remote_mta,
+                        "notified": r.notified,
                     }
                     for r in self.recipients
                 ],
@@ -174,6 +191,7 @@ class Envelope:
                 client=_typed(obj, "client", str),
                 auth=_typed(obj, "auth", str),
                 delay_warned=_typed(obj, "delay_warned", bool),
+                kind=_optional(obj, "kind", str, ""),
             )
         except AddressError as e:
             raise EnvelopeFormatError(f"bad address: {e.reason}") from None
@@ -186,6 +204,12 @@ def _typed(obj: dict, key: str, kind: type | tuple[type, ...]) -> object:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise EnvelopeFormatError(f"member {key!r} has the wrong type")
     return value
+
+
+def _optional(obj: dict, key: str, kind: type, default: object) -> object:
+    if key not in obj:
+        return default
+    return _typed(obj, key, kind)
 
 
 def _mailbox(text: str) -> Mailbox:
@@ -206,4 +230,7 @@ def _recipient(obj: object) -> Recipient:
         attempts=_typed(obj, "attempts", int),
         last_error=_typed(obj, "last_error", str),
         next_attempt=float(_typed(obj, "next_attempt", (int, float))),
+        status=_optional(obj, "status", str, ""),
+        remote_mta=_optional(obj, "remote_mta", str, ""),
+        notified=_optional(obj, "notified", bool, False),
     )
