@@ -150,6 +150,7 @@ class QueueManager(Service):
         retry_delay: float = DEFAULT_RETRY_DELAY,
         max_local_concurrency: int = DEFAULT_LOCAL_CONCURRENCY,
         remote_delivery: Any = None,
+        notifier: Any = None,
     ) -> None:
         """
         @param spool: the L{mailappliance.queue.spool.Spool}.
@@ -160,8 +161,11 @@ class QueueManager(Service):
             delivery is tried again.
         @param max_local_concurrency: local deliveries in flight at once,
             over all messages.
-        @param remote_delivery: an L{IRemoteDelivery}, or L{None} until the
-            relay exists: remote recipients then stay queued.
+        @param remote_delivery: an L{IRemoteDelivery}, or L{None}: remote
+            recipients then stay queued.
+        @param notifier: a L{mailappliance.queue.bounce.Notifier} (bounces
+            and delay warnings after each round), or L{None}: failures are
+            then only logged.
         """
         self.spool = spool
         self.local_delivery = local_delivery
@@ -169,6 +173,7 @@ class QueueManager(Service):
         self.log = log if log is not None else _default_log
         self.retry_delay = retry_delay
         self.remote_delivery = remote_delivery
+        self.notifier = notifier
         self.recovered: Deferred | None = None
         self._local_slots = DeferredSemaphore(max_local_concurrency)
         self._messages: dict[str, _Message] = {}
@@ -267,6 +272,47 @@ class QueueManager(Service):
                     )
         self._run(qid)
 
+    # -- administration ----------------------------------------------------
+
+    def flush(self, queue_ids: list[str] | None = None) -> list[str]:
+        """
+        Retry now (C{mailappliance queue flush}): every pending recipient of
+        the given messages (all when L{None}) becomes due at once.
+
+        @return: the queue ids flushed.
+        """
+        chosen = list(self._messages) if queue_ids is None else [q for q in queue_ids if q in self._messages]
+        for qid in chosen:
+            message = self._messages[qid]
+            message.envelope = message.envelope.replace(recipients=tuple(
+                r.with_state(next_attempt=0.0) if r.state == PENDING else r for r in message.envelope.recipients))
+            self.log.info("qid={qid} status=flushed", qid=qid)
+            self._run(qid)
+        return chosen
+
+    def delete(self, queue_ids: list[str]) -> Deferred:
+        """
+        Remove messages from the queue without delivering them further
+        (C{mailappliance queue delete}); no bounce is sent.
+
+        @return: a L{Deferred} firing with the queue ids removed.
+        """
+        removals = []
+        for qid in queue_ids:
+            message = self._messages.pop(qid, None)
+            if message is None:
+                continue
+            if message.timer is not None and message.timer.active():
+                message.timer.cancel()
+            _fire(message.finished)
+            self.log.info("qid={qid} status=deleted reason={reason}", qid=qid, reason=_quote("by the administrator"))
+            d = self.spool.remove(qid)
+            d.addCallback(lambda _, q=qid: q)
+            removals.append(d)
+        d = DeferredList(removals, consumeErrors=True)
+        d.addCallback(lambda results: [value for ok, value in results if ok])
+        return d
+
     # -- rounds ------------------------------------------------------------
 
     def _due(self, recipient: Recipient, now: float) -> bool:
@@ -360,22 +406,43 @@ class QueueManager(Service):
         return d
 
     def _round_done(self, results: list[tuple[bool, Any]], qid: str, attempted: bool) -> None:
-        message = self._messages[qid]
+        message = self._messages.get(qid)
+        if message is None:
+            # Deleted by the administrator during the round.
+            return
         recipients = list(message.envelope.recipients)
         for _, updates in results:
             for index, recipient in updates:
                 recipients[index] = recipient
         message.envelope = message.envelope.replace(recipients=tuple(recipients))
         message.dirty = message.dirty or attempted
-        if message.envelope.done:
+        if self.notifier is not None:
+            d = maybeDeferred(self.notifier.after_round, message.envelope)
+        else:
+            d = succeed(message.envelope)
+        d.addCallback(self._persist, qid)
+        d.addErrback(lambda reason: self.log.failure("qid={qid} status=error", reason, qid=qid))
+        d.addCallback(lambda _: self._round_finished(qid))
+
+    def _owes_notice(self, envelope: Envelope) -> bool:
+        return self.notifier is not None and self.notifier.owes_notice(envelope)
+
+    def _persist(self, envelope: Envelope, qid: str) -> Deferred:
+        message = self._messages.get(qid)
+        if message is None:
+            return succeed(None)
+        if envelope is not message.envelope:
+            message.envelope = envelope
+            message.dirty = True
+        if envelope.done and not self._owes_notice(envelope):
             d = self.spool.remove(qid)
             d.addCallbacks(self._removed, self._persist_failed, callbackArgs=(qid,), errbackArgs=(qid, "remove"))
         elif message.dirty:
-            d = self.spool.update(message.envelope)
+            d = self.spool.update(envelope)
             d.addCallbacks(self._updated, self._persist_failed, callbackArgs=(qid,), errbackArgs=(qid, "update"))
         else:
             d = succeed(None)
-        d.addCallback(lambda _: self._round_finished(qid))
+        return d
 
     def _updated(self, _: object, qid: str) -> None:
         message = self._messages.get(qid)
@@ -431,8 +498,8 @@ class QueueManager(Service):
             for r in message.envelope.recipients
             if r.state == PENDING and (r.local or self.remote_delivery is not None)
         ]
-        if message.dirty or message.envelope.done:
-            # A failed update or removal, to be tried again.
+        if message.dirty or message.envelope.done or self._owes_notice(message.envelope):
+            # A failed update, removal or notice, to be tried again.
             times.append(now + self.retry_delay)
         if not times:
             return

@@ -1,0 +1,183 @@
+"""
+Tests for L{mailappliance.queue.bounce} and L{mailappliance.queue.inject},
+through the queue manager over a real temporary folder (synchronous disk
+pool, L{Clock}).
+"""
+
+import email
+import email.policy
+
+from twisted.internet.defer import fail
+
+from mailappliance.interfaces import DeliveryError, TemporaryResolutionError
+from mailappliance.queue.bounce import Notifier
+from mailappliance.queue.envelope import FAILED, PENDING
+from mailappliance.queue.inject import NoDeliverableRecipient, inject
+from mailappliance.resolve.chain import ResolverChain
+from mailappliance.resolve.users import UsersResolver
+from tests.test_queue_manager import BODY, ManagerTestCase, ScriptedDelivery, mb, rcpt
+from tests.test_resolve_users import FakeStore
+
+LOCAL = ("example.test",)
+
+
+class NotifierTestCase(ManagerTestCase):
+    def setUp(self):
+        super().setUp()
+        self.chain = ResolverChain([UsersResolver(FakeStore("bob@example.test", "postmaster@example.test",
+                                                            "alice@example.test"))], LOCAL)
+        self.notifier = Notifier(self.spool, self.chain, self.disk, self.clock, "mx.example.test",
+                                 mb("postmaster@example.test"), delay_warning_after=3600.0,
+                                 max_queue_lifetime=86400.0, log=self.log)
+
+    def dsn_for(self, address):
+        files = self.delivered_files(address)
+        return [email.message_from_bytes(f, policy=email.policy.default) for f in files]
+
+
+class BounceTests(NotifierTestCase):
+    def test_permanent_failure_bounces(self):
+        """
+        A recipient that fails permanently gets one DSN to the sender, with
+        the null sender, naming the recipient and the reason; the message
+        then leaves the queue.
+        """
+        delivery = ScriptedDelivery(self.maildir, {"alice@example.test": [DeliveryError("mailbox is a file", True)]})
+        self.start(delivery, notifier=self.notifier)
+        qid = self.submit([rcpt("alice@example.test")], sender="bob@example.test")
+        [dsn] = self.dsn_for("bob@example.test")
+        self.assertIn(b"Return-Path: <>\r\n", self.delivered_files("bob@example.test")[0])
+        self.assertEqual(dsn.get_content_type(), "multipart/report")
+        report = dsn.get_payload()[1].as_string()
+        self.assertIn("Final-Recipient: rfc822; alice@example.test", report)
+        self.assertIn("mailbox is a file", report)
+        self.assertIn(b"Subject: hi", self.delivered_files("bob@example.test")[0])
+        self.assertNotIn(qid + ".env", self.queued())
+        self.assertTrue(any(f"qid={qid} status=bounced" in line for line in self.events), self.events)
+
+    def test_unknown_alias_member_bounced(self):
+        """
+        Recipients queued as failed (unknown alias members) are reported
+        while the others are delivered.
+        """
+        self.start(notifier=self.notifier)
+        self.submit([rcpt("alice@example.test", original="team@example.test"),
+                     rcpt("ghost@example.test", original="team@example.test", state=FAILED, status="5.1.1",
+                          last_error="5.1.1 unknown alias member")])
+        self.assertEqual(len(self.delivered_files("alice@example.test")), 1)
+        [dsn] = self.dsn_for("bob@example.test")
+        report = dsn.get_payload()[1].as_string()
+        self.assertIn("Original-Recipient: rfc822; team@example.test", report)
+        self.assertIn("Final-Recipient: rfc822; ghost@example.test", report)
+        self.assertIn("Status: 5.1.1", report)
+
+    def test_null_sender_goes_to_postmaster(self):
+        """
+        A bounce that bounces goes to the postmaster (a double bounce);
+        a double bounce that fails is only logged.
+        """
+        delivery = ScriptedDelivery(self.maildir, {"alice@example.test": [DeliveryError("broken", True)]})
+        self.start(delivery, notifier=self.notifier)
+        self.submit([rcpt("alice@example.test")], sender=None)
+        [dsn] = self.dsn_for("postmaster@example.test")
+        self.assertIn("alice@example.test", dsn.get_payload()[1].as_string())
+        self.assertEqual(self.delivered_files("bob@example.test"), [])
+        self.assertEqual(self.queued(), [])
+
+    def test_dsn_deferred_keeps_message(self):
+        """
+        A DSN that cannot be queued now (temporary resolution error) keeps
+        the failed message in the queue until it can.
+        """
+        delivery = ScriptedDelivery(self.maildir, {"alice@example.test": [DeliveryError("broken", True)]})
+        calls = []
+        real = self.chain.resolve
+
+        def flaky(mailbox):
+            calls.append(mailbox)
+            if len(calls) == 1:
+                return fail(TemporaryResolutionError("db down"))
+            return real(mailbox)
+
+        self.chain.resolve = flaky
+        self.start(delivery, notifier=self.notifier)
+        qid = self.submit([rcpt("alice@example.test")])
+        self.assertIn(qid + ".env", self.queued())
+        stored = self.stored(qid)
+        self.assertEqual(stored.recipients[0].state, FAILED)
+        self.assertFalse(stored.recipients[0].notified)
+        self.clock.advance(60)
+        self.assertEqual(len(self.dsn_for("bob@example.test")), 1)
+        self.assertEqual(self.queued(), [])
+
+    def test_delay_warning_once(self):
+        """
+        After delay_warning_after, one delay warning for the pending remote
+        recipients; never twice.
+        """
+
+        class Deferring:
+            def deliver(self_, envelope, recipients, body_path):
+                return [r.with_state(attempts=r.attempts + 1, last_error="421 busy", status="4.4.2",
+                                     next_attempt=self.clock.seconds() + 1800) for r in recipients]
+
+        self.start(remote_delivery=Deferring(), notifier=self.notifier)
+        qid = self.submit([rcpt("x@remote.test", local=False)])
+        self.assertEqual(self.dsn_for("bob@example.test"), [])
+        for _ in range(4):
+            self.clock.advance(1800)
+        [warning] = self.dsn_for("bob@example.test")
+        self.assertIn("Action: delayed", warning.get_payload()[1].as_string())
+        self.assertTrue(self.stored(qid).delay_warned)
+        self.assertEqual(self.stored(qid).recipients[0].state, PENDING)
+
+
+class AdminTests(NotifierTestCase):
+    def test_flush(self):
+        """
+        flush makes deferred recipients due at once.
+        """
+        delivery = ScriptedDelivery(self.maildir, {"alice@example.test": [DeliveryError("busy")]})
+        self.start(delivery)
+        qid = self.submit([rcpt("alice@example.test")])
+        self.assertEqual(self.delivered_files("alice@example.test"), [])
+        self.assertEqual(self.manager.flush([qid, "NOSUCHID"]), [qid])
+        self.assertEqual(len(self.delivered_files("alice@example.test")), 1)
+
+    def test_delete(self):
+        """
+        delete removes a message without delivering or bouncing it.
+        """
+        delivery = ScriptedDelivery(self.maildir, {"alice@example.test": [DeliveryError("busy")]})
+        self.start(delivery, notifier=self.notifier)
+        qid = self.submit([rcpt("alice@example.test")])
+        self.assertEqual(self.successResultOf(self.manager.delete([qid, "NOSUCHID"])), [qid])
+        self.assertEqual(self.queued(), [])
+        self.clock.advance(3600)
+        self.assertEqual(delivery.calls, ["alice@example.test"])
+        self.assertEqual(self.delivered_files("bob@example.test"), [])
+
+
+class InjectTests(NotifierTestCase):
+    def test_inject(self):
+        """
+        An injected message is resolved, gets a Received: header and is
+        committed; the manager delivers it.
+        """
+        self.start()
+        envelope = self.successResultOf(inject(
+            self.spool, self.chain, self.clock, hostname="mx.example.test", sender=mb("bob@example.test"),
+            recipients=[mb("alice@example.test"), mb("nobody@example.test")], data=BODY, via="sendmail"))
+        self.assertEqual([str(r.target) for r in envelope.recipients], ["alice@example.test"])
+        [data] = self.delivered_files("alice@example.test")
+        self.assertIn(b"\r\nReceived: by mx.example.test (mailappliance sendmail)\r\n\tid " +
+                      envelope.queue_id.encode(), data)
+        self.assertTrue(data.endswith(BODY))
+
+    def test_nobody(self):
+        self.start()
+        f = self.failureResultOf(inject(
+            self.spool, self.chain, self.clock, hostname="mx.example.test", sender=None,
+            recipients=[mb("nobody@example.test")], data=BODY, via="dsn"), NoDeliverableRecipient)
+        self.assertIn("nobody@example.test", str(f.value))
+        self.assertEqual(self.queued(), [])
