@@ -238,6 +238,7 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     """
     from mailappliance.disk import DirectorySyncer, DiskPool
     from mailappliance.maildir import MaildirDelivery, maildir_path
+    from mailappliance.queue.bounce import Notifier
     from mailappliance.queue.manager import QueueManager
     from mailappliance.queue.spool import Spool
 
@@ -251,7 +252,10 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     syncer = DirectorySyncer(disk)
     spool = Spool(config.queue_dir, disk, syncer, reactor)
     delivery = MaildirDelivery(config.mail_dir, config.server.hostname, disk, syncer)
-    manager = QueueManager(spool, delivery, reactor)
+    notifier = Notifier(spool, accounts.chain, disk, reactor, config.server.hostname, config.server.postmaster,
+                        delay_warning_after=config.relay.delay_warning_after,
+                        max_queue_lifetime=config.relay.max_queue_lifetime)
+    manager = QueueManager(spool, delivery, reactor, notifier=notifier)
     manager.setServiceParent(root)
     Reloader(reactor, accounts.reloadables, tls).setServiceParent(root)
     log.info("event=relay status=unavailable reason=\"outbound relay not implemented yet; remote mail stays queued\"")
