@@ -10,7 +10,12 @@ stop in reverse):
      resumed before any new mail is accepted);
   3. the reloader (users and aliases files polled every second; SIGHUP
      reloads them and the TLS certificate at once);
-  4. the listeners of every configured service.
+  4. the queue watcher (every second: admin commands in C{queue/control/},
+     sendmail drops in C{queue/incoming/});
+  5. the listeners of every configured service.
+
+The server holds C{queue/server.lock} while it runs: a second server on the
+same data folder refuses to start, and the CLI knows a server is running.
 
 Everything that can be wrong with the configuration or the data folder is
 found here, before the reactor runs, and reported as one L{StartupError}
@@ -237,12 +242,18 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     @raise StartupError: for anything that prevents start-up.
     """
     from mailappliance.disk import DirectorySyncer, DiskPool
-    from mailappliance.maildir import MaildirDelivery, maildir_path
+    from mailappliance.maildir import MaildirDelivery
     from mailappliance.queue.bounce import Notifier
+    from mailappliance.queue.control import ControlFolder, ServerLock
+    from mailappliance.queue.incoming import DropFolder
+    from mailappliance.queue.inject import inject
     from mailappliance.queue.manager import QueueManager
     from mailappliance.queue.spool import Spool
 
     prepare_data_dir(config)
+    lock = ServerLock(config.queue_dir)
+    if not lock.acquire():
+        raise StartupError(f"data folder {config.server.data_dir}: another mailappliance server is using it")
     root = StartupErrorExit()
     disk = DiskPool(reactor)
     disk.setServiceParent(root)
@@ -258,6 +269,19 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     manager = QueueManager(spool, delivery, reactor, notifier=notifier)
     manager.setServiceParent(root)
     Reloader(reactor, accounts.reloadables, tls).setServiceParent(root)
+
+    def import_drop(drop):
+        return inject(spool, accounts.chain, reactor, hostname=config.server.hostname, sender=drop.sender,
+                      recipients=list(drop.recipients), data=drop.message, via=f"sendmail uid {drop.uid}",
+                      eight_bit=not drop.message.isascii(), bounce_refused=True)
+
+    drops = DropFolder(os.path.join(config.queue_dir, "incoming"), os.path.join(config.queue_dir, "corrupt"),
+                       disk, import_drop)
+    control = ControlFolder(config.queue_dir, manager, disk)
+    watcher = TimerService(RELOAD_INTERVAL, lambda: DeferredList([control.poll(), drops.poll()]))
+    watcher.clock = reactor
+    watcher.setName("queue-watcher")
+    watcher.setServiceParent(root)
     log.info("event=relay status=unavailable reason=\"outbound relay not implemented yet; remote mail stays queued\"")
 
     def listen(service_name: str, section: Any, factory: Any) -> None:

@@ -12,6 +12,7 @@ are safe to run while the server is running.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, TextIO
 
@@ -35,7 +36,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mailappliance.cli import check, user
+    from mailappliance.cli import check, queue, sendmail, user
 
     config_help = "the configuration file (default: etc/mailappliance.toml if it exists, else built-in defaults)"
     common = argparse.ArgumentParser(add_help=False)
@@ -49,7 +50,31 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
     check.add_parser(commands, common)
     user.add_parser(commands, common)
+    queue.add_parser(commands, common)
+    sendmail.add_parser(commands, common)
     return parser
+
+
+def _take_config(arguments: list[str]) -> tuple[str | None, list[str]]:
+    """
+    Take C{--config FILE} (or C{--config=FILE}) out of sendmail's own
+    arguments, which the main parser does not look into.
+    """
+    rest: list[str] = []
+    config = None
+    i = 0
+    while i < len(arguments):
+        arg = arguments[i]
+        if arg == "--config" and i + 1 < len(arguments):
+            config = arguments[i + 1]
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            config = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        i += 1
+    return config, rest
 
 
 def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None,
@@ -64,7 +89,16 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
     stderr = stderr or sys.stderr
     try:
         parser = build_parser()
-        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+        if argv is None:
+            argv = sys.argv[1:]
+            if os.path.basename(sys.argv[0]) == "sendmail":
+                # Installed as (a link named) sendmail: behave as one.
+                argv = ["sendmail", *argv]
+        args = parser.parse_args(argv)
+        if getattr(args, "raw_sendmail", False):
+            config, args.arguments = _take_config(args.arguments)
+            if config:
+                args.config = config
         path = getattr(args, "config", None) or default_config_path()
         config = load_config(path)
         run: Callable[..., int | None] = args.run

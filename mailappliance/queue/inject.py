@@ -81,18 +81,28 @@ def local_received_header(hostname: str, queue_id: str, via: str, when: float) -
 @defer.inlineCallbacks
 def inject(spool: Any, resolver: Any, clock: Any, *, hostname: str, sender: Mailbox | None,
            recipients: list[Mailbox], data: bytes, via: str, kind: str = "", client: str = "",
-           eight_bit: bool = False, received: bool = True):
+           eight_bit: bool = False, received: bool = True, bounce_refused: bool = False):
     """
     Queue a message.
 
     @param data: the message (CRLF line ends), held in memory: DSNs are
         small, and sendmail drops are bounded by C{max_message_size}.
     @param via: what made it (C{"dsn"}, C{"sendmail"}), for C{Received:}.
+    @param bounce_refused: queue refused recipients as failed, so that the
+        sender gets a bounce (for mail whose sender cannot be told at once,
+        such as a sendmail drop), instead of leaving them out.
     @return: a L{Deferred} firing with the committed L{Envelope}.
-    @raise NoDeliverableRecipient: if no recipient can be delivered.
+    @raise NoDeliverableRecipient: if no recipient can be delivered (and,
+        with C{bounce_refused}, none could even be reported).
     """
     envelope_recipients, errors = yield resolve_recipients(resolver, recipients)
-    if not any(r.state != FAILED for r in envelope_recipients):
+    if bounce_refused:
+        for address in recipients:
+            error = errors.get(str(address))
+            if error is not None:
+                envelope_recipients.append(Recipient(address, address, True, state=FAILED, status=error.status,
+                                                     last_error=f"{error.code} {error.status} {error.reason}"))
+    if not envelope_recipients or not bounce_refused and not any(r.state != FAILED for r in envelope_recipients):
         raise NoDeliverableRecipient(errors or {str(a): ResolutionError("no target") for a in recipients})
     writer = spool.new_message()
     try:

@@ -1,0 +1,184 @@
+# -*- test-case-name: tests.test_cli_queue -*-
+"""
+C{mailappliance queue list|flush|delete}.
+
+C{list} reads the envelopes (read-only; safe at any time). C{flush} and
+C{delete} go through the running server when there is one (a command file
+it carries out within a second, see L{mailappliance.queue.control}); with
+no server running they change the queue files themselves, under the
+server's lock so that a server cannot start meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from mailappliance.cli.main import CommandError
+from mailappliance.disk import fsync_directory, write_file_durably
+from mailappliance.queue.control import ServerLock, write_command
+from mailappliance.queue.envelope import PENDING, Envelope, EnvelopeFormatError
+from mailappliance.queue.ids import is_queue_id
+
+COMMAND_WAIT = 10.0
+POLL = 0.05
+
+
+def add_parser(commands, common) -> None:
+    parser = commands.add_parser("queue", help="inspect and steer the mail queue", parents=[common])
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser))
+    actions.required = True
+    actions.add_parser("list", help="list queued messages", parents=[common]).set_defaults(run=_list)
+    flush = actions.add_parser("flush", help="retry now (all messages, or the given ones)", parents=[common])
+    flush.add_argument("ids", nargs="*", metavar="ID")
+    flush.set_defaults(run=_flush)
+    delete = actions.add_parser("delete", help="remove messages without delivering them", parents=[common])
+    delete.add_argument("ids", nargs="+", metavar="ID")
+    delete.set_defaults(run=_delete)
+
+
+def _messages_dir(config) -> str:
+    return os.path.join(config.queue_dir, "messages")
+
+
+def read_queue(config) -> list[tuple[Envelope, float]]:
+    """
+    The queued messages' envelopes, oldest first (with their file's mtime).
+    Unreadable or vanishing ones are skipped.
+    """
+    directory = _messages_dir(config)
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    result = []
+    for name in names:
+        if not name.endswith(".env") or not is_queue_id(name[:-4]):
+            continue
+        try:
+            with open(os.path.join(directory, name), "rb") as f:
+                envelope = Envelope.from_bytes(f.read())
+        except (OSError, EnvelopeFormatError):
+            continue
+        result.append(envelope)
+    return sorted(result, key=lambda e: (e.arrival, e.queue_id))
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _list(config, args, stdin, stdout) -> int:
+    envelopes = read_queue(config)
+    if not envelopes:
+        stdout.write("queue is empty\n")
+        return 0
+    now = time.time()
+    for e in envelopes:
+        sender = f"<{e.sender}>" if e.sender is not None else "<>"
+        pending = len(e.pending)
+        stdout.write(f"{e.queue_id}  age={_age(now - e.arrival)}  size={e.size}  from={sender}  "
+                     f"recipients={len(e.recipients)} ({pending} pending)\n")
+        for r in e.recipients:
+            parts = [f"    to=<{r.target}>", r.state if r.local or r.state != PENDING else "pending (remote)"]
+            if r.original.key != r.target.key:
+                parts.append(f"orig=<{r.original}>")
+            parts.append(f"attempts={r.attempts}")
+            if r.state == PENDING:
+                parts.append("next=now" if r.next_attempt <= now else f"next=in {_age(r.next_attempt - now)}")
+            if r.last_error:
+                parts.append(f"last_error={r.last_error!r}")
+            stdout.write("  ".join(parts) + "\n")
+    stdout.write(f"{len(envelopes)} message(s)\n")
+    return 0
+
+
+def _check_ids(ids: list[str]) -> None:
+    for i in ids:
+        if not is_queue_id(i):
+            raise CommandError(f"{i}: not a queue id")
+
+
+def _via_server(config, command: str, ids: list[str], stdout) -> bool:
+    """
+    Hand the command to a running server. @return: False if none runs.
+    """
+    lock = ServerLock(config.queue_dir)
+    if lock.acquire():
+        lock.release()
+        return False
+    path = write_command(config.queue_dir, command, ids)
+    deadline = time.monotonic() + COMMAND_WAIT
+    while os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise CommandError(f"the server has not taken the {command} command yet; it stays queued in {path}", 75)
+        time.sleep(POLL)
+    return True
+
+
+def _flush(config, args, stdin, stdout) -> int:
+    _check_ids(args.ids)
+    if _via_server(config, "flush", args.ids, stdout):
+        stdout.write(f"flushed {', '.join(args.ids) or 'all messages'}\n")
+        return 0
+    with _offline(config):
+        known = {e.queue_id: e for e in read_queue(config)}
+        missing = [i for i in args.ids if i not in known]
+        for qid in args.ids or list(known):
+            if qid in known:
+                e = known[qid]
+                e = e.replace(recipients=tuple(r.with_state(next_attempt=0.0) if r.state == PENDING else r
+                                               for r in e.recipients))
+                write_file_durably(os.path.join(_messages_dir(config), qid + ".env"), e.to_bytes())
+    if missing:
+        raise CommandError(f"not in the queue: {', '.join(missing)}")
+    stdout.write("no server running: messages will be tried as soon as it starts\n")
+    return 0
+
+
+def _delete(config, args, stdin, stdout) -> int:
+    _check_ids(args.ids)
+    present = {e.queue_id for e in read_queue(config)}
+    missing = [i for i in args.ids if i not in present]
+    if missing:
+        raise CommandError(f"not in the queue: {', '.join(missing)}")
+    if _via_server(config, "delete", args.ids, stdout):
+        stdout.write(f"deleted {', '.join(args.ids)}\n")
+        return 0
+    with _offline(config):
+        directory = _messages_dir(config)
+        for qid in args.ids:
+            for name in (qid + ".env", qid):  # envelope first: the commit point
+                try:
+                    os.unlink(os.path.join(directory, name))
+                except FileNotFoundError:
+                    pass
+        fsync_directory(directory)
+    stdout.write(f"deleted {', '.join(args.ids)}\n")
+    return 0
+
+
+class _offline:
+    """
+    Hold the server's lock while changing the queue files directly.
+    """
+
+    def __init__(self, config) -> None:
+        self.lock = ServerLock(config.queue_dir)
+
+    def __enter__(self):
+        if not os.path.isdir(self.lock.path.rsplit(os.sep, 1)[0]):
+            raise CommandError("the queue folder does not exist yet (has the server ever run?)")
+        if not self.lock.acquire():
+            raise CommandError("a server started meanwhile; run the command again", 75)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.lock.release()
+
+
+

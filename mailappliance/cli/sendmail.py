@@ -1,0 +1,218 @@
+# -*- test-case-name: tests.test_cli_sendmail -*-
+"""
+C{mailappliance sendmail}: sendmail-compatible injection for cron jobs and
+scripts on this host (also when the program is called as C{sendmail}, e.g.
+through a symbolic link).
+
+    mailappliance sendmail [-f SENDER] [-t] [-i|-oi] [RECIPIENT...] < message
+
+The message is read from standard input, its line ends made CRLF, and it
+is written durably into the queue's drop folder (see
+L{mailappliance.queue.incoming}); the server picks it up within a second,
+or as soon as it starts. Exit status per sendmail and sysexits(3): 0 when
+the message is safely in the drop folder, 64 for a usage error, 65 for bad
+data (no recipients, message too large, a malformed address), 73/74/75 when
+the drop folder cannot be written.
+
+Options: C{-f SENDER} (or C{-fSENDER}, C{-r}) sets the envelope sender
+(C{<>} or an empty string for the null sender); by default it is the
+invoking user at the server's host name. C{-t} takes the recipients from
+the C{To:}, C{Cc:} and C{Bcc:} headers, in addition to those given, and
+removes C{Bcc:}. Without C{-i} (or C{-oi}), a line holding a single C{.}
+ends the message, as in sendmail. C{-F NAME}, C{-o...}, C{-B TYPE},
+C{-bm}, C{-v} and C{-N ...} are accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import getpass
+import os
+
+from mailappliance.address import AddressError, parse_mailbox
+from mailappliance.cli.main import CommandError
+from mailappliance.queue.incoming import write_drop
+
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_NOUSER = 67
+EX_SOFTWARE = 70
+EX_CANTCREAT = 73
+EX_IOERR = 74
+EX_TEMPFAIL = 75
+
+READ_CHUNK = 64 * 1024
+
+
+def add_parser(commands, common) -> None:
+    import argparse
+
+    parser = commands.add_parser("sendmail", help="queue a message from standard input (sendmail-compatible)",
+                                 add_help=False, prefix_chars="\0")
+    parser.add_argument("arguments", nargs=argparse.REMAINDER)
+    parser.set_defaults(run=run, raw_sendmail=True)
+
+
+class Options:
+    def __init__(self) -> None:
+        self.sender: str | None = None
+        self.from_headers = False
+        self.dot_ends = True
+        self.recipients: list[str] = []
+
+
+def parse_arguments(arguments: list[str]) -> Options:
+    """
+    Parse sendmail's options.
+
+    @raise CommandError: (status 64) for a usage error.
+    """
+    options = Options()
+    i = 0
+    while i < len(arguments):
+        arg = arguments[i]
+        i += 1
+        if arg == "--":
+            options.recipients += arguments[i:]
+            break
+        if not arg.startswith("-") or arg == "-":
+            options.recipients.append(arg)
+            continue
+        if arg in ("-f", "-r", "-F", "-B", "-N", "-R", "-V", "-X", "-L", "-O"):
+            if i >= len(arguments):
+                raise CommandError(f"option {arg} needs a value", EX_USAGE)
+            value = arguments[i]
+            i += 1
+            if arg in ("-f", "-r"):
+                options.sender = value
+            continue
+        if arg[:2] in ("-f", "-r"):
+            options.sender = arg[2:]
+        elif arg == "-t":
+            options.from_headers = True
+        elif arg in ("-i", "-oi"):
+            options.dot_ends = False
+        elif arg[:2] in ("-F", "-o", "-B", "-N", "-R", "-V", "-X", "-L", "-O", "-b", "-v", "-e", "-q", "-h"):
+            if arg in ("-bp", "-bs", "-bd", "-bi", "-q") or arg.startswith("-q"):
+                raise CommandError(f"option {arg} is not supported (use mailappliance queue list)", EX_USAGE)
+        else:
+            raise CommandError(f"unknown option {arg}", EX_USAGE)
+    return options
+
+
+def read_message(stream, dot_ends: bool, limit: int) -> bytes:
+    """
+    Read the message, with CRLF line ends (bare CR or LF become CRLF).
+
+    @raise CommandError: (status 65) when it is larger than C{limit}.
+    """
+    data = bytearray()
+    while True:
+        chunk = stream.read(READ_CHUNK)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > limit * 2 + READ_CHUNK:
+            raise CommandError(f"message larger than the limit of {limit} bytes", EX_DATAERR)
+    text = bytes(data).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    lines = text.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    if dot_ends and b"." in lines:
+        lines = lines[: lines.index(b".")]
+    message = b"".join(line + b"\r\n" for line in lines)
+    if len(message) > limit:
+        raise CommandError(f"message larger than the limit of {limit} bytes", EX_DATAERR)
+    return message
+
+
+def _header_section(message: bytes) -> tuple[bytes, bytes]:
+    end = message.find(b"\r\n\r\n")
+    if end < 0:
+        # Only headers (or only a body when it does not start with one).
+        return message, b""
+    return message[: end + 2], message[end + 2:]
+
+
+def _unfolded_fields(headers: bytes) -> list[tuple[str, str, bytes]]:
+    """
+    The header fields: (lower-case name, unfolded value, raw bytes).
+    """
+    fields: list[list] = []
+    for line in headers.split(b"\r\n"):
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1][1] += line.decode("utf-8", "replace")
+            fields[-1][2] += line + b"\r\n"
+            continue
+        name, sep, value = line.partition(b":")
+        if not sep:
+            fields.append(["", "", line + b"\r\n"])
+            continue
+        fields.append([name.strip().lower().decode("ascii", "replace"), value.decode("utf-8", "replace"),
+                       line + b"\r\n"])
+    return [tuple(f) for f in fields]  # type: ignore[misc]
+
+
+def recipients_from_headers(message: bytes) -> tuple[list[str], bytes]:
+    """
+    For C{-t}: the addresses of To:, Cc: and Bcc:, and the message without
+    its Bcc: fields.
+    """
+    headers, body = _header_section(message)
+    fields = _unfolded_fields(headers)
+    addresses = []
+    kept = []
+    for name, value, raw in fields:
+        if name in ("to", "cc", "bcc"):
+            addresses += [a for _, a in email.utils.getaddresses([value]) if a]
+        if name != "bcc":
+            kept.append(raw)
+    return addresses, b"".join(kept) + body
+
+
+def run(config, args, stdin, stdout) -> int:
+    arguments = list(args.arguments)
+    options = parse_arguments(arguments)
+    binary_stdin = getattr(stdin, "buffer", stdin)
+    message = read_message(binary_stdin, options.dot_ends, config.limits.max_message_size)
+    recipients = list(options.recipients)
+    if options.from_headers:
+        found, message = recipients_from_headers(message)
+        recipients += found
+    if not recipients:
+        raise CommandError("no recipients given (name them, or use -t)", EX_USAGE)
+    try:
+        parsed = [parse_mailbox(r.strip().strip("<>")) for r in recipients]
+    except AddressError as e:
+        raise CommandError(f"bad recipient address: {e.reason}", EX_NOUSER) from None
+    user = _user()
+    sender_text = options.sender if options.sender is not None else f"{user}@{config.server.hostname}"
+    sender_text = sender_text.strip()
+    if sender_text in ("", "<>"):
+        sender = None
+    else:
+        try:
+            sender = parse_mailbox(sender_text.strip("<>"))
+        except AddressError as e:
+            raise CommandError(f"bad sender address {sender_text!r}: {e.reason}", EX_DATAERR) from None
+    incoming = os.path.join(config.queue_dir, "incoming")
+    if not os.path.isdir(incoming):
+        raise CommandError(f"{incoming}: no such folder (start the server once to create the queue)",
+                           EX_CANTCREAT)
+    try:
+        write_drop(incoming, sender, parsed, message, user=user, uid=os.getuid())
+    except PermissionError as e:
+        raise CommandError(f"cannot write into {incoming}: {e.strerror}", EX_CANTCREAT) from None
+    except OSError as e:
+        raise CommandError(f"cannot queue the message: {e.strerror}", EX_TEMPFAIL) from None
+    return 0
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return f"uid{os.getuid()}"
+

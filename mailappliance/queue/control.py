@@ -1,0 +1,181 @@
+# -*- test-case-name: tests.test_queue_control -*-
+"""
+Steering the queue from the command line, with the server running or not.
+
+  - The running server holds an exclusive C{flock} on
+    C{DATA_DIR/queue/server.lock} for its whole life (L{ServerLock}); the
+    kernel drops it when the process dies, however it dies. A second server
+    on the same data folder refuses to start; the CLI uses the lock to tell
+    whether a server is running (L{server_running}).
+  - While a server runs, C{mailappliance queue flush|delete} write a
+    command file into C{DATA_DIR/queue/control/} (durably, by rename, like
+    the drop folder); the server looks every second (L{ControlFolder}),
+    carries the command out through the queue manager and removes the
+    file, which is how the CLI knows it was done. Format, version 1: one
+    JSON object C{{"version": 1, "command": "flush"|"delete", "ids": [...]}}
+    (an empty C{ids} for flush means every message).
+  - While no server runs, the CLI works on the files itself (see
+    L{mailappliance.cli.queue}), holding the same lock so that a server
+    cannot start in the middle.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import secrets
+import time
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from mailappliance.disk import fsync_directory, write_all
+from mailappliance.queue.ids import is_queue_id
+
+LOCK_NAME = "server.lock"
+CONTROL_DIR = "control"
+COMMAND_SUFFIX = ".cmd"
+COMMANDS = ("flush", "delete")
+
+_default_log = Logger(namespace="mailappliance.queue")
+
+
+class ServerLock:
+    """
+    The lock a running server holds on its queue folder.
+    """
+
+    def __init__(self, queue_dir: str) -> None:
+        self.path = os.path.join(queue_dir, LOCK_NAME)
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """
+        Take the lock without waiting (blocking I/O: at start-up, before the
+        reactor runs, or in the CLI).
+
+        @return: L{False} if another process holds it.
+        """
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return False
+            raise
+        os.ftruncate(fd, 0)
+        write_all(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def server_running(queue_dir: str) -> bool:
+    """
+    Whether a server holds the queue's lock now.
+    """
+    if not os.path.isdir(queue_dir):
+        return False
+    lock = ServerLock(queue_dir)
+    if lock.acquire():
+        lock.release()
+        return False
+    return True
+
+
+def write_command(queue_dir: str, command: str, ids: list[str]) -> str:
+    """
+    Leave a command for the running server (blocking, durable).
+
+    @return: the command file's path.
+    """
+    if command not in COMMANDS:
+        raise ValueError(f"unknown command {command!r}")
+    directory = os.path.join(queue_dir, CONTROL_DIR)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    name = f"{int(time.time() * 1000):015d}-{secrets.token_hex(6)}{COMMAND_SUFFIX}"
+    tmp = os.path.join(directory, "." + name + ".tmp")
+    data = json.dumps({"version": 1, "command": command, "ids": list(ids)}).encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    path = os.path.join(directory, name)
+    os.rename(tmp, path)
+    fsync_directory(directory)
+    return path
+
+
+def _read_commands(directory: str) -> list[tuple[str, dict | None]]:
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(COMMAND_SUFFIX) and not n.startswith("."))
+    except FileNotFoundError:
+        return []
+    result = []
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            with open(path, "rb") as f:
+                obj = json.loads(f.read(64 * 1024).decode("utf-8"))
+        except FileNotFoundError:
+            continue
+        except (OSError, UnicodeDecodeError, ValueError):
+            obj = None
+        if not isinstance(obj, dict) or obj.get("version") != 1 or obj.get("command") not in COMMANDS \
+                or not isinstance(obj.get("ids"), list) or not all(isinstance(i, str) for i in obj["ids"]):
+            obj = None
+        result.append((path, obj))
+    return result
+
+
+class ControlFolder:
+    """
+    Carries out the commands left in C{queue/control/}.
+
+    @param manager: the L{mailappliance.queue.manager.QueueManager}.
+    """
+
+    def __init__(self, queue_dir: str, manager: Any, disk: Any, log: Logger | None = None) -> None:
+        self.directory = os.path.join(queue_dir, CONTROL_DIR)
+        self.manager = manager
+        self.disk = disk
+        self.log = log if log is not None else _default_log
+
+    @defer.inlineCallbacks
+    def poll(self):
+        """
+        Run every waiting command, then remove its file. Never fails.
+        """
+        try:
+            commands = yield self.disk.run(_read_commands, self.directory)
+            for path, command in commands:
+                if command is None:
+                    self.log.error("file={path} status=ignored reason=\"not a version-1 command\"", path=path)
+                else:
+                    ids = [i for i in command["ids"] if is_queue_id(i)]
+                    if command["command"] == "flush":
+                        done = self.manager.flush(ids or None)
+                    else:
+                        done = yield self.manager.delete(ids)
+                    self.log.info("event=admin command={command} ids={ids}", command=command["command"],
+                                  ids=",".join(done) or "-")
+                yield self.disk.run(_unlink_quietly, path)
+        except Exception:
+            self.log.failure("event=admin status=error")
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
