@@ -1,0 +1,185 @@
+# -*- test-case-name: tests.test_smtp_client_body -*-
+"""
+Tests for L{mailappliance.smtp.client_body}.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from mailappliance.disk import SynchronousDiskPool
+from mailappliance.smtp.client_body import BODY_CHUNK_SIZE, BodyProducer
+from mailappliance.smtp.client_protocol import ConnectionProblem
+from tests.test_dotstuff import reference_stuff
+
+
+class DeferredDiskPool:
+    """
+    A disk pool whose work completes only when the test says so.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[defer.Deferred, object, tuple]] = []
+
+    def run(self, function, *args):
+        d = defer.Deferred()
+        self.pending.append((d, function, args))
+        return d
+
+    def complete_one(self) -> None:
+        d, function, args = self.pending.pop(0)
+        try:
+            result = function(*args)
+        except OSError as e:
+            d.errback(e)
+        else:
+            d.callback(result)
+
+
+class PausingConsumer(StringTransport):
+    """
+    A consumer that pauses its producer when more than C{limit} bytes are
+    buffered, like a TCP transport, and records the buffered high-water
+    mark.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.buffered = 0
+        self.most_buffered = 0
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.buffered += len(data)
+        self.most_buffered = max(self.most_buffered, self.buffered)
+        if self.buffered > self.limit and self.producer is not None:
+            self.producer.pauseProducing()
+
+    def drain(self) -> None:
+        """
+        The network took everything: resume the producer.
+        """
+        self.buffered = 0
+        if self.producer is not None:
+            self.producer.resumeProducing()
+
+
+class BodyProducerTests(SynchronousTestCase):
+    """
+    L{BodyProducer} streams the spool file dot-stuffed, honouring pauses.
+    """
+
+    def open_body(self, content: bytes) -> int:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(content)
+        fd = os.open(path, os.O_RDONLY)
+        self.addCleanup(os.close, fd)
+        return fd
+
+    def large_body(self) -> bytes:
+        line = b"." + b"y" * 70 + b"\r\n"
+        return line * (3 * BODY_CHUNK_SIZE // len(line) + 100) + b".\r\n"
+
+    def test_large_body_with_backpressure(self) -> None:
+        """
+        A body of several chunks is sent exactly (dot-stuffed, ended), and
+        while the consumer is paused nothing more is read or written, so
+        at most one chunk (plus stuffing) is buffered.
+        """
+        body = self.large_body()
+        clock = Clock()
+        disk = DeferredDiskPool()
+        consumer = PausingConsumer(limit=1)
+        producer = BodyProducer(disk, self.open_body(body), clock, 180)
+        consumer.registerProducer(producer, True)
+        d = producer.send_to(consumer)
+        drains = 0
+        while not d.called:
+            if disk.pending:
+                disk.complete_one()
+            else:
+                self.assertEqual(disk.pending, [])
+                consumer.drain()
+                drains += 1
+            self.assertLessEqual(consumer.most_buffered, BODY_CHUNK_SIZE * 2)
+        wire = reference_stuff(body)
+        self.assertEqual(self.successResultOf(d), len(wire))
+        self.assertEqual(consumer.value(), wire)
+        self.assertGreaterEqual(drains, 3)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_paused_during_read_writes_nothing(self) -> None:
+        """
+        A pause that comes while a read is in flight holds that chunk back
+        until resumed.
+        """
+        disk = DeferredDiskPool()
+        consumer = StringTransport()
+        producer = BodyProducer(disk, self.open_body(b"hello\r\n"), Clock(), 180)
+        d = producer.send_to(consumer)
+        producer.pauseProducing()
+        disk.complete_one()
+        self.assertEqual(consumer.value(), b"")
+        producer.resumeProducing()
+        self.assertEqual(consumer.value(), b"hello\r\n")
+        disk.complete_one()
+        self.assertEqual(consumer.value(), b"hello\r\n.\r\n")
+        self.assertEqual(self.successResultOf(d), 10)
+
+    def test_stopped(self) -> None:
+        """
+        L{BodyProducer.stopProducing} (the connection is gone) fails the
+        sending once the read in flight is back; nothing more is written.
+        """
+        disk = DeferredDiskPool()
+        consumer = StringTransport()
+        producer = BodyProducer(disk, self.open_body(b"x\r\n"), Clock(), 180)
+        d = producer.send_to(consumer)
+        producer.stopProducing()
+        disk.complete_one()
+        problem = self.failureResultOf(d, ConnectionProblem).value
+        self.assertEqual(problem.reason, "connection lost while sending the message")
+        self.assertEqual(consumer.value(), b"")
+
+    def test_block_timeout(self) -> None:
+        """
+        Each pause may last up to the data block time-out; one that lasts
+        longer fails the sending.
+        """
+        clock = Clock()
+        consumer = PausingConsumer(limit=1)
+        producer = BodyProducer(SynchronousDiskPool(), self.open_body(self.large_body()), clock, 180)
+        consumer.registerProducer(producer, True)
+        d = producer.send_to(consumer)
+        clock.advance(179)
+        self.assertNoResult(d)
+        consumer.drain()
+        clock.advance(179)
+        self.assertNoResult(d)
+        clock.advance(1)
+        problem = self.failureResultOf(d, ConnectionProblem).value
+        self.assertEqual(problem.reason, "timed out after 180s sending the message")
+        self.assertEqual(problem.status, "4.4.2")
+        self.assertEqual(len(consumer.value()), 2 * BODY_CHUNK_SIZE + 2 * (BODY_CHUNK_SIZE // 73 + 1))
+
+    def test_read_error(self) -> None:
+        """
+        An unreadable spool file is a local problem (4.3.0) that no other
+        host would solve.
+        """
+        fd = self.open_body(b"x")
+        bad = os.open(os.devnull, os.O_WRONLY)
+        os.close(bad)
+        producer = BodyProducer(SynchronousDiskPool(), bad, Clock(), 180)
+        problem = self.failureResultOf(producer.send_to(StringTransport()), ConnectionProblem).value
+        self.assertEqual(problem.status, "4.3.0")
+        self.assertFalse(problem.retry_elsewhere)
+        self.assertTrue(problem.reason.startswith("cannot read the queued message: "), problem.reason)
+        self.assertIsInstance(fd, int)
