@@ -266,7 +266,8 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     notifier = Notifier(spool, accounts.chain, disk, reactor, config.server.hostname, config.server.postmaster,
                         delay_warning_after=config.relay.delay_warning_after,
                         max_queue_lifetime=config.relay.max_queue_lifetime)
-    manager = QueueManager(spool, delivery, reactor, notifier=notifier)
+    relay = make_relay(config, reactor, disk)
+    manager = QueueManager(spool, delivery, reactor, notifier=notifier, remote_delivery=relay)
     manager.setServiceParent(root)
     Reloader(reactor, accounts.reloadables, tls).setServiceParent(root)
 
@@ -282,7 +283,6 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     watcher.clock = reactor
     watcher.setName("queue-watcher")
     watcher.setServiceParent(root)
-    log.info("event=relay status=unavailable reason=\"outbound relay not implemented yet; remote mail stays queued\"")
 
     def listen(service_name: str, section: Any, factory: Any) -> None:
         for description in section.listen:
@@ -301,6 +301,51 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     if config.pop3 is not None:
         listen("pop3", config.pop3, _pop3_factory(config, accounts, disk, reactor, tls))
     return root
+
+
+def make_relay(config: Config, reactor: Any, disk: Any):
+    """
+    The outbound relay from C{[relay]}: MX lookup through twisted.names (on
+    C{dns_servers}, else the system's resolver configuration), or the
+    smarthost.
+
+    @raise StartupError: if the smarthost password file cannot be read.
+    """
+    from twisted.names import client as dns_client
+
+    from mailappliance.queue.relay import Relay, RetryPolicy
+    from mailappliance.queue.routing import MXRouter, SmarthostRouter
+    from mailappliance.smtp.client import ClientOptions
+
+    r = config.relay
+    if r.dns_servers:
+        resolver = dns_client.Resolver(servers=list(r.dns_servers), reactor=reactor)
+    else:
+        resolver = dns_client.createResolver()  # /etc/hosts, then /etc/resolv.conf
+    auth = None
+    if r.smarthost is not None:
+        host, port = r.smarthost
+        router = SmarthostRouter(host, port, resolver)
+        if r.smarthost_username:
+            try:
+                with open(r.smarthost_password_file, encoding="utf-8") as f:
+                    password = f.readline().rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as e:
+                raise StartupError(f"relay.smarthost_password_file {r.smarthost_password_file}: "
+                                   f"cannot read: {getattr(e, 'strerror', None) or e}") from None
+            auth = (r.smarthost_username, password)
+        options = ClientOptions(config.server.hostname, tls=r.smarthost_tls, tls_verify=r.smarthost_tls == "required",
+                                auth=auth, connect_timeout=r.connect_timeout)
+        where = f"smarthost {host}:{port} tls={r.smarthost_tls}"
+    else:
+        router = MXRouter(resolver, r.mx_port)
+        options = ClientOptions(config.server.hostname, tls="opportunistic", connect_timeout=r.connect_timeout)
+        dns = ",".join(f"{h}:{p}" for h, p in r.dns_servers) or "system"
+        where = f"mx port={r.mx_port} dns={dns}"
+    log.info("service=relay route={where}", where=where)
+    retry = RetryPolicy(r.retry_initial, r.retry_max, r.max_queue_lifetime)
+    return Relay(reactor, router, options, retry, disk, max_concurrent=r.max_concurrent_deliveries,
+                 smarthost=r.smarthost is not None)
 
 
 def _smtp_factory(config: Config, service: str, accounts: Accounts, spool: Any, reactor: Any, tls: Any):

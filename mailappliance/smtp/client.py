@@ -236,10 +236,9 @@ class _Delivery:
             self._decided[recipient] = RecipientResult(
                 recipient, TEMPORARY, problem.reason, "4" + problem.status[1:], host, problem.reply is not None
             )
-        outcome = self._outcome()
-        for result in outcome.results:
-            self._log_result(result, outcome)
-        return outcome
+        # The relay logs one line per recipient (with the queue delay), so
+        # the outcome is not logged here.
+        return self._outcome()
 
     @defer.inlineCallbacks
     def _try_hosts(self, fd):
@@ -353,18 +352,4 @@ class _Delivery:
             relay=f"{host.name}[{address}]:{host.port}",
             dsn=problem.status,
             reason=problem.reason,
-        )
-
-    def _log_result(self, result: RecipientResult, outcome: DeliveryOutcome) -> None:
-        relay = f"{outcome.host}[{outcome.address}]:{outcome.port}" if outcome.host else "none"
-        tls = f"{outcome.tls_protocol}/{outcome.tls_cipher}" if outcome.tls else "no"
-        log.info(
-            "qid={qid} to=<{to}> relay={relay} tls={tls} status={status} dsn={dsn} reply={reply!r}",
-            qid=self._qid,
-            to=result.recipient,
-            relay=relay,
-            tls=tls,
-            status=result.status,
-            dsn=result.enhanced_status,
-            reply=result.reply,
         )

@@ -1,0 +1,248 @@
+# -*- test-case-name: tests.test_queue_relay -*-
+"""
+The relay: outbound delivery of a queued message's remote recipients (SPEC
+section 5, "Outbound relay"), plugged into the queue manager as its
+L{IRemoteDelivery}.
+
+For one message, the due remote recipients are grouped by destination
+domain (everything is one group when a smarthost is set), and each group
+is one SMTP transaction (L{mailappliance.smtp.client.deliver}) to the hosts
+the router gives (L{mailappliance.queue.routing}). At most
+C{max_concurrent_deliveries} transactions run at once over all messages,
+and at most L{PER_DESTINATION_LIMIT} to one destination.
+
+Every recipient comes back with its new state:
+
+  - delivered;
+  - failed, for a permanent failure (a 5xx reply, a domain that does not
+    exist, a null MX, a message looping through too many hosts): the queue
+    manager's notifier sends the bounce;
+  - pending again, for a temporary failure (4xx, connection refused or
+    lost, time-out, DNS server failure), with C{next_attempt} set by
+    exponential backoff: C{retry_initial}, doubled after each failed
+    attempt up to C{retry_max}, with +-10% jitter so that retries of many
+    messages spread out; the schedule is in the envelope, so it survives
+    restarts;
+  - failed with status 4.4.7 once the message is older than
+    C{max_queue_lifetime} (its last temporary error is kept for the DSN).
+
+Each attempt is logged, one line per recipient::
+
+  qid=... to=<...> relay=host[ip]:port delay=12.3 tls=TLSv1.3/... status=sent|deferred|bounced reply="..."
+
+Crash safety: the remote's 250 and our durable record of it are not
+atomic. A crash after the remote accepted the message and before the
+manager wrote the envelope means that recipient is sent again after the
+restart (RFC 5321 section 6.1 prefers a duplicate to a loss). Nothing else
+can duplicate or lose a message.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from mailappliance.queue.dsn import count_received_headers
+from mailappliance.queue.envelope import DELIVERED, FAILED, Envelope, Recipient
+from mailappliance.queue.manager import IRemoteDelivery
+from mailappliance.queue.routing import RoutingError
+from mailappliance.smtp import client as smtp_client
+
+# RFC 5321 section 6.3: a message that has passed this many hosts is
+# looping; Postfix's hopcount_limit is 50 too.
+MAX_HOPS = 50
+PER_DESTINATION_LIMIT = 4
+JITTER = 0.1
+SMARTHOST_GROUP = "*"
+
+_default_log = Logger(namespace="mailappliance.relay")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """
+    @ivar initial: seconds before the first retry.
+    @ivar maximum: the longest delay between attempts.
+    @ivar lifetime: seconds after arrival when retries end.
+    """
+
+    initial: float = 300.0
+    maximum: float = 4 * 3600.0
+    lifetime: float = 5 * 86400.0
+
+    def delay(self, failed_attempts: int, rng: random.Random) -> float:
+        """
+        The delay after the C{failed_attempts}-th consecutive failure.
+        """
+        base = min(self.initial * (2 ** max(0, failed_attempts - 1)), self.maximum)
+        return base * rng.uniform(1 - JITTER, 1 + JITTER)
+
+
+@implementer(IRemoteDelivery)
+class Relay:
+    """
+    @param reactor: for the SMTP client's connections and time-outs.
+    @param router: provides C{route(domain) -> Deferred[list[RouteHost]]}.
+    @param options: the L{smtp_client.ClientOptions}.
+    @param retry: the L{RetryPolicy}.
+    @param disk: the disk pool (reading the spool).
+    @param clock: C{seconds()} (Unix time); the reactor by default.
+    @param smarthost: whether the router is a smarthost (one group).
+    @param deliver: the SMTP client's C{deliver} (a seam for tests).
+    """
+
+    def __init__(self, reactor: Any, router: Any, options: Any, retry: RetryPolicy, disk: Any,
+                 max_concurrent: int = 20, clock: Any = None, smarthost: bool = False,
+                 deliver: Any = smtp_client.deliver, rng: random.Random | None = None,
+                 log: Logger | None = None) -> None:
+        self.reactor = reactor
+        self.router = router
+        self.options = options
+        self.retry = retry
+        self.disk = disk
+        self.clock = clock if clock is not None else reactor
+        self.smarthost = smarthost
+        self._deliver = deliver
+        self._random = rng or random.Random()
+        self._slots = defer.DeferredSemaphore(max_concurrent)
+        self._destinations: dict[str, defer.DeferredSemaphore] = {}
+        self.log = log if log is not None else _default_log
+
+    @defer.inlineCallbacks
+    def deliver(self, envelope: Envelope, recipients: tuple[Recipient, ...], body_path: str):
+        """
+        See L{IRemoteDelivery.deliver}.
+        """
+        try:
+            hops = yield self.disk.run(count_received_headers, body_path)
+        except OSError:
+            hops = 0
+        if hops > MAX_HOPS:
+            reason = f"message has passed {hops} hosts (mail loop?)"
+            updated = [self._failed(envelope, r, reason, "5.4.6", "") for r in recipients]
+            for r in updated:
+                self._log(envelope, r, "bounced", None)
+            return updated
+        groups: dict[str, list[int]] = {}
+        for index, r in enumerate(recipients):
+            key = SMARTHOST_GROUP if self.smarthost else r.target.domain
+            groups.setdefault(key, []).append(index)
+        results: list[Recipient | None] = [None] * len(recipients)
+        attempts = [self._group(envelope, [recipients[i] for i in indexes], body_path, key)
+                    for key, indexes in groups.items()]
+        outcomes = yield defer.gatherResults(attempts, consumeErrors=True)
+        for indexes, updated in zip(groups.values(), outcomes):
+            for i, r in zip(indexes, updated):
+                results[i] = r
+        return results
+
+    def _group(self, envelope: Envelope, recipients: list[Recipient], body_path: str, destination: str):
+        gate = self._destinations.get(destination)
+        if gate is None:
+            gate = self._destinations[destination] = defer.DeferredSemaphore(PER_DESTINATION_LIMIT)
+
+        def run():
+            return self._slots.run(self._attempt, envelope, recipients, body_path, destination)
+
+        d = gate.run(run)
+
+        def forget(result):
+            if not gate.waiting and gate.tokens == gate.limit:
+                self._destinations.pop(destination, None)
+            return result
+
+        return d.addBoth(forget)
+
+    @defer.inlineCallbacks
+    def _attempt(self, envelope: Envelope, recipients: list[Recipient], body_path: str, destination: str):
+        try:
+            hosts = yield self.router.route(recipients[0].target.domain)
+        except RoutingError as e:
+            updated = []
+            for r in recipients:
+                if e.permanent:
+                    r = self._failed(envelope, r, e.reason, e.status, "")
+                    self._log(envelope, r, "bounced", None)
+                else:
+                    r = self._deferred(envelope, r, e.reason, e.status, "")
+                    self._log(envelope, r, "deferred" if r.state != FAILED else "bounced", None)
+                updated.append(r)
+            return updated
+        message = smtp_client.OutboundMessage(
+            sender=str(envelope.sender) if envelope.sender is not None else "",
+            recipients=tuple(str(r.target) for r in recipients),
+            body_path=body_path,
+            size=envelope.size,
+            eight_bit=envelope.body == "8BITMIME",
+            smtputf8=envelope.smtputf8,
+            queue_id=envelope.queue_id,
+        )
+        outcome = yield self._deliver(self.reactor, hosts, message, self.options, disk=self.disk)
+        updated = []
+        for r in recipients:
+            result = outcome.result_for(str(r.target))
+            host = result.host or ""
+            if result.delivered:
+                r = r.with_state(state=DELIVERED, attempts=r.attempts + 1, last_error="", status="2.0.0",
+                                 remote_mta=host, next_attempt=0.0)
+                self._log(envelope, r, "sent", outcome, result.reply)
+            elif result.permanent:
+                r = self._failed(envelope, r, result.reply, result.enhanced_status, host if result.remote else "")
+                self._log(envelope, r, "bounced", outcome)
+            else:
+                r = self._deferred(envelope, r, result.reply, result.enhanced_status, host if result.remote else "")
+                self._log(envelope, r, "deferred" if r.state != FAILED else "bounced", outcome)
+            updated.append(r)
+        return updated
+
+    def _failed(self, envelope: Envelope, r: Recipient, reason: str, status: str, host: str) -> Recipient:
+        return r.with_state(state=FAILED, attempts=r.attempts + 1, last_error=reason, status=status,
+                            remote_mta=host)
+
+    def _deferred(self, envelope: Envelope, r: Recipient, reason: str, status: str, host: str) -> Recipient:
+        now = self.clock.seconds()
+        expires = envelope.arrival + self.retry.lifetime
+        attempts = r.attempts + 1
+        if now >= expires:
+            return r.with_state(state=FAILED, attempts=attempts, status="4.4.7", remote_mta=host,
+                                last_error=f"message expired after {_age(now - envelope.arrival)} in the queue; "
+                                           f"last error: {reason}")
+        delay = self.retry.delay(_consecutive_failures(r) + 1, self._random)
+        return r.with_state(attempts=attempts, last_error=reason, status=status, remote_mta=host,
+                            next_attempt=min(now + delay, expires))
+
+    def _log(self, envelope: Envelope, r: Recipient, status: str, outcome: Any, reply: str | None = None) -> None:
+        if outcome is not None and outcome.host:
+            relay = f"{outcome.host}[{outcome.address}]:{outcome.port}"
+            tls = f"{outcome.tls_protocol}/{outcome.tls_cipher}" if outcome.tls else "no"
+        else:
+            relay, tls = "none", "no"
+        text = reply if reply is not None else r.last_error
+        self.log.info(
+            "qid={qid} to=<{to}> relay={relay} delay={delay:.1f} tls={tls} status={status} dsn={dsn} reply={reply}",
+            qid=envelope.queue_id, to=str(r.target), relay=relay, delay=self.clock.seconds() - envelope.arrival,
+            tls=tls, status=status, dsn=r.status or "-", reply=_quote(text),
+        )
+
+
+def _consecutive_failures(r: Recipient) -> int:
+    # Every earlier attempt of a still-pending recipient failed.
+    return r.attempts
+
+
+def _age(seconds: float) -> str:
+    seconds = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _quote(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "\\r").replace("\n", "\\n")
+    return f'"{escaped}"'

@@ -1,0 +1,188 @@
+"""
+Tests for L{mailappliance.queue.relay}: grouping, routing failures, the
+retry schedule, expiry and loop detection, with a fake router and a fake
+SMTP client.
+"""
+
+import random
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.logger import Logger, formatEvent
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from mailappliance.address import parse_mailbox
+from mailappliance.disk import SynchronousDiskPool
+from mailappliance.queue.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipient
+from mailappliance.queue.manager import IRemoteDelivery
+from mailappliance.queue.relay import MAX_HOPS, Relay, RetryPolicy
+from mailappliance.queue.routing import RouteHost, RoutingError
+from mailappliance.smtp.client import ClientOptions
+from mailappliance.smtp.client_outcome import DELIVERED as OK, PERMANENT, TEMPORARY, DeliveryOutcome, RecipientResult
+
+T0 = 1700000000.0
+
+
+class FakeRouter:
+    def __init__(self, errors=None):
+        self.errors = errors or {}
+        self.asked = []
+
+    def route(self, domain):
+        self.asked.append(domain)
+        if domain in self.errors:
+            return defer.fail(self.errors[domain])
+        return defer.succeed([RouteHost("mx." + domain, ("192.0.2.1",), 25)])
+
+
+class FakeClient:
+    """
+    Answers each recipient from a table: address -> (status, reply, code).
+    """
+
+    def __init__(self, table=None):
+        self.table = table or {}
+        self.calls = []
+
+    def __call__(self, reactor, hosts, message, options, disk=None):
+        self.calls.append((hosts[0].name, message.recipients))
+        results = []
+        for r in message.recipients:
+            status, reply, code = self.table.get(r, (OK, "250 2.0.0 ok", "2.0.0"))
+            results.append(RecipientResult(r, status, reply, code, hosts[0].name, True))
+        return defer.succeed(DeliveryOutcome(tuple(results), host=hosts[0].name, address="192.0.2.1", port=25))
+
+
+def rcpt(address, **kw):
+    m = parse_mailbox(address)
+    return Recipient(m, m, False, **kw)
+
+
+class RelayTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(T0)
+        self.events = []
+        self.body = FilePath(self.mktemp())
+        self.body.setContent(b"Received: x\r\nSubject: s\r\n\r\nbody\r\n")
+
+    def relay(self, client=None, router=None, **kw):
+        self.client = client or FakeClient()
+        self.router = router or FakeRouter()
+        return Relay(None, self.router, ClientOptions("mx.example.test"),
+                     RetryPolicy(initial=300, maximum=3600, lifetime=86400), SynchronousDiskPool(),
+                     clock=self.clock, deliver=self.client, rng=random.Random(4),
+                     log=Logger(observer=lambda e: self.events.append(formatEvent(e))), **kw)
+
+    def envelope(self, *recipients, arrival=T0):
+        return Envelope("QID", parse_mailbox("alice@example.test"), tuple(recipients), arrival, size=30)
+
+    def deliver_all(self, relay, envelope):
+        return self.successResultOf(relay.deliver(envelope, envelope.recipients, self.body.path))
+
+    def test_interface(self):
+        self.assertTrue(verifyObject(IRemoteDelivery, self.relay()))
+
+    def test_grouped_by_domain(self):
+        """
+        One transaction per destination domain; all delivered.
+        """
+        relay = self.relay()
+        e = self.envelope(rcpt("a@one.test"), rcpt("b@two.test"), rcpt("c@one.test"))
+        results = self.deliver_all(relay, e)
+        self.assertEqual([r.state for r in results], [DELIVERED] * 3)
+        self.assertEqual(sorted(self.client.calls), [("mx.one.test", ("a@one.test", "c@one.test")),
+                                                     ("mx.two.test", ("b@two.test",))])
+        self.assertIn('qid=QID to=<a@one.test> relay=mx.one.test[192.0.2.1]:25 delay=0.0 tls=no status=sent '
+                      'dsn=2.0.0 reply="250 2.0.0 ok"', self.events)
+
+    def test_smarthost_one_group(self):
+        relay = self.relay(smarthost=True)
+        self.deliver_all(relay, self.envelope(rcpt("a@one.test"), rcpt("b@two.test")))
+        self.assertEqual(len(self.client.calls), 1)
+
+    def test_permanent_and_temporary(self):
+        """
+        A 5xx fails the recipient with the remote reply; a 4xx schedules a
+        retry after retry_initial (with jitter).
+        """
+        client = FakeClient({"a@one.test": (PERMANENT, "550 5.1.1 no such user", "5.1.1"),
+                             "b@one.test": (TEMPORARY, "451 4.3.0 try later", "4.3.0")})
+        a, b = self.deliver_all(self.relay(client), self.envelope(rcpt("a@one.test"), rcpt("b@one.test")))
+        self.assertEqual((a.state, a.status, a.last_error, a.remote_mta), (FAILED, "5.1.1", "550 5.1.1 no such user",
+                                                                           "mx.one.test"))
+        self.assertEqual((b.state, b.attempts, b.status), (PENDING, 1, "4.3.0"))
+        self.assertTrue(T0 + 270 <= b.next_attempt <= T0 + 330, b.next_attempt - T0)
+
+    def test_backoff_doubles_to_max(self):
+        """
+        The delay doubles after each failure up to retry_max.
+        """
+        client = FakeClient({"b@one.test": (TEMPORARY, "421 busy", "4.0.0")})
+        relay = self.relay(client)
+        r = rcpt("b@one.test")
+        delays = []
+        for _ in range(6):
+            e = self.envelope(r)
+            [r] = self.deliver_all(relay, e)
+            delays.append(r.next_attempt - self.clock.seconds())
+        for delay, expected in zip(delays, [300, 600, 1200, 2400, 3600, 3600]):
+            self.assertTrue(0.9 * expected <= delay <= 1.1 * expected, delays)
+
+    def test_expiry(self):
+        """
+        Past max_queue_lifetime a temporary failure becomes a failure (4.4.7)
+        keeping the last error; just before it, the retry is capped at the
+        expiry time.
+        """
+        client = FakeClient({"b@one.test": (TEMPORARY, "421 busy", "4.0.0")})
+        relay = self.relay(client)
+        [r] = self.deliver_all(relay, self.envelope(rcpt("b@one.test"), arrival=T0 - 86400 + 60))
+        self.assertEqual((r.state, r.next_attempt), (PENDING, T0 + 60))
+        [r] = self.deliver_all(relay, self.envelope(rcpt("b@one.test"), arrival=T0 - 86400))
+        self.assertEqual((r.state, r.status), (FAILED, "4.4.7"))
+        self.assertIn("last error: 421 busy", r.last_error)
+
+    def test_routing_errors(self):
+        """
+        NXDOMAIN fails permanently (5.1.2); SERVFAIL defers.
+        """
+        router = FakeRouter({"gone.test": RoutingError("domain gone.test does not exist", True, "5.1.2"),
+                             "flaky.test": RoutingError("MX lookup failed: SERVFAIL", False, "4.4.3")})
+        a, b = self.deliver_all(self.relay(router=router), self.envelope(rcpt("a@gone.test"), rcpt("b@flaky.test")))
+        self.assertEqual((a.state, a.status), (FAILED, "5.1.2"))
+        self.assertEqual((b.state, b.status), (PENDING, "4.4.3"))
+        self.assertEqual(self.client.calls, [])
+
+    def test_loop(self):
+        """
+        A message with more than MAX_HOPS Received: headers bounces (5.4.6)
+        without being sent.
+        """
+        self.body.setContent(b"Received: x\r\n" * (MAX_HOPS + 1) + b"\r\nbody\r\n")
+        [r] = self.deliver_all(self.relay(), self.envelope(rcpt("a@one.test")))
+        self.assertEqual((r.state, r.status), (FAILED, "5.4.6"))
+        self.assertEqual(self.client.calls, [])
+
+    def test_concurrency_limit(self):
+        """
+        At most max_concurrent transactions at once.
+        """
+        pending = []
+
+        def slow(reactor, hosts, message, options, disk=None):
+            d = defer.Deferred()
+            pending.append((d, message))
+            return d
+
+        relay = self.relay(client=slow, max_concurrent=2)
+        e = self.envelope(rcpt("a@one.test"), rcpt("b@two.test"), rcpt("c@three.test"))
+        d = relay.deliver(e, e.recipients, self.body.path)
+        self.assertEqual(len(pending), 2)
+        for _ in range(3):
+            waiting, message = pending.pop(0)
+            waiting.callback(DeliveryOutcome(tuple(RecipientResult(r, OK, "250 ok", "2.0.0", "h", True)
+                                                   for r in message.recipients), host="h", address="1", port=25))
+        self.assertEqual([r.state for r in self.successResultOf(d)], [DELIVERED] * 3)
