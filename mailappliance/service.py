@@ -63,14 +63,18 @@ class Accounts:
 
 def prepare_data_dir(config: Config) -> None:
     """
-    Create the data folder and its C{queue/} and C{mail/} folders, and make
-    sure they are writable (blocking; runs before the reactor).
+    Create the data folder, its C{mail/} folder and the queue's folders, and
+    make sure they are writable (blocking; runs before the reactor), so that
+    the CLI (sendmail drops, queue commands) can rely on them once a server
+    has started.
 
     @raise StartupError: if it cannot.
     """
     from mailappliance.disk import ensure_directory
 
-    for path in (config.server.data_dir, config.queue_dir, config.mail_dir):
+    queue_folders = [os.path.join(config.queue_dir, name) for name in ("tmp", "messages", "corrupt", "incoming",
+                                                                       "control")]
+    for path in (config.server.data_dir, config.queue_dir, config.mail_dir, *queue_folders):
         try:
             ensure_directory(path)
         except OSError as e:
@@ -318,10 +322,8 @@ def make_relay(config: Config, reactor: Any, disk: Any):
     from mailappliance.smtp.client import ClientOptions
 
     r = config.relay
-    if r.dns_servers:
-        resolver = dns_client.Resolver(servers=list(r.dns_servers), reactor=reactor)
-    else:
-        resolver = dns_client.createResolver()  # /etc/hosts, then /etc/resolv.conf
+    # /etc/hosts first, then the configured servers (else /etc/resolv.conf).
+    resolver = dns_client.createResolver(servers=list(r.dns_servers) or None)
     auth = None
     if r.smarthost is not None:
         host, port = r.smarthost

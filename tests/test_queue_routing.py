@@ -163,3 +163,12 @@ class SmarthostRouterTests(SynchronousTestCase):
                                  FakeDNS({("relay.example.net", dns.A): [a("192.0.2.4")]}))
         self.assertEqual(self.successResultOf(router.route("x.test")),
                          [RouteHost("relay.example.net", ("192.0.2.4",), 587)])
+
+    def test_lookup_failure_temporary(self):
+        """
+        A smarthost whose name does not resolve defers, never bounces.
+        """
+        router = SmarthostRouter("relay.example.net", 587, FakeDNS({}))
+        f = self.failureResultOf(router.route("x.test"), RoutingError)
+        self.assertFalse(f.value.permanent)
+        self.assertEqual(f.value.status, "4.4.3")

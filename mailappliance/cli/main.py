@@ -115,4 +115,8 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Run through the package's module, not this __main__ copy, so that
+    # there is one CommandError class.
+    from mailappliance.cli.main import main as _main
+
+    sys.exit(_main())

@@ -163,7 +163,9 @@ class MXRouter:
 
 class SmarthostRouter:
     """
-    Routes everything to one host.
+    Routes everything to one host. Failing to find its address is always
+    temporary: a smarthost that cannot be resolved is a local problem (DNS
+    or configuration), never a reason to bounce mail.
     """
 
     def __init__(self, host: str, port: int, resolver=None) -> None:
@@ -178,7 +180,10 @@ class SmarthostRouter:
             return [RouteHost(self._host, (literal,), self._port)]
         if self._mx is None:
             return [RouteHost(self._host, (), self._port)]
-        addresses = yield self._mx._addresses(self._host)
+        try:
+            addresses = yield self._mx._addresses(self._host)
+        except RoutingError as e:
+            raise RoutingError(f"smarthost: {e.reason}", False, "4.4.3")
         if not addresses:
             raise RoutingError(f"smarthost {self._host} has no address", False, "4.4.3")
         return [RouteHost(self._host, addresses, self._port)]

@@ -65,6 +65,49 @@ def require_client(testcase, name: str) -> str:
     return path
 
 
+class HelperProcess:
+    """
+    A helper server run as a child process that prints C{READY <port>} once
+    it listens (the test DNS server, the SMTP sink).
+    """
+
+    def __init__(self, testcase, command, name: str) -> None:
+        """
+        @param command: a callable from the port to listen on (0 for any)
+            to the command line.
+        """
+        self.testcase = testcase
+        self.command = command
+        self.name = name
+        self.process: subprocess.Popen | None = None
+        self.port: int | None = None
+
+    def start(self, port: int | None = None) -> HelperProcess:
+        command = self.command(port or 0)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = SOURCE_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, cwd=SOURCE_ROOT, env=env)
+        self.testcase.addCleanup(self.stop)
+        line = self.process.stdout.readline().decode("utf-8", "replace")
+        if not line.startswith("READY "):
+            rest = self.process.stdout.read().decode("utf-8", "replace") if self.process.poll() is not None else ""
+            raise AssertionError(f"{self.name} did not start: {line}{rest}")
+        self.port = int(line.split()[1])
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        if self.process is not None and self.process.stdout:
+            self.process.stdout.close()
+
+
 class ServerProcess:
     """
     One running mailappliance.
@@ -84,7 +127,7 @@ class ServerProcess:
     def __init__(self, testcase, services=("smtp", "submission", "pop3"), local_domains=("example.test",),
                  extra: str = "", users: dict[str, str] | None = None, aliases: str = "", tls: bool = False,
                  hostname: str = "mail.example.test", config_text: str | None = None,
-                 options: dict[str, str] | None = None) -> None:
+                 options: dict[str, str] | None = None, env: dict[str, str] | None = None) -> None:
         self.testcase = testcase
         self.base = os.path.abspath(testcase.mktemp())
         os.makedirs(self.base)
@@ -95,6 +138,7 @@ class ServerProcess:
         self.process: subprocess.Popen | None = None
         self.hostname = hostname
         self.options = options or {}
+        self.extra_env = env or {}
         if config_text is None:
             config_text = self._config(services, local_domains, extra, tls)
         with open(self.config_path, "w") as f:
@@ -140,6 +184,7 @@ class ServerProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = SOURCE_ROOT + os.pathsep + env.get("PYTHONPATH", "")
         env.pop("MAILAPPLIANCE_REQUIRE_CLIENTS", None)
+        env.update(self.extra_env)
         return env
 
     def start(self, wait: bool = True) -> ServerProcess:
@@ -176,6 +221,15 @@ class ServerProcess:
         result = subprocess.run(self.command(), cwd=self.base, env=self.env(), stdin=subprocess.DEVNULL,
                                 capture_output=True, timeout=timeout)
         return result.returncode, (result.stdout + result.stderr).decode("utf-8", "replace")
+
+    def cli(self, *arguments: str, stdin: bytes = b"", timeout: float = 60.0) -> subprocess.CompletedProcess:
+        """
+        Run C{mailappliance --config <this server's file> ARGUMENTS...}.
+        """
+        return subprocess.run(
+            [sys.executable, "-m", "mailappliance.cli.main", "--config", self.config_path, *arguments],
+            input=stdin, capture_output=True, cwd=self.base, env=self.env(), timeout=timeout,
+        )
 
     def log(self) -> str:
         try:
