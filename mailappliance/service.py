@@ -307,6 +307,25 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     return root
 
 
+def make_dns_resolver(servers, reactor: Any):
+    """
+    The resolver for MX and address lookups: C{/etc/hosts} first, then
+    exactly the configured servers, or, when none are configured, the
+    servers of C{/etc/resolv.conf}. (Twisted's C{createResolver} would add
+    the resolv.conf servers to configured ones, sending queries where the
+    administrator did not say.)
+    """
+    from twisted.names import cache, client, hosts, resolve
+
+    if not servers:
+        return client.createResolver()
+    return resolve.ResolverChain([
+        hosts.Resolver(file=b"/etc/hosts"),
+        cache.CacheResolver(reactor=reactor),
+        client.Resolver(servers=list(servers), reactor=reactor),
+    ])
+
+
 def make_relay(config: Config, reactor: Any, disk: Any):
     """
     The outbound relay from C{[relay]}: MX lookup through twisted.names (on
@@ -315,15 +334,12 @@ def make_relay(config: Config, reactor: Any, disk: Any):
 
     @raise StartupError: if the smarthost password file cannot be read.
     """
-    from twisted.names import client as dns_client
-
     from mailappliance.queue.relay import Relay, RetryPolicy
     from mailappliance.queue.routing import MXRouter, SmarthostRouter
     from mailappliance.smtp.client import ClientOptions
 
     r = config.relay
-    # /etc/hosts first, then the configured servers (else /etc/resolv.conf).
-    resolver = dns_client.createResolver(servers=list(r.dns_servers) or None)
+    resolver = make_dns_resolver(r.dns_servers, reactor)
     auth = None
     if r.smarthost is not None:
         host, port = r.smarthost
