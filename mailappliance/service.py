@@ -253,6 +253,7 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     from mailappliance.queue.inject import inject
     from mailappliance.queue.manager import QueueManager
     from mailappliance.queue.spool import Spool
+    from mailappliance.status import StatusWriter
 
     prepare_data_dir(config)
     lock = ServerLock(config.queue_dir)
@@ -288,7 +289,10 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     watcher.setName("queue-watcher")
     watcher.setServiceParent(root)
 
+    factories: dict[str, Any] = {}
+
     def listen(service_name: str, section: Any, factory: Any) -> None:
+        factories[service_name] = factory
         for description in section.listen:
             Listener(reactor, service_name, description, factory).setServiceParent(root)
         if section.listen_tls:
@@ -304,7 +308,16 @@ def make_service(config: Config, reactor: Any) -> MultiService:
         listen("submission", config.submission, _smtp_factory(config, "submission", accounts, spool, reactor, tls))
     if config.pop3 is not None:
         listen("pop3", config.pop3, _pop3_factory(config, accounts, disk, reactor, tls))
+    sessions = {name: (lambda f=factory: _session_count(f)) for name, factory in factories.items()}
+    StatusWriter(config.queue_dir, reactor, disk, sessions, manager.summary).setServiceParent(root)
     return root
+
+
+def _session_count(factory: Any) -> int:
+    # SMTP factories count with a ConnectionLimiter, POP3 with an int.
+    connections = getattr(factory, "connections", 0)
+    total = getattr(connections, "total", connections)
+    return int(total() if callable(total) else total)
 
 
 def make_dns_resolver(servers, reactor: Any):

@@ -36,7 +36,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mailappliance.cli import check, queue, sendmail, user
+    from mailappliance.cli import check, queue, sendmail, status, user
 
     config_help = "the configuration file (default: etc/mailappliance.toml if it exists, else built-in defaults)"
     common = argparse.ArgumentParser(add_help=False)
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     user.add_parser(commands, common)
     queue.add_parser(commands, common)
     sendmail.add_parser(commands, common)
+    status.add_parser(commands, common)
     return parser
 
 

@@ -40,6 +40,7 @@ Log lines (one event each, key=value, with the queue id)::
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,9 @@ from mailappliance.interfaces import DeliveryError
 from mailappliance.queue.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipient
 
 DEFAULT_RETRY_DELAY = 60.0
+# Outcomes remembered for "mailappliance status" (deliveries and bounces
+# over the last hour).
+HISTORY_SECONDS = 3600.0
 DEFAULT_LOCAL_CONCURRENCY = 8
 REMOTE_UNAVAILABLE = "relay not available yet"
 
@@ -177,6 +181,7 @@ class QueueManager(Service):
         self.recovered: Deferred | None = None
         self._local_slots = DeferredSemaphore(max_local_concurrency)
         self._messages: dict[str, _Message] = {}
+        self.history: deque[tuple[float, str]] = deque()
 
     # -- service -----------------------------------------------------------
 
@@ -227,6 +232,21 @@ class QueueManager(Service):
         """
         if self.running:
             self._take(envelope, new=True)
+
+    def summary(self) -> dict[str, Any]:
+        """
+        Figures for C{mailappliance status}: messages queued, the oldest
+        one's arrival, and deliveries and failures over the last hour.
+        """
+        now = self.clock.seconds()
+        recent = [kind for when, kind in self.history if when >= now - HISTORY_SECONDS]
+        arrivals = [m.envelope.arrival for m in self._messages.values()]
+        return {
+            "queued": len(self._messages),
+            "oldest_arrival": min(arrivals) if arrivals else None,
+            "delivered_last_hour": recent.count(DELIVERED),
+            "failed_last_hour": recent.count(FAILED),
+        }
 
     @property
     def queue_ids(self) -> list[str]:
@@ -411,9 +431,14 @@ class QueueManager(Service):
             # Deleted by the administrator during the round.
             return
         recipients = list(message.envelope.recipients)
+        now = self.clock.seconds()
         for _, updates in results:
             for index, recipient in updates:
+                if recipients[index].state == PENDING and recipient.state != PENDING:
+                    self.history.append((now, recipient.state))
                 recipients[index] = recipient
+        while self.history and self.history[0][0] < now - HISTORY_SECONDS:
+            self.history.popleft()
         message.envelope = message.envelope.replace(recipients=tuple(recipients))
         message.dirty = message.dirty or attempted
         if self.notifier is not None:

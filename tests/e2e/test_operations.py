@@ -1,0 +1,99 @@
+"""
+End-to-end: operating the appliance — status, signals, refusing to start
+twice or on an unusable data folder.
+"""
+
+import os
+import signal
+import smtplib
+import socket
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.e2e.harness import ServerProcess, wait_until
+
+
+class StatusTests(SynchronousTestCase):
+    def test_status(self):
+        """
+        status reports the running server's sessions, queue and recent
+        deliveries; with no server it exits 3.
+        """
+        server = ServerProcess(self, users={"alice@example.test": "a"}).start()
+        client = smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30)
+        client.sendmail("x@remote.test", ["alice@example.test"], b"Subject: s\r\n\r\nx\r\n")
+        server.wait_for_messages("alice@example.test", 1)
+        idle = socket.create_connection(("127.0.0.1", server.ports["pop3"]))
+        self.addCleanup(idle.close)
+
+        def report():
+            result = server.cli("status")
+            text = result.stdout.decode()
+            ok = result.returncode == 0 and "smtp 1" in text and "pop3 1" in text and "1 delivered" in text
+            return ok and text
+
+        text = wait_until(report, 15, what="status showing the sessions")
+        self.assertIn(f"running: pid {server.process.pid}, up ", text)
+        self.assertIn("sessions: smtp 1, submission 0, pop3 1", text)
+        self.assertIn("queue: 0 message(s)", text)
+        self.assertIn("last hour: 1 delivered, 0 failed", text)
+        client.quit()
+        server.stop()
+        result = server.cli("status")
+        self.assertEqual(result.returncode, 3)
+        self.assertEqual(result.stderr.decode().count("\n"), 1)
+
+
+class LifecycleTests(SynchronousTestCase):
+    def test_second_server_refused(self):
+        """
+        A second server on the same data folder refuses to start, with one
+        line.
+        """
+        first = ServerProcess(self, services=("smtp",)).start()
+        second = ServerProcess(self, services=("smtp",),
+                               config_text=open(first.config_path).read().replace(
+                                   str(first.ports["smtp"]), "0").replace('data_dir = "var"',
+                                                                          f'data_dir = "{first.data_dir}"'))
+        status, output = second.run_to_exit()
+        self.assertEqual(status, 1, output)
+        self.assertEqual(output.strip().splitlines(),
+                         [f"mailappliance: data folder {first.data_dir}: another mailappliance server is using it"])
+
+    def test_unwritable_data_folder(self):
+        """
+        A data folder that cannot be created stops start-up with one line.
+        """
+        server = ServerProcess(self, services=("smtp",))
+        blocker = os.path.join(server.base, "var")
+        with open(blocker, "w") as f:
+            f.write("a file, not a folder")
+        status, output = server.run_to_exit()
+        self.assertEqual(status, 1, output)
+        self.assertEqual(len(output.strip().splitlines()), 1, output)
+        self.assertIn("data folder", output)
+        self.assertNotIn("Traceback", output)
+
+    def test_sighup_reloads(self):
+        """
+        SIGHUP reloads the users file at once (and says so in the log).
+        """
+        server = ServerProcess(self, services=("pop3",), users={"alice@example.test": "a"}).start()
+        with open(os.path.join(server.base, "users"), "a") as f:
+            f.write("bob@example.test:{PLAIN}b\n")
+        server.signal(signal.SIGHUP)
+        server.wait_for_log("event=reload reason=SIGHUP")
+        import poplib
+
+        def login():
+            client = poplib.POP3("127.0.0.1", server.ports["pop3"], timeout=10)
+            try:
+                client.user("bob@example.test")
+                client.pass_("b")
+                client.quit()
+                return True
+            except poplib.error_proto:
+                client.close()
+                return False
+
+        wait_until(login, 10, what="bob's login after the reload")
