@@ -380,6 +380,13 @@ def make_relay(config: Config, reactor: Any, disk: Any):
 
 
 def _smtp_factory(config: Config, service: str, accounts: Accounts, spool: Any, reactor: Any, tls: Any):
+    """
+    The factory of one SMTP service. Both services get the certificate
+    (STARTTLS wherever C{[tls]} is set) and the accounts' checker; where
+    AUTH is offered (submission, over TLS or from a trusted network) is
+    the session policy's decision.
+    """
+    from mailappliance.accounts.checker import AccountsChecker
     from mailappliance.smtp.policy import SMTPSettings
     from mailappliance.smtp.server import SMTPFactory
 
@@ -394,7 +401,7 @@ def _smtp_factory(config: Config, service: str, accounts: Accounts, spool: Any, 
         trusted_networks=config.trusted_networks,
         service=service,
     )
-    return SMTPFactory(settings, accounts.chain, spool, reactor)
+    return SMTPFactory(settings, accounts.chain, spool, reactor, tls=tls, checker=AccountsChecker(accounts.users))
 
 
 def _pop3_factory(config: Config, accounts: Accounts, disk: Any, reactor: Any, tls: Any):

@@ -622,7 +622,7 @@ class LoopTests(ChainTestCase):
                 {"a@example.test": forward("b@example.test"), "b@example.test": forward("a+x@example.test")},
             )
         )
-        error = self.refused(chain, "a+x@example.test", AliasLoop)
+        self.refused(chain, "a+x@example.test", AliasLoop)
         self.assertEqual(
             self.messages(),
             ["to=<a+x@example.test> status=alias-loop path=a+x@example.test -> b@example.test -> a+x@example.test"],

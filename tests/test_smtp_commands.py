@@ -80,6 +80,16 @@ class ParseMailTests(SynchronousTestCase):
             MailFrom(Mailbox("ü", "b.test"), 100, "8BITMIME", True),
         )
 
+    def test_auth_parameter(self) -> None:
+        """
+        C{AUTH=} (RFC 4954 section 5) is accepted with any value, or
+        none, and recorded.
+        """
+        self.assertEqual(parse_mail(b"FROM:<a@b.test> AUTH=<>", True).auth, "<>")
+        self.assertEqual(parse_mail(b"FROM:<a@b.test> auth=a+2Bb@c.test", True).auth, "a+2Bb@c.test")
+        self.assertEqual(parse_mail(b"FROM:<a@b.test> AUTH", True).auth, "")
+        self.assertIsNone(parse_mail(b"FROM:<a@b.test>", True).auth)
+
     def test_quoted_angle_bracket(self) -> None:
         """
         A C{>} inside a quoted local part does not end the path.

@@ -83,6 +83,83 @@ class SessionPolicyTests(SynchronousTestCase):
             ["PIPELINING", "SIZE 1000", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8"],
         )
 
+    def test_starttls(self) -> None:
+        """
+        STARTTLS is offered and allowed where it is possible and TLS is
+        not active yet; 503 once it is, 502 where it is not possible.
+        """
+        possible = policy("192.0.2.1", starttls_possible=True)
+        self.assertTrue(possible.offers_starttls)
+        self.assertIsNone(possible.starttls_refusal())
+        self.assertEqual(possible.extensions()[-1], "STARTTLS")
+        active = possible.with_facts(tls=True)
+        self.assertFalse(active.offers_starttls)
+        self.assertEqual(active.starttls_refusal().to_bytes(), b"503 5.5.1 Error: TLS already active\r\n")
+        self.assertEqual(policy("192.0.2.1", tls=True).starttls_refusal().code, 503)
+        impossible = policy("192.0.2.1")
+        self.assertFalse(impossible.offers_starttls)
+        self.assertEqual(impossible.starttls_refusal().to_bytes(), b"502 5.5.1 Error: command not implemented\r\n")
+
+    def test_auth_offer(self) -> None:
+        """
+        AUTH is offered on submission with a checker, over TLS or to
+        trusted networks; 538 to others there; 503 on the MTA service.
+        """
+        submission = SMTPSettings(hostname="h", service="submission", trusted_networks=SETTINGS.trusted_networks)
+        cases = [
+            (policy("10.0.0.1", settings=submission, auth_possible=True), True, None),
+            (policy("192.0.2.1", settings=submission, auth_possible=True, tls=True), True, None),
+            (policy("192.0.2.1", settings=submission, auth_possible=True), False, 538),
+            (policy(None, settings=submission, auth_possible=True), False, 538),
+            (policy("10.0.0.1", settings=submission), False, 503),
+            (policy("10.0.0.1", auth_possible=True, tls=True), False, 503),
+        ]
+        for session, offered, code in cases:
+            self.assertEqual(session.offers_auth, offered, session.facts)
+            self.assertEqual(("AUTH PLAIN LOGIN" in session.extensions()), offered)
+            refusal = session.auth_refusal()
+            self.assertEqual(refusal.code if refusal else None, code, session.facts)
+        self.assertEqual(
+            policy("192.0.2.1", settings=submission, auth_possible=True).auth_refusal().to_bytes(),
+            b"538 5.7.11 Encryption required for requested authentication mechanism\r\n",
+        )
+        self.assertEqual(
+            policy("10.0.0.1", settings=submission, auth_possible=True, starttls_possible=True).extensions()[-2:],
+            ["STARTTLS", "AUTH PLAIN LOGIN"],
+        )
+
+    def test_sender_ownership(self) -> None:
+        """
+        On submission an authenticated user may use their own address (in
+        any case) or one that resolves to them; not another, not the null
+        sender. A lookup is needed only for addresses not their own. The
+        MTA service allows everything.
+        """
+        submission = SMTPSettings(hostname="h", service="submission")
+        alice = Mailbox("alice", "example.test")
+        session = policy("192.0.2.1", settings=submission, user=alice)
+        other = Mailbox("team", "example.test")
+        self.assertFalse(session.sender_needs_lookup(Mailbox("ALICE", "example.test")))
+        self.assertIsNone(session.sender_refusal(Mailbox("ALICE", "example.test")))
+        self.assertTrue(session.sender_needs_lookup(other))
+        self.assertIsNone(session.sender_refusal(other, resolves_to_user=True))
+        self.assertEqual(session.sender_refusal(other).to_bytes(), b"553 5.7.1 Sender address not owned by user\r\n")
+        self.assertFalse(session.sender_needs_lookup(None))
+        self.assertEqual(session.sender_refusal(None).code, 553)
+        anonymous = policy("10.0.0.1", settings=submission)
+        self.assertFalse(anonymous.sender_needs_lookup(other))
+        mta = policy("192.0.2.1", user=alice)
+        self.assertFalse(mta.sender_needs_lookup(other))
+        self.assertIsNone(mta.sender_refusal(other))
+        self.assertIsNone(mta.sender_refusal(None))
+
+    def test_adds_missing_headers(self) -> None:
+        """
+        Only submission completes headers.
+        """
+        self.assertTrue(policy(settings=SMTPSettings(hostname="h", service="submission")).adds_missing_headers)
+        self.assertFalse(policy().adds_missing_headers)
+
     def test_received_protocol(self) -> None:
         """
         The C{with} value follows RFC 3848 and RFC 6531.

@@ -74,3 +74,16 @@ class ReceivedTests(SynchronousTestCase):
         """
         header = received_header("c", None, "mx", "UTF8SMTP", "Q", [Mailbox("ü", "b.test")], WHEN)
         self.assertIn("for <ü@b.test>;".encode(), header)
+
+    def test_tls(self) -> None:
+        """
+        The TLS in use is a comment line after the C{from} clause.
+        """
+        header = received_header("c", None, "mx", "ESMTPS", "Q", [], WHEN,
+                                 tls="using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384")
+        self.assertEqual(
+            header,
+            b"Received: from c ([unknown])\r\n"
+            b"\t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384)\r\n"
+            b"\tby mx (mailappliance) with ESMTPS id Q; Tue, 14 Nov 2023 22:13:20 +0000\r\n",
+        )

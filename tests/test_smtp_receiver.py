@@ -10,6 +10,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailappliance.smtp import replies
+from mailappliance.smtp.headers import HeaderCompleter
 from mailappliance.smtp.receiver import MessageReceiver, commit_failure_reply
 from mailappliance.smtp.testing import FakeWriter
 
@@ -88,6 +89,31 @@ class MessageReceiverTests(SynchronousTestCase):
         receiver.commit(object())
         receiver.abort()
         self.assertEqual((writer.aborts, writer.state), (0, "committed"))
+
+    def test_header_completer(self) -> None:
+        """
+        With a completer, the body passes through it and what it still
+        holds at the end of the data is written before the commit; the
+        size limit counts the body as received.
+        """
+        writer = FakeWriter("Q")
+        receiver = MessageReceiver(writer, 12, HeaderCompleter([(b"date", b"Date: D\r\n")]))
+        receiver.write_header(b"H: 1\r\n")
+        self.assertEqual(receiver.feed(b"Subj"), (None, None))
+        self.assertEqual(bytes(writer.data), b"H: 1\r\n")
+        self.assertEqual(receiver.feed(b"ect: s\r\n.\r\n"), (b"", None))
+        self.assertEqual(bytes(writer.data), b"H: 1\r\nSubject: s\r\nDate: D\r\n")
+        self.assertIsNone(receiver.refusal())
+
+    def test_header_completer_refused(self) -> None:
+        """
+        A refused message gets nothing more from the completer.
+        """
+        writer = FakeWriter("Q")
+        receiver = MessageReceiver(writer, 5, HeaderCompleter([(b"date", b"Date: D\r\n")]))
+        receiver.feed(b"Subject: long\r\n.\r\n")
+        self.assertIs(receiver.refusal(), replies.MESSAGE_TOO_BIG)
+        self.assertEqual(bytes(writer.data), b"")
 
     def test_commit_failure_reply(self) -> None:
         """

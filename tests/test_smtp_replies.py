@@ -78,3 +78,13 @@ class ReplyTests(SynchronousTestCase):
             item.to_bytes()
             if item.code != 354:
                 self.assertEqual(item.status[0], str(item.code)[0], item)
+
+    def test_challenge(self) -> None:
+        """
+        A SASL challenge is C{334}, a space and the base64 text, with no
+        enhanced status code, even when empty (RFC 4954 section 4).
+        """
+        self.assertEqual(replies.challenge("").to_bytes(), b"334 \r\n")
+        self.assertEqual(replies.challenge("VXNlcm5hbWU6").to_bytes(), b"334 VXNlcm5hbWU6\r\n")
+        self.assertEqual(replies.too_many_auth_failures("h").to_bytes(),
+                         b"421 4.7.0 h Error: too many authentication failures\r\n")

@@ -138,15 +138,16 @@ class CommandTests(DialogueTestCase):
 
     def test_unknown_and_unimplemented(self) -> None:
         """
-        Unknown verbs are 500, known extensions not offered are 502, an
-        empty line or a bare line end inside a command is 500.
+        Unknown verbs are 500, known extensions not offered are 502
+        (STARTTLS without a certificate), AUTH on the MTA service is 503,
+        an empty line or a bare line end inside a command is 500.
         """
         self.converse(
             [
                 ("FOO", ("500 5.5.2 Error: command not recognized",)),
                 ("", ("500 5.5.2 Error: command not recognized",)),
                 ("STARTTLS", ("502 5.5.1 Error: command not implemented",)),
-                ("AUTH PLAIN", ("502 5.5.1 Error: command not implemented",)),
+                ("AUTH PLAIN", ("503 5.5.1 Error: authentication not enabled",)),
                 ("BDAT 10 LAST", ("502 5.5.1 Error: command not implemented",)),
                 ("ETRN example.test", ("502 5.5.1 Error: command not implemented",)),
                 (b"NOOP\nRSET\r\n", ("500 5.5.2 Error: bare CR or LF in command",)),

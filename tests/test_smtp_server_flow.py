@@ -175,7 +175,9 @@ class LineLengthTests(SynchronousTestCase):
         self.assertEqual(session.send(b"RCPT TO:<a@b.test>" + b" " * 1100 + b"\r\n"),
                          lines("500 5.5.2 Error: line too long"))
         self.assertEqual(session.send(b"AUTH PLAIN " + b"A" * 12000 + b"\r\n"),
-                         lines("502 5.5.1 Error: command not implemented"))
+                         lines("503 5.5.1 Error: authentication not enabled"))
+        self.assertEqual(session.send(b"AUTH PLAIN " + b"A" * 12300 + b"\r\n"),
+                         lines("500 5.5.2 Error: line too long"))
 
 
 class TimeoutTests(SynchronousTestCase):

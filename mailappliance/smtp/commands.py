@@ -2,7 +2,7 @@
 """
 Parsing SMTP command lines (RFC 5321 section 4.1) and the arguments of
 MAIL and RCPT, with their extension parameters (RFC 1870 SIZE, RFC 6152
-8BITMIME, RFC 6531 SMTPUTF8).
+8BITMIME, RFC 6531 SMTPUTF8, RFC 4954 AUTH).
 
 Everything here is pure: a parse either returns a value or raises
 L{CommandRefused} carrying the exact reply, so the server only decides
@@ -66,12 +66,15 @@ class MailFrom:
     @ivar size: the declared SIZE, or L{None}.
     @ivar body: C{"7BIT"} or C{"8BITMIME"}.
     @ivar smtputf8: whether SMTPUTF8 was given.
+    @ivar auth: the C{AUTH=} value as given (xtext, RFC 4954 section 5),
+        or L{None}; recorded, never acted on.
     """
 
     sender: Mailbox | None
     size: int | None = None
     body: str = "7BIT"
     smtputf8: bool = False
+    auth: str | None = None
 
 
 def is_http_request(line: bytes) -> bool:
@@ -179,7 +182,10 @@ def parse_mail(argument: bytes, esmtp: bool) -> MailFrom:
     @raise CommandRefused: C{501 5.5.4} for syntax and bad values, C{555
         5.5.4} for a parameter we do not know (RFC 5321 section
         4.1.1.11), C{504 5.5.4} for C{BODY=BINARYMIME} (not offered),
-        C{553 5.6.7} / C{501 5.1.7} for the address.
+        C{553 5.6.7} / C{501 5.1.7} for the address. C{AUTH=} is
+        accepted whatever its value (RFC 4954 section 5: a server that
+        does not trust the client's claim ignores it, and clients send it
+        after AUTH).
     """
     path, raw = _split_path(argument, b"FROM:", MAIL_SYNTAX)
     params = _parameters(raw)
@@ -188,6 +194,7 @@ def parse_mail(argument: bytes, esmtp: bool) -> MailFrom:
     size: int | None = None
     body = "7BIT"
     smtputf8 = False
+    auth: str | None = None
     for keyword, value in params.items():
         if keyword == "SIZE":
             if value is None or not value.isdigit() or len(value) > MAX_SIZE_DIGITS:
@@ -204,10 +211,12 @@ def parse_mail(argument: bytes, esmtp: bool) -> MailFrom:
             if value is not None:
                 raise CommandRefused(reply(501, "5.5.4", "Error: SMTPUTF8 takes no value"))
             smtputf8 = True
+        elif keyword == "AUTH":
+            auth = value or ""
         else:
             raise CommandRefused(reply(555, "5.5.4", f"Error: unsupported parameter {keyword}"))
     sender = _address(path, smtputf8, "5.1.7", "sender")
-    return MailFrom(sender, size, body, smtputf8)
+    return MailFrom(sender, size, body, smtputf8, auth)
 
 
 def parse_rcpt(argument: bytes, smtputf8: bool, postmaster_domain: str) -> Mailbox:

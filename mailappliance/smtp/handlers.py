@@ -10,7 +10,8 @@ A handler takes the command's argument and returns its L{Reply}, or a
 L{Deferred} firing with it (a recipient lookup, a commit), or L{None} when
 it has written its reply itself (DATA, QUIT); a L{CommandRefused} it raises
 is answered with its reply. What a session may do is asked of its
-L{SessionPolicy}.
+L{SessionPolicy}. STARTTLS and AUTH are in L{mailappliance.smtp.starttls}
+and L{mailappliance.smtp.auth}.
 """
 
 from __future__ import annotations
@@ -21,15 +22,18 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from mailappliance.interfaces import ResolutionError, Resolved, UnknownAddress
+from mailappliance.address import Mailbox
+from mailappliance.interfaces import ResolutionError, Resolved, TemporaryResolutionError, UnknownAddress
 from mailappliance.queue.envelope import Envelope
 from mailappliance.smtp import replies
-from mailappliance.smtp.commands import parse_mail, parse_rcpt
+from mailappliance.smtp.commands import MailFrom, parse_mail, parse_rcpt
 from mailappliance.smtp.events import angle_path
+from mailappliance.smtp.headers import HeaderCompleter
 from mailappliance.smtp.policy import SessionPolicy, SMTPSettings
-from mailappliance.smtp.received import address_literal, received_header
+from mailappliance.smtp.received import address_literal, received_header, rfc5322_date
 from mailappliance.smtp.receiver import MessageReceiver, commit_failure_reply
 from mailappliance.smtp.replies import Reply
+from mailappliance.smtp.starttls import tls_description
 from mailappliance.smtp.transaction import Transaction
 
 Handler = Callable[[bytes], "Reply | Deferred | None"]
@@ -47,6 +51,7 @@ class SMTPCommandHandlers:
     """
 
     factory: Any
+    transport: Any
     policy: SessionPolicy
     _settings: SMTPSettings
     _clock: Any
@@ -62,6 +67,8 @@ class SMTPCommandHandlers:
     _close: Callable[[], None]
     _wait: Callable[..., None]
     _log_event: Callable[..., None]
+    _starttls: Handler
+    _auth: Handler
 
     def handler_for(self, verb: str) -> Handler | None:
         """
@@ -80,6 +87,8 @@ class SMTPCommandHandlers:
             "VRFY": self._vrfy,
             "EXPN": self._expn,
             "HELP": self._help,
+            "STARTTLS": self._starttls,
+            "AUTH": self._auth,
         }.get(verb)
 
     def _greet(self, argument: bytes, esmtp: bool) -> Reply:
@@ -109,12 +118,14 @@ class SMTPCommandHandlers:
     def _helo_command(self, argument: bytes) -> Reply:
         return self._greet(argument, esmtp=False)
 
-    def _mail(self, argument: bytes) -> Reply:
+    def _mail(self, argument: bytes) -> Reply | Deferred:
         """
         MAIL (RFC 5321 section 4.1.1.2): 503 before EHLO/HELO or inside a
         transaction, 530 when the policy requires AUTH, 552 when the
-        declared SIZE is over the limit (RFC 1870 section 6.1), else a new
-        transaction.
+        declared SIZE is over the limit (RFC 1870 section 6.1), 553 5.7.1
+        for a sender the authenticated user does not own (looked up
+        through the resolver when the policy asks; 451 4.3.0 if that
+        lookup fails temporarily), else a new transaction.
 
         @raise CommandRefused: for the argument's syntax and parameters.
         """
@@ -128,8 +139,52 @@ class SMTPCommandHandlers:
         self._context["from"] = angle_path(mail.sender)
         if mail.size is not None and mail.size > self.policy.max_message_size:
             return replies.MESSAGE_TOO_BIG
+        if self.policy.sender_needs_lookup(mail.sender):
+            return self._sender_resolves_to_user(mail.sender).addCallback(
+                lambda owned: owned if isinstance(owned, Reply) else self._begin(mail, owned)
+            )
+        return self._begin(mail, False)
+
+    def _begin(self, mail: MailFrom, resolves_to_user: bool) -> Reply:
+        """
+        Start the transaction, unless the policy refuses the sender.
+        """
+        refusal = self.policy.sender_refusal(mail.sender, resolves_to_user)
+        if refusal is not None:
+            return refusal
         self._transaction = Transaction(mail)
         return replies.SENDER_OK
+
+    def _sender_resolves_to_user(self, sender: Mailbox) -> Deferred:
+        """
+        Whether C{sender}'s resolution through the resolver chain includes
+        the authenticated user's account (an alias that points at them).
+
+        @return: a L{Deferred} firing with a L{bool}, or with C{451 4.3.0}
+            when the lookup failed temporarily (a permanent failure, such
+            as an unknown address, means "no").
+        """
+        user = self.policy.facts.user
+        assert user is not None
+
+        def resolved(result: Resolved) -> bool:
+            return any(target.key == user.key for target in result.local)
+
+        def failed(reason: Failure) -> bool | Reply:
+            if reason.check(TemporaryResolutionError):
+                return replies.SENDER_LOOKUP_FAILED
+            if reason.check(ResolutionError):
+                return False
+            self._log.failure(
+                "service={service} event=error peer={peer} from={sender} reason=sender-lookup-failed",
+                reason,
+                service=self._settings.service,
+                peer=self._peer_key,
+                sender=angle_path(sender),
+            )
+            return replies.SENDER_LOOKUP_FAILED
+
+        return maybeDeferred(self.factory.resolver.resolve, sender).addCallbacks(resolved, failed)
 
     def _rcpt(self, argument: bytes) -> Reply | Deferred:
         """
@@ -203,7 +258,11 @@ class SMTPCommandHandlers:
                 peer=self._peer_key,
             )
             return replies.QUEUE_FAILED
-        receiver = MessageReceiver(writer, self.policy.max_message_size)
+        now = self._clock.seconds()
+        completer = None
+        if self.policy.adds_missing_headers:
+            completer = HeaderCompleter(missing_header_fields(writer.queue_id, self.policy.hostname, now))
+        receiver = MessageReceiver(writer, self.policy.max_message_size, completer)
         self._context["qid"] = receiver.queue_id
         header = received_header(
             helo=self._helo or "",
@@ -212,7 +271,8 @@ class SMTPCommandHandlers:
             protocol=self.policy.received_protocol(self._esmtp, transaction.mail.smtputf8),
             queue_id=receiver.queue_id,
             recipients=transaction.recipients,
-            when=self._clock.seconds(),
+            when=now,
+            tls=tls_description(self.transport),
         )
         self._receiver = receiver
         self._send(replies.START_DATA)
@@ -283,6 +343,8 @@ class SMTPCommandHandlers:
             client=f"helo={self._helo} addr={self._peer_key}",
         )
 
+        user = self.policy.facts.user
+
         def committed(_: object) -> Reply:
             self._log_event(
                 LogLevel.info,
@@ -292,6 +354,7 @@ class SMTPCommandHandlers:
                 size=str(envelope.size),
                 nrcpt=str(len(envelope.recipients)),
                 peer=self._peer_key,
+                user=user.key if user is not None else None,
             )
             return replies.queued(envelope.queue_id)
 
@@ -305,3 +368,19 @@ class SMTPCommandHandlers:
             return commit_failure_reply(reason)
 
         return receiver.commit(envelope).addCallbacks(committed, failed)
+
+
+def missing_header_fields(queue_id: str, hostname: str, now: float) -> list[tuple[bytes, bytes]]:
+    """
+    The fields a submitted message gets when it lacks them (RFC 6409
+    sections 8.2 and 8.3), for L{HeaderCompleter}.
+
+    @param queue_id: the message's queue id: unique (it holds the time and
+        random bits), so it makes the C{Message-ID:} unique too.
+    @param hostname: our host name, the right-hand side of the id.
+    @param now: the Unix time of submission, for C{Date:}.
+    """
+    return [
+        (b"message-id", f"Message-ID: <{queue_id}@{hostname}>\r\n".encode()),
+        (b"date", f"Date: {rfc5322_date(now)}\r\n".encode("ascii")),
+    ]

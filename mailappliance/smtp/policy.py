@@ -6,9 +6,13 @@ data").
 L{SMTPSettings} is the configuration of one SMTP service (C{smtp} or
 C{submission}); L{SessionFacts} is what is known about one session (peer
 address, TLS, authenticated user); L{SessionPolicy} answers every question
-the protocol asks from those two. The protocol holds no policy decisions
-of its own, so both services share one protocol class, and STARTTLS and
-AUTH only change the facts (L{SessionPolicy.with_facts}).
+the protocol asks from those two: which extensions to offer, whether
+STARTTLS and AUTH may be used now (and the reply when not), whether MAIL
+needs AUTH, which envelope senders an authenticated user may use, whether
+to relay, whether to complete a submitted message's header. The protocol
+holds no policy decisions of its own, so both services share one protocol
+class, and STARTTLS and AUTH only change the facts
+(L{SessionPolicy.with_facts}).
 
 L{ConnectionLimiter} keeps the connection counts of one service.
 """
@@ -20,6 +24,8 @@ from dataclasses import dataclass, field, replace
 from typing import Union
 
 from mailappliance.address import Mailbox
+from mailappliance.smtp import replies
+from mailappliance.smtp.replies import Reply
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -27,6 +33,10 @@ IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 SMTP_SERVICE = "smtp"
 SUBMISSION_SERVICE = "submission"
 SERVICES = (SMTP_SERVICE, SUBMISSION_SERVICE)
+
+# The SASL mechanisms offered (RFC 4954): both send the password as it is,
+# which is why AUTH is offered only over TLS or to trusted networks.
+AUTH_MECHANISMS = ("PLAIN", "LOGIN")
 
 DEFAULT_TRUSTED_NETWORKS: tuple[Network, ...] = (
     ipaddress.ip_network("127.0.0.0/8"),
@@ -75,13 +85,20 @@ class SessionFacts:
     What is known about one session.
 
     @ivar peer: the client's address, L{None} when not an IP connection.
-    @ivar tls: whether the session is encrypted.
+    @ivar tls: whether the session is encrypted (after STARTTLS, or from
+        the first byte on an implicit-TLS listener).
     @ivar user: the authenticated user, or L{None}.
+    @ivar starttls_possible: whether the service has a certificate and the
+        connection can switch to TLS (true even once it has).
+    @ivar auth_possible: whether the service can check passwords (it has a
+        credentials checker).
     """
 
     peer: IPAddress | None = None
     tls: bool = False
     user: Mailbox | None = None
+    starttls_possible: bool = False
+    auth_possible: bool = False
 
 
 def peer_address(host: str) -> IPAddress | None:
@@ -150,6 +167,98 @@ class SessionPolicy:
         return self.settings.service == SUBMISSION_SERVICE and not self.authenticated
 
     @property
+    def _submission(self) -> bool:
+        return self.settings.service == SUBMISSION_SERVICE
+
+    @property
+    def offers_starttls(self) -> bool:
+        """
+        Whether EHLO lists STARTTLS: TLS is configured, the connection can
+        start it and it is not active yet (RFC 3207 section 4.2: not
+        after the handshake).
+        """
+        return self.facts.starttls_possible and not self.facts.tls
+
+    def starttls_refusal(self) -> Reply | None:
+        """
+        @return: why STARTTLS may not be used now (C{503 5.5.1} once TLS
+            is active, RFC 3207 section 4.2 forbids a second negotiation and
+            the command is a bad sequence rather than an unknown one;
+            C{502 5.5.1} where it is not offered), or L{None}.
+        """
+        if self.facts.tls:
+            return replies.TLS_ALREADY_ACTIVE
+        if not self.facts.starttls_possible:
+            return replies.NOT_IMPLEMENTED
+        return None
+
+    @property
+    def offers_auth(self) -> bool:
+        """
+        Whether EHLO lists AUTH (SPEC section 5): on submission only, and
+        only over TLS unless the client is in the trusted networks, since
+        PLAIN and LOGIN send the password as it is (RFC 4954 section 4).
+        """
+        return self._submission and self.facts.auth_possible and (self.facts.tls or self.trusted)
+
+    def auth_refusal(self) -> Reply | None:
+        """
+        @return: why AUTH may not be used in this session, or L{None}:
+            C{503 5.5.1} where AUTH is not offered at all (the MTA
+            service), C{538 5.7.11} on submission without TLS from an
+            untrusted address (RFC 4954 section 6). (The order of
+            commands, such as AUTH once per session, is the protocol's.)
+        """
+        if not (self._submission and self.facts.auth_possible):
+            return replies.AUTH_NOT_ENABLED
+        if not self.offers_auth:
+            return replies.ENCRYPTION_REQUIRED
+        return None
+
+    def sender_needs_lookup(self, sender: Mailbox | None) -> bool:
+        """
+        Whether L{sender_refusal} needs to know if C{sender} resolves to
+        the user's account (an alias pointing at them): on submission,
+        for an authenticated user and an address that is not their own.
+        """
+        user = self.facts.user
+        return self._submission and user is not None and sender is not None and sender.key != user.key
+
+    def sender_refusal(self, sender: Mailbox | None, resolves_to_user: bool = False) -> Reply | None:
+        """
+        Whether an authenticated submission may use this envelope sender
+        (RFC 6409 section 4.1, SPEC section 5): the user's own address,
+        in any case, or an address that resolves to the user's account.
+
+        The null sender is refused too: it is for bounces (RFC 5321
+        section 4.5.5), which a user's mail client has no reason to send,
+        and a bounce cannot be traced back to its author.
+
+        @param resolves_to_user: whether C{sender}'s resolution through
+            the resolver chain includes the user's account (asked only
+            when L{sender_needs_lookup}).
+        @return: C{553 5.7.1}, or L{None} when allowed (always on the MTA
+            service).
+        """
+        user = self.facts.user
+        if not self._submission or user is None:
+            return None
+        if sender is None:
+            return replies.SENDER_NOT_OWNED
+        if sender.key == user.key or resolves_to_user:
+            return None
+        return replies.SENDER_NOT_OWNED
+
+    @property
+    def adds_missing_headers(self) -> bool:
+        """
+        Whether a message without C{Message-ID:} or C{Date:} gets them
+        (RFC 6409 sections 8.2 and 8.3): on submission only; the MTA
+        service passes mail on as it came.
+        """
+        return self._submission
+
+    @property
     def max_message_size(self) -> int:
         return self.settings.max_message_size
 
@@ -169,13 +278,18 @@ class SessionPolicy:
         """
         The EHLO keywords offered to this session, in order.
         """
-        return [
+        keywords = [
             "PIPELINING",
             f"SIZE {self.settings.max_message_size}",
             "8BITMIME",
             "ENHANCEDSTATUSCODES",
             "SMTPUTF8",
         ]
+        if self.offers_starttls:
+            keywords.append("STARTTLS")
+        if self.offers_auth:
+            keywords.append("AUTH " + " ".join(AUTH_MECHANISMS))
+        return keywords
 
     def received_protocol(self, esmtp: bool, smtputf8: bool) -> str:
         """

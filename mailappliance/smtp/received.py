@@ -3,10 +3,13 @@
 The C{Received:} header the server puts in front of every message it
 accepts (RFC 5321 section 4.4, with the date of RFC 5322 section 3.3).
 
-It records the client's HELO name and address, our host name, the
-protocol (RFC 3848 / RFC 6531 C{with} values), the queue id and, when the
-message has exactly one recipient, that recipient (with several, naming
-them would disclose Bcc recipients to each other).
+It records the client's HELO name and address, the TLS protocol version
+and cipher when the session is encrypted (as Postfix writes them), our
+host name, the protocol (RFC 3848 / RFC 6531 C{with} values), the queue id
+and, when the message has exactly one recipient, that recipient (with
+several, naming them would disclose Bcc recipients to each other). An
+authenticated user is not named (as Postfix by default): the C{with}
+value says the session was authenticated, which is enough for a trace.
 """
 
 from __future__ import annotations
@@ -70,9 +73,10 @@ def received_header(
     queue_id: str,
     recipients: list[Mailbox],
     when: float,
+    tls: str | None = None,
 ) -> bytes:
     """
-    Build the header, folded over three lines, CRLF-terminated.
+    Build the header, folded over several lines, CRLF-terminated.
 
     @param helo: the name the client gave in HELO/EHLO.
     @param peer: the client's IP address.
@@ -83,13 +87,16 @@ def received_header(
     @param recipients: the accepted recipients, as given at RCPT; named in
         a C{for} clause only when there is exactly one.
     @param when: the Unix time of receipt.
+    @param tls: the TLS in use (see
+        L{mailappliance.smtp.starttls.tls_description}), written as a
+        comment line after the C{from} clause; L{None} for none.
     @return: the header, UTF-8 (a recipient may be non-ASCII only when the
         message is SMTPUTF8, where RFC 6532 allows it).
     """
-    text = (
-        f"Received: from {_helo_text(helo)} ({address_literal(peer)})\r\n"
-        f"\tby {hostname} (mailappliance) with {protocol} id {queue_id}"
-    )
+    text = f"Received: from {_helo_text(helo)} ({address_literal(peer)})\r\n"
+    if tls is not None:
+        text += f"\t({tls})\r\n"
+    text += f"\tby {hostname} (mailappliance) with {protocol} id {queue_id}"
     if len(recipients) == 1:
         text += f"\r\n\tfor <{recipients[0]}>"
     text += f"; {rfc5322_date(when)}\r\n"

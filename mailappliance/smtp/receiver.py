@@ -9,6 +9,10 @@ once the whole body has been read (RFC 5321 section 4.2.5: the server must
 read the data to its end before it replies): the size limit and bare CR or
 LF. Once the message is refused, nothing more is written; the body is
 still read to its real end, so that none of it is ever taken for commands.
+
+On the submission service the body passes through a
+L{mailappliance.smtp.headers.HeaderCompleter} on its way, which adds a
+missing C{Message-ID:} or C{Date:}.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from twisted.python.failure import Failure
 
 from mailappliance.queue.envelope import Envelope
 from mailappliance.smtp.data import DataReader
+from mailappliance.smtp.headers import HeaderCompleter
 from mailappliance.smtp.replies import (
     BARE_LINE_END_IN_DATA,
     MESSAGE_TOO_BIG,
@@ -52,12 +57,16 @@ class MessageReceiver:
         the message is refused.
     """
 
-    def __init__(self, writer: object, max_size: int) -> None:
+    def __init__(self, writer: object, max_size: int, completer: HeaderCompleter | None = None) -> None:
         """
         @param writer: the spool's L{IMessageWriter} for this message.
-        @param max_size: the largest body accepted, in bytes.
+        @param max_size: the largest body accepted, in bytes (as received:
+            fields the completer adds do not count).
+        @param completer: what completes the message's header on its way
+            to the writer, or L{None} to store the body as received.
         """
         self.writer = writer
+        self._completer = completer
         self.body_size = 0
         self._max_size = max_size
         self._reader = DataReader()
@@ -95,9 +104,14 @@ class MessageReceiver:
             elif self._reader.bare_line_end:
                 self._reader.discarding = True
             else:
-                wait = self._write(body)
+                wait = self._write_body(body)
         elif self._reader.bare_line_end:
             self._reader.discarding = True
+        if rest is not None and self._completer is not None and self.refusal() is None:
+            # The end of the data: what the completer still holds, and any
+            # field still missing. Its backpressure need not be waited
+            # for: the commit covers every byte written.
+            self._write(self._completer.finish())
         return rest, wait
 
     def refusal(self) -> Reply | None:
@@ -131,6 +145,13 @@ class MessageReceiver:
         if not self._finished:
             self._finished = True
             self.writer.abort()  # type: ignore[attr-defined]
+
+    def _write_body(self, body: bytes) -> Deferred | None:
+        if self._completer is not None:
+            body = self._completer.feed(body)
+            if not body:
+                return None
+        return self._write(body)
 
     def _write(self, data: bytes) -> Deferred | None:
         return self.writer.write(data)  # type: ignore[attr-defined]

@@ -135,6 +135,19 @@ def internal_error(hostname: str) -> Reply:
     return reply(421, "4.3.0", f"{hostname} Error: internal server error")
 
 
+def too_many_auth_failures(hostname: str) -> Reply:
+    return reply(421, "4.7.0", f"{hostname} Error: too many authentication failures")
+
+
+def challenge(encoded: str) -> Reply:
+    """
+    A SASL challenge (RFC 4954 section 4): C{334}, a space and the
+    base64 text, without an enhanced status code (the text is the
+    challenge, and clients decode all of it).
+    """
+    return Reply(334, None, (encoded,))
+
+
 OK = reply(250, "2.0.0", "Ok")
 SENDER_OK = reply(250, "2.1.0", "Ok")
 RECIPIENT_OK = reply(250, "2.1.5", "Ok")
@@ -172,6 +185,31 @@ NO_VALID_RECIPIENTS = reply(554, "5.5.1", "Error: no valid recipients")
 
 UNKNOWN_USER = reply(550, "5.1.1", "Error: no such user here")
 AUTH_REQUIRED = reply(530, "5.7.0", "Authentication required")
+# RFC 6409 section 4.1 / SPEC section 5: the envelope sender of a
+# submission must belong to the authenticated user.
+SENDER_NOT_OWNED = reply(553, "5.7.1", "Sender address not owned by user")
+SENDER_LOOKUP_FAILED = reply(451, "4.3.0", "Error: temporary sender lookup failure")
+
+# STARTTLS (RFC 3207).
+STARTTLS_READY = reply(220, "2.0.0", "Ready to start TLS")
+STARTTLS_SYNTAX = reply(501, "5.5.4", "Syntax: STARTTLS")
+TLS_ALREADY_ACTIVE = reply(503, "5.5.1", "Error: TLS already active")
+STARTTLS_IN_TRANSACTION = reply(503, "5.5.1", "Error: MAIL transaction in progress")
+
+# AUTH (RFC 4954 sections 4 and 6).
+AUTH_OK = reply(235, "2.7.0", "Authentication successful")
+AUTH_NOT_ENABLED = reply(503, "5.5.1", "Error: authentication not enabled")
+AUTH_NEED_EHLO = reply(503, "5.5.1", "Error: send EHLO first")
+ALREADY_AUTHENTICATED = reply(503, "5.5.1", "Error: already authenticated")
+AUTH_IN_TRANSACTION = reply(503, "5.5.1", "Error: MAIL transaction in progress")
+AUTH_SYNTAX = reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
+AUTH_BAD_BASE64 = reply(501, "5.5.2", "Error: invalid base64 data")
+AUTH_CANCELLED = reply(501, "5.0.0", "Authentication cancelled")
+AUTH_LINE_TOO_LONG = reply(500, "5.5.6", "Authentication Exchange line is too long")
+UNKNOWN_MECHANISM = reply(504, "5.5.4", "Unrecognized authentication type")
+ENCRYPTION_REQUIRED = reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
+AUTH_FAILED = reply(535, "5.7.8", "Authentication credentials invalid")
+AUTH_TEMPORARY_FAILURE = reply(454, "4.7.0", "Temporary authentication failure")
 RELAY_DENIED = reply(554, "5.7.1", "Relay access denied")
 TOO_MANY_RECIPIENTS = reply(452, "4.5.3", "Error: too many recipients")
 MESSAGE_TOO_BIG = reply(552, "5.3.4", "Error: message size exceeds fixed limit")

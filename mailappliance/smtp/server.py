@@ -19,6 +19,11 @@ much input is waiting, the transport is paused.
 After C{354}, the body goes to the spool as it arrives (see
 L{mailappliance.smtp.receiver}); the C{250} is sent only when the spool
 has made the message durable.
+
+STARTTLS (L{mailappliance.smtp.starttls}) and AUTH
+(L{mailappliance.smtp.auth}) are mixins like the other commands; during
+an AUTH exchange the input loop hands lines to the SASL mechanism instead
+of the command parser, with the longer line limit of RFC 4954 section 4.
 """
 
 from __future__ import annotations
@@ -26,16 +31,17 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime, ISSLTransport
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from mailappliance.smtp import replies
+from mailappliance.smtp.auth import AuthFailureTracker, SMTPAuthHandlers
 from mailappliance.smtp.commands import CommandRefused, is_http_request, parse_command
 from mailappliance.smtp.events import log_event, quote
 from mailappliance.smtp.handlers import SMTPCommandHandlers
-from mailappliance.smtp.lines import OVERLONG, CommandLineReader
+from mailappliance.smtp.lines import MAX_AUTH_LINE, OVERLONG, CommandLineReader, limit_for_command
 from mailappliance.smtp.policy import (
     TOO_MANY_CONNECTIONS,
     ConnectionLimiter,
@@ -46,6 +52,7 @@ from mailappliance.smtp.policy import (
 )
 from mailappliance.smtp.receiver import MessageReceiver
 from mailappliance.smtp.replies import Reply
+from mailappliance.smtp.starttls import SMTPStartTLSHandler, can_start_tls, tls_active
 from mailappliance.smtp.transaction import Transaction
 
 # Replies of code 500 and above a session may earn before it is closed
@@ -62,13 +69,13 @@ MAX_PENDING_INPUT = 64 * 1024
 # Verbs of RFC 5321 and its extensions that this server knows but does not
 # offer (502 rather than 500, RFC 5321 section 4.2.4).
 NOT_IMPLEMENTED_VERBS = frozenset(
-    {"AUTH", "STARTTLS", "BDAT", "ETRN", "TURN", "ATRN", "SEND", "SOML", "SAML", "VERB", "XCLIENT", "XFORWARD"}
+    {"BDAT", "ETRN", "TURN", "ATRN", "SEND", "SOML", "SAML", "VERB", "XCLIENT", "XFORWARD"}
 )
 
 _default_log = Logger(namespace="mailappliance.smtp")
 
 
-class SMTPServerProtocol(SMTPCommandHandlers, Protocol):
+class SMTPServerProtocol(SMTPCommandHandlers, SMTPStartTLSHandler, SMTPAuthHandlers, Protocol):
     """
     One SMTP session.
 
@@ -83,7 +90,7 @@ class SMTPServerProtocol(SMTPCommandHandlers, Protocol):
         self._settings: SMTPSettings = factory.settings
         self._clock: IReactorTime = factory.clock
         self._log: Logger = factory.log
-        self._lines = CommandLineReader()
+        self._lines = CommandLineReader(self._line_limit)
         self._receiver: MessageReceiver | None = None
         # The Deferred the session is waiting for (lookup, commit, disk),
         # during which no further input is processed.
@@ -101,6 +108,17 @@ class SMTPServerProtocol(SMTPCommandHandlers, Protocol):
         self._peer_ip: Any = None
         self._peer_key = "unknown"
         self._context: dict[str, str] = {}
+        self._sasl = None
+        self._auth_failures = 0
+
+    def _line_limit(self, prefix: bytes) -> int:
+        """
+        The length limit of the next line: a SASL response may be as long
+        as an AUTH command (RFC 4954 section 4).
+        """
+        if self.in_sasl_exchange:
+            return MAX_AUTH_LINE
+        return limit_for_command(prefix)
 
     # -- connection ------------------------------------------------------
 
@@ -114,8 +132,13 @@ class SMTPServerProtocol(SMTPCommandHandlers, Protocol):
         self._peer_ip = peer_address(getattr(self.transport.getPeer(), "host", ""))
         self._peer_key = str(self._peer_ip) if self._peer_ip is not None else "unknown"
         # An implicit-TLS listener (RFC 8314) wraps us in TLS from the start.
-        tls = ISSLTransport.providedBy(self.transport)
-        self.policy = SessionPolicy(self._settings, SessionFacts(peer=self._peer_ip, tls=tls))
+        facts = SessionFacts(
+            peer=self._peer_ip,
+            tls=tls_active(self.transport),
+            starttls_possible=self.factory.tls is not None and can_start_tls(self.transport),
+            auth_possible=self.factory.checker is not None,
+        )
+        self.policy = SessionPolicy(self._settings, facts)
         refusal = self.factory.connections.admit(self._peer_key)
         if refusal is not None:
             if refusal == TOO_MANY_CONNECTIONS:
@@ -211,7 +234,7 @@ class SMTPServerProtocol(SMTPCommandHandlers, Protocol):
         if isinstance(result, Reply):
             self._send(result)
             return
-        self._wait(result, self._send)
+        self._wait(result, self._respond)
 
     def _wait(self, deferred: Deferred, then: Callable[[Any], None], disk: bool = False) -> None:
         """
@@ -343,6 +366,9 @@ class SMTPServerProtocol(SMTPCommandHandlers, Protocol):
         (cross-protocol attacks), and nothing it sends is meant as SMTP.
         """
         self._context = {}
+        if self.in_sasl_exchange:
+            self._respond(self._sasl_response(line))
+            return
         if line is OVERLONG:
             self._send(replies.LINE_TOO_LONG)
             return
@@ -406,6 +432,10 @@ class SMTPFactory(ServerFactory):
     @ivar clock: an L{IReactorTime} (time-outs, arrival times).
     @ivar log: the L{Logger} of the sessions.
     @ivar connections: the L{ConnectionLimiter} of the service.
+    @ivar tls: the L{IOpenSSLServerConnectionCreator} for STARTTLS, or
+        L{None}.
+    @ivar checker: the L{ICredentialsChecker} for AUTH, or L{None}.
+    @ivar auth_failures: the L{AuthFailureTracker} of the service.
     """
 
     protocol = SMTPServerProtocol  # type: ignore[assignment]
@@ -417,13 +447,32 @@ class SMTPFactory(ServerFactory):
         spool: object,
         clock: IReactorTime,
         log: Logger | None = None,
+        tls: object = None,
+        checker: object = None,
     ) -> None:
+        """
+        @param settings: the service's L{SMTPSettings}.
+        @param resolver: the L{mailappliance.interfaces.IRecipientResolver}.
+        @param spool: the L{mailappliance.interfaces.ISpool}.
+        @param clock: an L{IReactorTime}.
+        @param log: where the sessions log; a module logger by default.
+        @param tls: an L{IOpenSSLServerConnectionCreator} (a
+            L{mailappliance.tls.ServerTLS}) to offer STARTTLS with, or
+            L{None} for no STARTTLS.
+        @param checker: an L{ICredentialsChecker} of L{IUsernamePassword}
+            whose avatar ids are lower-case addresses (an
+            L{mailappliance.accounts.checker.AccountsChecker}), or L{None}
+            for no AUTH. Where AUTH is offered is the policy's decision.
+        """
         self.settings = settings
         self.resolver = resolver
         self.spool = spool
         self.clock = clock
         self.log = log if log is not None else _default_log
+        self.tls = tls
+        self.checker = checker
         self.connections = ConnectionLimiter(settings.max_connections, settings.max_connections_per_ip)
+        self.auth_failures = AuthFailureTracker(clock)
 
     def buildProtocol(self, addr: object) -> SMTPServerProtocol:
         """

@@ -2,8 +2,10 @@
 """
 Fakes for testing the SMTP server: a recipient resolver whose answers can
 be held back and given in any order, a spool whose writers record what
-they were given and can push back or fail on demand, and L{SMTPHarness},
-one session wired to them over a L{StringTransport} and a L{Clock}.
+they were given and can push back or fail on demand, a credentials
+checker, a transport that can (pretend to) start TLS, and
+L{SMTPHarness}, one session wired to them over a L{StringTransport} and a
+L{Clock}.
 
 (DESIGN.md puts the product's shared fakes in C{mailappliance/testing.py};
 these are the SMTP server's, kept beside it until that module exists.)
@@ -13,14 +15,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from mailappliance.address import Mailbox
 from mailappliance.interfaces import IMessageWriter, IRecipientResolver, ISpool, Resolved, UnknownAddress
@@ -166,6 +172,60 @@ class FakeSpool:
         return writer
 
 
+@implementer(ICredentialsChecker)
+class FakeChecker:
+    """
+    Checks L{IUsernamePassword} against a table, as
+    L{mailappliance.accounts.checker.AccountsChecker} does: the avatar id
+    is the lower-cased login name.
+
+    @ivar passwords: lower-case login name -> password (L{bytes}).
+    @ivar seen: the C{(username, password)} of every check, in order.
+    @ivar error: when set, every check fails with it (not an
+        L{UnauthorizedLogin}: the store is broken).
+    @ivar hold: when L{True}, checks return unfired L{Deferred}s kept in
+        L{pending}; fire them with L{answer}.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self, passwords: dict[str, bytes] | None = None) -> None:
+        self.passwords = dict(passwords or {})
+        self.seen: list[tuple[bytes, bytes]] = []
+        self.error: Exception | None = None
+        self.hold = False
+        self.pending: list[tuple[Deferred, Any]] = []
+
+    def _verdict(self, credentials: Any) -> Any:
+        if self.error is not None:
+            return self.error
+        name = credentials.username.decode("utf-8").lower()
+        if self.passwords.get(name) == credentials.password:
+            return name
+        return UnauthorizedLogin("wrong login name or password")
+
+    def requestAvatarId(self, credentials: Any) -> Deferred:
+        self.seen.append((credentials.username, credentials.password))
+        verdict = self._verdict(credentials)
+        if self.hold:
+            d: Deferred = Deferred()
+            self.pending.append((d, verdict))
+            return d
+        if isinstance(verdict, Exception):
+            return fail(verdict)
+        return succeed(verdict)
+
+    def answer(self, index: int = 0) -> None:
+        """
+        Fire the held check at C{index} of L{pending}.
+        """
+        d, verdict = self.pending.pop(index)
+        if isinstance(verdict, Exception):
+            d.errback(verdict)
+        else:
+            d.callback(verdict)
+
+
 class RecordingTransport(StringTransport):
     """
     A L{StringTransport} that records C{setTcpNoDelay}, as a TCP transport
@@ -176,6 +236,27 @@ class RecordingTransport(StringTransport):
 
     def setTcpNoDelay(self, enabled: bool) -> None:
         self.no_delay = enabled
+
+
+@implementer(ITLSTransport)
+class TLSCapableTransport(RecordingTransport):
+    """
+    A L{RecordingTransport} that can start TLS, as a TCP transport can:
+    C{startTLS} records its argument and what had been written before it,
+    and from then on the transport provides L{ISSLTransport}. (No
+    handshake happens; tests of real TLS use an in-memory connection.)
+
+    @ivar tls_context: what C{startTLS} was given, or L{None}.
+    @ivar written_before_tls: the output up to the C{startTLS} call.
+    """
+
+    tls_context: Any = None
+    written_before_tls: bytes | None = None
+
+    def startTLS(self, contextFactory: Any, normal: bool = True) -> None:
+        self.tls_context = contextFactory
+        self.written_before_tls = self.value()
+        alsoProvides(self, ISSLTransport)
 
 
 class SMTPHarness:
@@ -193,7 +274,17 @@ class SMTPHarness:
         peer: str = "192.0.2.1",
         factory: SMTPFactory | None = None,
         connect: bool = True,
+        tls: Any = None,
+        checker: Any = None,
+        transport_class: type = RecordingTransport,
     ) -> None:
+        """
+        @param tls: the factory's TLS object (anything; only handed to
+            C{startTLS}), when no C{factory} is given.
+        @param checker: the factory's credentials checker, likewise.
+        @param transport_class: L{RecordingTransport}, or
+            L{TLSCapableTransport} for a connection that can start TLS.
+        """
         if factory is None:
             self.events: list[dict] = []
             factory = SMTPFactory(
@@ -202,6 +293,8 @@ class SMTPHarness:
                 FakeSpool(),
                 Clock(),
                 Logger(namespace="smtp-test", observer=self.events.append),
+                tls=tls,
+                checker=checker,
             )
             factory.events = self.events  # type: ignore[attr-defined]
         else:
@@ -211,7 +304,7 @@ class SMTPHarness:
         self.resolver: FakeResolver = factory.resolver  # type: ignore[assignment]
         self.spool: FakeSpool = factory.spool  # type: ignore[assignment]
         address_type = IPv6Address if ":" in peer else IPv4Address
-        self.transport = RecordingTransport(peerAddress=address_type("TCP", peer, 40000))
+        self.transport = transport_class(peerAddress=address_type("TCP", peer, 40000))
         self.protocol = factory.buildProtocol(self.transport.getPeer())
         if connect:
             self.connect()
