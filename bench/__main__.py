@@ -1,0 +1,7 @@
+"""
+C{python -m bench}: see L{bench.main}.
+"""
+
+from bench.main import main
+
+main()
