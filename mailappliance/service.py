@@ -33,12 +33,14 @@ from typing import Any
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
-from twisted.internet.defer import DeferredList
+from twisted.internet.defer import DeferredList, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 
 from mailappliance.config import Config
 
 RELOAD_INTERVAL = 1.0
+# SIGTERM: how long SMTP transactions in flight may take to finish.
+SHUTDOWN_GRACE = 10.0
 
 log = Logger(namespace="mailappliance")
 
@@ -222,11 +224,43 @@ class Listener(Service):
             return port.stopListening()
 
 
+class Drainer(Service):
+    """
+    On stop, lets the SMTP sessions finish the transactions in flight, for
+    at most C{grace} seconds (L{mailappliance.smtp.server.SMTPFactory.drain}).
+    """
+
+    def __init__(self, factories: list, grace: float) -> None:
+        self.factories = factories
+        self.grace = grace
+
+    def stopService(self):
+        super().stopService()
+        busy = sum(1 for f in self.factories for s in f.sessions if s.busy)
+        log.info("event=shutdown status=draining sessions={n} busy={busy} grace={grace:g}",
+                 n=sum(len(f.sessions) for f in self.factories), busy=busy, grace=self.grace)
+        return DeferredList([f.drain(self.grace) for f in self.factories])
+
+
 class StartupErrorExit(MultiService):
     """
-    The root service: turns a L{StartupError} raised while listening into
-    a one-line message and exit status 1 (twistd would print a traceback).
+    The root service. It turns a L{StartupError} raised while listening
+    into a one-line message and exit status 1 (twistd would print a
+    traceback), and it stops its children one after the other, in reverse
+    order, each after the previous one has finished: listeners first (no
+    new sessions), then the drain of sessions in flight, then the queue,
+    and the disk pool last, when nothing needs it any more.
     """
+
+    @inlineCallbacks
+    def stopService(self):
+        Service.stopService(self)
+        for service in reversed(list(self)):
+            try:
+                yield maybeDeferred(service.stopService)
+            except Exception:
+                log.failure("event=shutdown status=error service={name}", name=getattr(service, "name", None))
+        log.info("event=shutdown status=done")
 
     def privilegedStartService(self) -> None:
         try:
@@ -290,6 +324,8 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     watcher.setServiceParent(root)
 
     factories: dict[str, Any] = {}
+    drainer = Drainer([], SHUTDOWN_GRACE)
+    drainer.setServiceParent(root)
 
     def listen(service_name: str, section: Any, factory: Any) -> None:
         factories[service_name] = factory
@@ -308,6 +344,7 @@ def make_service(config: Config, reactor: Any) -> MultiService:
         listen("submission", config.submission, _smtp_factory(config, "submission", accounts, spool, reactor, tls))
     if config.pop3 is not None:
         listen("pop3", config.pop3, _pop3_factory(config, accounts, disk, reactor, tls))
+    drainer.factories = [f for name, f in factories.items() if name in ("smtp", "submission")]
     sessions = {name: (lambda f=factory: _session_count(f)) for name, factory in factories.items()}
     StatusWriter(config.queue_dir, reactor, disk, sessions, manager.summary).setServiceParent(root)
     return root

@@ -60,6 +60,10 @@ from mailappliance.interfaces import DeliveryError
 from mailappliance.queue.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipient
 
 DEFAULT_RETRY_DELAY = 60.0
+# On stop, how long to wait for rounds in flight (a remote delivery may be
+# stuck in a DNS lookup or an SMTP time-out): what does not finish is
+# simply tried again after the restart.
+STOP_GRACE = 5.0
 # Outcomes remembered for "mailappliance status" (deliveries and bounces
 # over the last hour).
 HISTORY_SECONDS = 3600.0
@@ -210,7 +214,17 @@ class QueueManager(Service):
                 d: Deferred = Deferred()
                 message.finished.append(d)
                 waiting.append(d)
-        return DeferredList(waiting)
+        done: Deferred = Deferred()
+
+        def finish(_: object = None) -> None:
+            if timer.active():
+                timer.cancel()
+            if not done.called:
+                done.callback(None)
+
+        timer = self.clock.callLater(STOP_GRACE, finish)
+        DeferredList(waiting).addCallback(finish)
+        return done
 
     def _take_recovered(self, envelopes: list[Envelope]) -> int:
         for envelope in envelopes:

@@ -119,6 +119,11 @@ def too_many_connections(hostname: str) -> Reply:
     return reply(421, "4.7.0", f"{hostname} Error: too many connections")
 
 
+def shutting_down(hostname: str) -> Reply:
+    # RFC 3463 4.3.2: the system is not accepting network messages.
+    return reply(421, "4.3.2", f"{hostname} Service shutting down, try again later")
+
+
 def too_many_connections_from_ip(hostname: str) -> Reply:
     return reply(421, "4.7.0", f"{hostname} Error: too many connections from your address")
 

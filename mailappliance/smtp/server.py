@@ -66,6 +66,9 @@ MAX_ERRORS = 10
 # bound).
 MAX_PENDING_INPUT = 64 * 1024
 
+# How often a drain looks whether its sessions are gone.
+DRAIN_POLL = 0.05
+
 # Verbs of RFC 5321 and its extensions that this server knows but does not
 # offer (502 rather than 500, RFC 5321 section 4.2.4).
 NOT_IMPLEMENTED_VERBS = frozenset(
@@ -149,11 +152,42 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPStartTLSHandler, SMTPAuthHandl
             self._close()
             return
         self._admitted = True
+        self.factory.sessions.add(self)
+        if self.factory.draining:
+            self._send(replies.shutting_down(self.policy.hostname))
+            self._close()
+            return
         self._log_event(LogLevel.info, event="connect", peer=self._peer_key)
         self._send(replies.greeting(self.policy.hostname))
         self._arm_timer()
 
+    @property
+    def busy(self) -> bool:
+        """
+        Whether a mail transaction is under way (after MAIL, during DATA,
+        or while a decision is pending): shutting down waits for it.
+        """
+        return self._transaction is not None or self._receiver is not None or self._waiting is not None
+
+    def shut_down(self) -> None:
+        """
+        The service is stopping: close now if idle, else after the reply
+        that ends the transaction in flight (see L{SMTPFactory.drain}).
+        """
+        if not self.busy and not self._closing:
+            self._send(replies.shutting_down(self.policy.hostname))
+            self._close()
+
+    def abort_session(self) -> None:
+        """
+        The drain's grace period is over: drop the connection (a message
+        not yet acknowledged is not queued).
+        """
+        self._closing = True
+        self.transport.abortConnection()
+
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.factory.sessions.discard(self)
         self._connected = False
         self._closing = True
         self._disarm_timer()
@@ -233,6 +267,10 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPStartTLSHandler, SMTPAuthHandl
             return
         if isinstance(result, Reply):
             self._send(result)
+            if self.factory.draining and not self.busy and not self._closing:
+                # Shutting down: the transaction in flight has its answer.
+                self._send(replies.shutting_down(self.policy.hostname))
+                self._close()
             return
         self._wait(result, self._respond)
 
@@ -473,6 +511,50 @@ class SMTPFactory(ServerFactory):
         self.checker = checker
         self.connections = ConnectionLimiter(settings.max_connections, settings.max_connections_per_ip)
         self.auth_failures = AuthFailureTracker(clock)
+        self.sessions: set[SMTPServerProtocol] = set()
+        self.draining = False
+
+    def drain(self, grace: float) -> Deferred:
+        """
+        Shut the sessions down for a stop (SIGTERM): idle ones get
+        C{421 4.3.2} at once; one in the middle of a transaction may finish
+        it (its message acknowledged or refused as usual) and is closed
+        right after; whatever is left after C{grace} seconds is dropped.
+
+        @return: a L{Deferred} firing when no session is left.
+        """
+        self.draining = True
+        done: Deferred = Deferred()
+        if not self.sessions:
+            done.callback(None)
+            return done
+        for session in list(self.sessions):
+            session.shut_down()
+
+        def check() -> None:
+            if done.called:
+                return
+            if not self.sessions:
+                timer.cancel()
+                poll.stop()
+                done.callback(None)
+
+        def give_up() -> None:
+            for session in list(self.sessions):
+                session.abort_session()
+            self.sessions.clear()
+            if poll.running:
+                poll.stop()
+            if not done.called:
+                done.callback(None)
+
+        from twisted.internet.task import LoopingCall
+
+        poll = LoopingCall(check)
+        poll.clock = self.clock
+        poll.start(DRAIN_POLL, now=False)
+        timer = self.clock.callLater(grace, give_up)
+        return done
 
     def buildProtocol(self, addr: object) -> SMTPServerProtocol:
         """

@@ -97,3 +97,40 @@ class LifecycleTests(SynchronousTestCase):
                 return False
 
         wait_until(login, 10, what="bob's login after the reload")
+
+
+class ShutdownTests(SynchronousTestCase):
+    def test_sigterm_finishes_transactions(self):
+        """
+        SIGTERM: idle sessions get 421 4.3.2 at once, new connections are
+        refused, a transaction in flight may finish (its message gets its
+        250 and is delivered after the restart), then the server exits.
+        """
+        from tests.e2e.test_smtp_inbound import RawSMTP
+
+        server = ServerProcess(self, services=("smtp",), users={"alice@example.test": "a"}).start()
+        port = server.ports["smtp"]
+        idle = RawSMTP(port)
+        busy = RawSMTP(port)
+        busy.send(b"EHLO x\r\nMAIL FROM:<z@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+        self.assertEqual([busy.reply()[:3] for _ in range(4)], [b"250", b"250", b"250", b"354"])
+        busy.send(b"Subject: in flight\r\n\r\nfirst half\r\n")
+        server.signal(signal.SIGTERM)
+        self.assertEqual(idle.reply()[:9], b"421 4.3.2")
+        wait_until(lambda: _refused(port), 10, what="the listener to close")
+        busy.send(b"second half\r\n.\r\n")
+        self.assertEqual(busy.reply()[:3], b"250")
+        self.assertEqual(busy.reply()[:9], b"421 4.3.2")
+        server.process.wait(20)
+        self.assertIn("event=shutdown status=done", server.log())
+        server.start()
+        [data] = server.wait_for_messages("alice@example.test", 1)
+        self.assertIn(b"first half\r\nsecond half\r\n", data)
+
+
+def _refused(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return False
+    except OSError:
+        return True
