@@ -346,6 +346,7 @@ class SMTPCommandHandlers:
         user = self.policy.facts.user
 
         def committed(_: object) -> Reply:
+            self.factory.storage.succeeded("spool")
             self._log_event(
                 LogLevel.info,
                 qid=envelope.queue_id,
@@ -359,12 +360,9 @@ class SMTPCommandHandlers:
             return replies.queued(envelope.queue_id)
 
         def failed(reason: Failure) -> Reply:
-            self._log.failure(
-                "service={service} qid={qid} event=error reason=commit-failed",
-                reason,
-                service=self._settings.service,
-                qid=envelope.queue_id,
-            )
+            # A full disk fails every message alike: the traceback is
+            # logged once per episode, each refusal still by its reply.
+            self.factory.storage.failed("spool", reason, service=self._settings.service, qid=envelope.queue_id)
             return commit_failure_reply(reason)
 
         return receiver.commit(envelope).addCallbacks(committed, failed)

@@ -36,6 +36,7 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from mailappliance.episodes import FailureEpisodes
 from mailappliance.smtp import replies
 from mailappliance.smtp.auth import AuthFailureTracker, SMTPAuthHandlers
 from mailappliance.smtp.commands import CommandRefused, is_http_request, parse_command
@@ -513,6 +514,7 @@ class SMTPFactory(ServerFactory):
         self.auth_failures = AuthFailureTracker(clock)
         self.sessions: set[SMTPServerProtocol] = set()
         self.draining = False
+        self.storage = FailureEpisodes(self.log)
 
     def drain(self, grace: float) -> Deferred:
         """

@@ -1,0 +1,240 @@
+"""
+End-to-end: the real twistd under hostile input, floods and a full disk.
+The server must keep serving, never lose or expose anything, and say
+precisely why it refuses.
+"""
+
+import os
+import poplib
+import random
+import smtplib
+import socket
+import subprocess
+import time
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from tests.e2e.harness import ServerProcess, wait_until
+
+USERS = {"alice@example.test": "alice-pw", "bob@example.test": "bob-pw"}
+
+
+def connect_from(port, source):
+    """
+    A TCP connection to 127.0.0.1:port from the loopback address C{source}
+    (127.0.0.0/8 is all ours, so each test client can be its own "host").
+    """
+    return socket.create_connection(("127.0.0.1", port), timeout=20, source_address=(source, 0))
+
+
+def read_line(sock):
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+class HostileInputTests(SynchronousTestCase):
+    def test_random_bytes_at_every_port(self):
+        """
+        Random bytes (NULs, bare CRs, endless lines, TLS garbage) at every
+        port never bring the server down: afterwards every port still greets.
+        """
+        server = ServerProcess(self, users=USERS, tls=True).start()
+        rng = random.Random(1234)
+        for name, port in server.ports.items():
+            for size in (1, 100, 70000, 1024 * 1024):
+                s = socket.create_connection(("127.0.0.1", port), timeout=20)
+                try:
+                    s.sendall(bytes(rng.getrandbits(8) for _ in range(min(size, 4096))) * max(1, size // 4096))
+                except OSError:
+                    pass  # the server may rightly hang up on garbage
+                s.close()
+        for name, port in server.ports.items():
+            if name.endswith("_tls"):
+                continue
+            s = socket.create_connection(("127.0.0.1", port), timeout=20)
+            greeting = read_line(s)
+            s.close()
+            self.assertTrue(greeting[:4] in (b"220 ", b"+OK "), (name, greeting))
+        self.assertIsNone(server.process.poll())
+        self.assertNotIn("Unhandled Error", server.log())
+
+    def test_path_like_addresses(self):
+        """
+        Addresses that look like paths are refused and nothing is created
+        outside the data folder's mail tree.
+        """
+        server = ServerProcess(self, services=("smtp",), users=USERS).start()
+        client = smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=20)
+        client.ehlo("x")
+        client.mail("z@remote.test")
+        for address in ('"../x"@example.test', "a/b@example.test", '"../../etc"@example.test',
+                        "x" * 300 + "@example.test", "..@example.test", '"a\\/b"@example.test'):
+            code, _ = client.rcpt(address)
+            self.assertGreaterEqual(code, 500, address)
+        code, text = client.docmd("RCPT TO:<a\x00b@example.test>")
+        self.assertGreaterEqual(code, 500)
+        client.quit()
+        mail = os.path.join(server.data_dir, "mail")
+        created = [os.path.join(root, d) for root, dirs, _ in os.walk(mail) for d in dirs]
+        self.assertEqual(created, [])
+        self.assertEqual(sorted(os.listdir(server.base)),
+                         sorted(["aliases", "mailappliance.toml", "twistd.log", "users", "var"]))
+
+
+class FloodTests(SynchronousTestCase):
+    def start(self, **options):
+        smtp = ('max_connections = 8\nmax_connections_per_ip = 3\nidle_timeout = "2s"\n'
+                + options.get("smtp", ""))
+        return ServerProcess(self, services=("smtp", "pop3"), users=USERS,
+                             options={"smtp": smtp, "pop3": 'idle_timeout = "2s"'}).start()
+
+    def test_slowloris_and_flood(self):
+        """
+        Idle connections fill the per-address cap (then 421 4.7.0 for that
+        address only), more addresses fill the service's cap (421 for
+        everyone); the idle time-out frees them all, and service resumes.
+        """
+        server = self.start()
+        port = server.ports["smtp"]
+        held = []
+        for _ in range(3):
+            s = connect_from(port, "127.0.0.2")
+            self.assertEqual(read_line(s)[:4], b"220 ")
+            held.append(s)
+        extra = connect_from(port, "127.0.0.2")
+        self.assertEqual(read_line(extra)[:9], b"421 4.7.0")
+        extra.close()
+        other = connect_from(port, "127.0.0.3")
+        self.assertEqual(read_line(other)[:4], b"220 ")
+        held.append(other)
+        for source in ("127.0.0.4", "127.0.0.5", "127.0.0.6", "127.0.0.7"):
+            s = connect_from(port, source)
+            held.append(s)
+            read_line(s)
+        flood = [connect_from(port, f"127.0.1.{n}") for n in range(1, 30)]
+        refused = [read_line(s)[:9] for s in flood]
+        self.assertEqual(set(refused), {b"421 4.7.0"})
+        for s in flood:
+            s.close()
+        # The idle time-out (2 s) closes every held connection with 421 4.4.2.
+        closing = [read_line(s) for s in held]
+        self.assertTrue(all(line.startswith(b"421 4.4.2") for line in closing), closing)
+        for s in held:
+            s.close()
+
+        def greets():
+            s = connect_from(port, "127.0.0.2")
+            try:
+                return read_line(s)[:4] == b"220 "
+            finally:
+                s.close()
+
+        wait_until(greets, 10, what="service to resume")
+
+    def test_password_guessing(self):
+        """
+        A guessing run is slowed down and cut off, while a user from another
+        address logs in at once (POP3 and SMTP AUTH).
+        """
+        server = ServerProcess(self, services=("pop3", "submission"), users=USERS).start()
+        pop3 = server.ports["pop3"]
+        attacker = connect_from(pop3, "127.0.0.9")
+        read_line(attacker)
+        times = []
+        for guess in range(3):
+            attacker.sendall(b"USER alice@example.test\r\n")
+            read_line(attacker)
+            started = time.monotonic()
+            attacker.sendall(b"PASS guess%d\r\n" % guess)
+            reply = read_line(attacker)
+            times.append(time.monotonic() - started)
+            self.assertTrue(reply.startswith(b"-ERR [AUTH]"), reply)
+            # Meanwhile the real user, from elsewhere, is not slowed down.
+            started = time.monotonic()
+            user = poplib.POP3("127.0.0.1", pop3, timeout=20)
+            user.user("bob@example.test")
+            user.pass_("bob-pw")
+            user.quit()
+            self.assertLess(time.monotonic() - started, 0.9)
+        self.assertGreater(times[1], times[0])
+        self.assertGreaterEqual(times[2], 1.5)
+        self.assertEqual(read_line(attacker), b"")  # cut off after three failures
+        attacker.close()
+
+        submission = server.ports["submission"]
+        attacker = smtplib.SMTP(timeout=30, source_address=("127.0.0.10", 0))
+        attacker.connect("127.0.0.1", submission)
+        attacker.ehlo("x")
+        codes = []
+        for guess in range(3):
+            try:
+                codes.append(attacker.docmd("AUTH", "PLAIN " + _plain("alice@example.test", f"guess{guess}"))[0])
+            except smtplib.SMTPServerDisconnected:
+                codes.append("closed")
+                break
+        self.assertEqual(codes[:3], [535, 535, 535])
+        self.assertEqual(attacker.docmd("NOOP")[0] if _alive(attacker) else 421, 421)
+        user = smtplib.SMTP("127.0.0.1", submission, timeout=20)
+        started = time.monotonic()
+        user.login("bob@example.test", "bob-pw")
+        self.assertLess(time.monotonic() - started, 0.9)
+        user.quit()
+
+
+def _plain(user, password):
+    import base64
+
+    return base64.b64encode(b"\0" + user.encode() + b"\0" + password.encode()).decode()
+
+
+def _alive(client):
+    return client.sock is not None
+
+
+class FullDiskTests(SynchronousTestCase):
+    def test_full_disk(self):
+        """
+        On a full disk (a small tmpfs as the data folder) SMTP answers
+        452 4.3.1, the session goes on, the failure is logged once for the
+        episode, and service resumes by itself when space returns.
+        """
+        if os.geteuid() != 0:
+            raise SkipTest("needs root to mount a tmpfs")
+        server = ServerProcess(self, services=("smtp",), users=USERS)
+        os.makedirs(server.data_dir)
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", server.data_dir],
+                                 capture_output=True)
+        if mounted.returncode != 0:
+            raise SkipTest(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+        self.addCleanup(subprocess.run, ["umount", "-l", server.data_dir])
+        server.start()
+        filler = os.path.join(server.data_dir, "filler")
+        with open(filler, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        message = b"Subject: big\r\n\r\n" + b"y" * 200000 + b"\r\n"
+        client = smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30)
+        for _ in range(2):
+            with self.assertRaises(smtplib.SMTPDataError) as cm:
+                client.sendmail("z@remote.test", ["alice@example.test"], message)
+            self.assertEqual((cm.exception.smtp_code, cm.exception.smtp_error[:5]), (452, b"4.3.1"))
+            client.rset()
+        self.assertEqual(client.noop()[0], 250)
+        os.unlink(filler)
+        client.sendmail("z@remote.test", ["alice@example.test"], message)
+        client.quit()
+        [data] = server.wait_for_messages("alice@example.test", 1)
+        self.assertTrue(data.endswith(message))
+        log = server.log()
+        self.assertEqual(log.count("event=error what=spool status=failing"), 1)
+        self.assertIn("event=recovered what=spool failures=2", log)
+        self.assertEqual(os.listdir(os.path.join(server.data_dir, "queue", "tmp")), [])
