@@ -151,10 +151,12 @@ class Reloader(Service):
 
     name = "reloader"
 
-    def __init__(self, reactor: Any, reloadables: list, tls: Any = None, interval: float = RELOAD_INTERVAL) -> None:
+    def __init__(self, reactor: Any, reloadables: list, tls: Any = None, interval: float = RELOAD_INTERVAL,
+                 reconfigure: Any = None) -> None:
         self.reactor = reactor
         self.reloadables = reloadables
         self.tls = tls
+        self.reconfigure = reconfigure
         self.timer = TimerService(interval, self.poll)
         self.timer.clock = reactor
         self._previous_handler = None
@@ -164,6 +166,11 @@ class Reloader(Service):
 
     def reload_all(self):
         log.info("event=reload reason=SIGHUP")
+        if self.reconfigure is not None:
+            try:
+                self.reconfigure()
+            except Exception:
+                log.failure("event=reload what=configuration status=error")
         if self.tls is not None:
             try:
                 self.tls.reload()
@@ -308,7 +315,8 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     relay = make_relay(config, reactor, disk)
     manager = QueueManager(spool, delivery, reactor, notifier=notifier, remote_delivery=relay)
     manager.setServiceParent(root)
-    Reloader(reactor, accounts.reloadables, tls).setServiceParent(root)
+    reloader = Reloader(reactor, accounts.reloadables, tls)
+    reloader.setServiceParent(root)
 
     def import_drop(drop):
         return inject(spool, accounts.chain, reactor, hostname=config.server.hostname, sender=drop.sender,
@@ -345,9 +353,101 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     if config.pop3 is not None:
         listen("pop3", config.pop3, _pop3_factory(config, accounts, disk, reactor, tls))
     drainer.factories = [f for name, f in factories.items() if name in ("smtp", "submission")]
+    live = LiveConfiguration(config, factories, relay, notifier)
+    reloader.reconfigure = live.reload
     sessions = {name: (lambda f=factory: _session_count(f)) for name, factory in factories.items()}
     StatusWriter(config.queue_dir, reactor, disk, sessions, manager.summary).setServiceParent(root)
     return root
+
+
+class LiveConfiguration:
+    """
+    SIGHUP re-reads the configuration file. The safe parts (limits,
+    time-outs, trusted networks, retry schedule) take effect at once, for
+    new sessions and deliveries; everything else needs a restart. The log
+    says which is which, one line per changed key. A file with a mistake
+    is refused with its one-line error and the running configuration stays.
+    """
+
+    SAFE = {
+        "smtp": {"max_message_size", "max_recipients", "trusted_networks", "idle_timeout", "max_connections",
+                 "max_connections_per_ip"},
+        "pop3": {"idle_timeout"},
+        "relay": {"retry_initial", "retry_max", "max_queue_lifetime", "delay_warning_after", "connect_timeout"},
+    }
+
+    def __init__(self, config: Config, factories: dict, relay: Any, notifier: Any) -> None:
+        self.config = config
+        self.factories = factories
+        self.relay = relay
+        self.notifier = notifier
+
+    def reload(self) -> list[tuple[str, bool]]:
+        """
+        @return: the changed keys, each with whether it was applied.
+        """
+        from mailappliance.config import ConfigError, load_config
+
+        try:
+            new = load_config(self.config.path)
+        except ConfigError as e:
+            log.error("event=reload what=configuration status=refused reason={reason}", reason=str(e))
+            return []
+        changes = config_changes(self.config, new)
+        restart = [key for key, safe in changes if not safe]
+        if restart:
+            # Nothing is half applied: a change that needs a restart keeps
+            # the whole running configuration.
+            for key in restart:
+                log.warn("event=reload what=configuration key={key} status=needs-restart", key=key)
+            log.warn("event=reload what=configuration status=not-applied reason=\"restart to apply\"")
+            return [(key, False) for key, _ in changes]
+        for key, _ in changes:
+            log.info("event=reload what=configuration key={key} status=applied", key=key)
+        if changes:
+            self.apply(new)
+        else:
+            log.info("event=reload what=configuration status=unchanged")
+        return changes
+
+    def apply(self, new: Config) -> None:
+        import dataclasses
+
+        self.config = new
+        for name, factory in self.factories.items():
+            if name in ("smtp", "submission"):
+                factory.settings = smtp_settings(new, name)
+                factory.connections.set_limits(new.limits.max_connections, new.limits.max_connections_per_ip)
+            elif name == "pop3" and new.pop3 is not None:
+                factory.settings = pop3_settings(new)
+        r = new.relay
+        from mailappliance.queue.relay import RetryPolicy
+
+        self.relay.retry = RetryPolicy(r.retry_initial, r.retry_max, r.max_queue_lifetime)
+        self.relay.options = dataclasses.replace(self.relay.options, connect_timeout=r.connect_timeout)
+        self.notifier.delay_warning_after = r.delay_warning_after
+        self.notifier.max_queue_lifetime = r.max_queue_lifetime
+
+
+def config_changes(old: Config, new: Config) -> list[tuple[str, bool]]:
+    """
+    The keys whose values differ, as C{("section.key", safe)}; a section
+    added or removed counts as its own change (never safe).
+    """
+    import dataclasses
+
+    changes = []
+    for section in ("server", "smtp", "submission", "pop3", "tls", "accounts", "relay"):
+        a, b = getattr(old, section), getattr(new, section)
+        if (a is None) != (b is None):
+            changes.append((f"[{section}]", False))
+            continue
+        if a is None:
+            continue
+        for f in dataclasses.fields(a):
+            if getattr(a, f.name) != getattr(b, f.name):
+                changes.append((f"{section}.{f.name}", f.name in LiveConfiguration.SAFE.get(section, ())))
+    return changes
 
 
 def _session_count(factory: Any) -> int:
@@ -424,11 +524,20 @@ def _smtp_factory(config: Config, service: str, accounts: Accounts, spool: Any, 
     the session policy's decision.
     """
     from mailappliance.accounts.checker import AccountsChecker
-    from mailappliance.smtp.policy import SMTPSettings
     from mailappliance.smtp.server import SMTPFactory
 
+    settings = smtp_settings(config, service)
+    return SMTPFactory(settings, accounts.chain, spool, reactor, tls=tls, checker=AccountsChecker(accounts.users))
+
+
+def smtp_settings(config: Config, service: str):
+    """
+    The L{SMTPSettings} of one SMTP service from the configuration.
+    """
+    from mailappliance.smtp.policy import SMTPSettings
+
     limits = config.limits
-    settings = SMTPSettings(
+    return SMTPSettings(
         hostname=config.server.hostname,
         max_message_size=limits.max_message_size,
         max_recipients=limits.max_recipients,
@@ -438,23 +547,28 @@ def _smtp_factory(config: Config, service: str, accounts: Accounts, spool: Any, 
         trusted_networks=config.trusted_networks,
         service=service,
     )
-    return SMTPFactory(settings, accounts.chain, spool, reactor, tls=tls, checker=AccountsChecker(accounts.users))
 
 
-def _pop3_factory(config: Config, accounts: Accounts, disk: Any, reactor: Any, tls: Any):
-    from mailappliance.accounts.checker import AccountsChecker
-    from mailappliance.address import parse_mailbox
-    from mailappliance.maildir import maildir_path
-    from mailappliance.pop3.server import POP3Factory, POP3Settings
+def pop3_settings(config: Config):
+    from mailappliance.pop3.server import POP3Settings
 
     limits = config.limits
-    settings = POP3Settings(
+    return POP3Settings(
         idle_timeout=config.pop3.idle_timeout,
         trusted_networks=config.trusted_networks,
         max_connections=limits.max_connections,
         max_connections_per_ip=limits.max_connections_per_ip,
         hostname=config.server.hostname,
     )
+
+
+def _pop3_factory(config: Config, accounts: Accounts, disk: Any, reactor: Any, tls: Any):
+    from mailappliance.accounts.checker import AccountsChecker
+    from mailappliance.address import parse_mailbox
+    from mailappliance.maildir import maildir_path
+    from mailappliance.pop3.server import POP3Factory
+
+    settings = pop3_settings(config)
 
     def mailbox_path(avatar_id: str) -> str:
         return maildir_path(config.mail_dir, parse_mailbox(avatar_id))

@@ -323,6 +323,13 @@ class ConnectionLimiter:
     def total(self) -> int:
         return self._total
 
+    def set_limits(self, max_connections: int, max_per_peer: int) -> None:
+        """
+        New limits (a configuration reload); open sessions are kept.
+        """
+        self._max = max_connections
+        self._max_per_peer = max_per_peer
+
     def count(self, peer: str) -> int:
         """
         @return: the open sessions from C{peer}.

@@ -76,13 +76,18 @@ class LifecycleTests(SynchronousTestCase):
 
     def test_sighup_reloads(self):
         """
-        SIGHUP reloads the users file at once (and says so in the log).
+        SIGHUP reloads the users file at once, and the configuration (saying
+        in the log what changed and what needs a restart).
         """
         server = ServerProcess(self, services=("pop3",), users={"alice@example.test": "a"}).start()
         with open(os.path.join(server.base, "users"), "a") as f:
             f.write("bob@example.test:{PLAIN}b\n")
+        with open(server.config_path, "a") as f:
+            f.write('\n[submission]\nlisten = []\n')
         server.signal(signal.SIGHUP)
         server.wait_for_log("event=reload reason=SIGHUP")
+        # A new service needs a restart, and the log says so.
+        server.wait_for_log("key=[submission] status=needs-restart")
         import poplib
 
         def login():

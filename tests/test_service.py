@@ -1,0 +1,93 @@
+"""
+Tests for L{mailappliance.service}: configuration reload on SIGHUP.
+"""
+
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SynchronousTestCase
+
+from mailappliance.config import load_config
+from mailappliance.queue.relay import RetryPolicy
+from mailappliance.service import LiveConfiguration, config_changes
+from mailappliance.smtp.client import ClientOptions
+from mailappliance.smtp.policy import ConnectionLimiter
+
+BASE = '[server]\nhostname = "mx.example.test"\n[smtp]\nmax_recipients = 10\n[relay]\nretry_initial = "5m"\n'
+
+
+class FakeSMTPFactory:
+    def __init__(self):
+        self.settings = None
+        self.connections = ConnectionLimiter(200, 20)
+
+
+class FakeRelay:
+    def __init__(self):
+        self.retry = RetryPolicy()
+        self.options = ClientOptions("mx.example.test")
+
+
+class FakeNotifier:
+    delay_warning_after = 0.0
+    max_queue_lifetime = 0.0
+
+
+class LiveConfigurationTests(SynchronousTestCase):
+    def setUp(self):
+        self.path = FilePath(self.mktemp())
+        self.path.setContent(BASE.encode())
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.smtp = FakeSMTPFactory()
+        self.relay = FakeRelay()
+        self.live = LiveConfiguration(load_config(self.path.path), {"smtp": self.smtp}, self.relay, FakeNotifier())
+
+    def lines(self):
+        return [formatEvent(e) for e in self.events if "event=reload" in formatEvent(e)]
+
+    def test_safe_changes_applied(self):
+        """
+        Limits and the retry schedule take effect; the log names each key.
+        """
+        self.path.setContent((BASE.replace("max_recipients = 10", "max_recipients = 3\nmax_connections = 7")
+                              .replace('"5m"', '"1m"')).encode())
+        changes = self.live.reload()
+        self.assertEqual(sorted(changes), [("relay.retry_initial", True), ("smtp.max_connections", True),
+                                           ("smtp.max_recipients", True)])
+        self.assertEqual(self.smtp.settings.max_recipients, 3)
+        self.assertEqual(self.relay.retry.initial, 60.0)
+        self.assertIn("event=reload what=configuration key=smtp.max_recipients status=applied", self.lines())
+        for _ in range(7):
+            self.assertIsNone(self.smtp.connections.admit(f"192.0.2.{_}"))
+        self.assertIsNotNone(self.smtp.connections.admit("192.0.2.99"))
+
+    def test_restart_needed(self):
+        """
+        A change that needs a restart is named, and nothing is applied.
+        """
+        self.path.setContent((BASE + '[pop3]\n').replace("max_recipients = 10", "max_recipients = 3").encode())
+        changes = self.live.reload()
+        self.assertIn(("[pop3]", False), changes)
+        self.assertIsNone(self.smtp.settings)
+        self.assertIn("event=reload what=configuration key=[pop3] status=needs-restart", self.lines())
+
+    def test_bad_file_refused(self):
+        self.path.setContent(b"[server]\nbogus = 1\n")
+        self.assertEqual(self.live.reload(), [])
+        self.assertTrue(any("status=refused" in line and "server.bogus" in line for line in self.lines()))
+
+    def test_unchanged(self):
+        self.assertEqual(self.live.reload(), [])
+        self.assertIn("event=reload what=configuration status=unchanged", self.lines())
+
+
+class ChangesTests(SynchronousTestCase):
+    def test_changes(self):
+        folder = FilePath(self.mktemp())
+        folder.makedirs()
+        a = folder.child("a.toml")
+        a.setContent(BASE.encode())
+        b = folder.child("b.toml")
+        b.setContent(BASE.replace('hostname = "mx.example.test"', 'hostname = "other.example.test"').encode())
+        self.assertEqual(config_changes(load_config(a.path), load_config(b.path)), [("server.hostname", False)])
