@@ -139,3 +139,43 @@ def _refused(port):
         return False
     except OSError:
         return True
+
+
+class CorruptStateTests(SynchronousTestCase):
+    def test_corrupt_queue_file(self):
+        """
+        An unreadable envelope is moved to queue/corrupt/ with a log line;
+        the server starts and serves.
+        """
+        server = ServerProcess(self, services=("smtp",), users={"alice@example.test": "a"}).start()
+        server.stop()
+        messages = os.path.join(server.data_dir, "queue", "messages")
+        with open(os.path.join(messages, "0000000000000000.env"), "wb") as f:
+            f.write(b'{"version": 1, "queue_id": "broken')
+        with open(os.path.join(messages, "0000000000000000"), "wb") as f:
+            f.write(b"Subject: x\r\n\r\nx\r\n")
+        server.start()
+        server.wait_for_log("status=corrupt")
+        corrupt = sorted(os.listdir(os.path.join(server.data_dir, "queue", "corrupt")))
+        self.assertEqual(corrupt, ["0000000000000000", "0000000000000000.env"])
+        client = smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=20)
+        client.sendmail("z@remote.test", ["alice@example.test"], b"Subject: ok\r\n\r\nok\r\n")
+        client.quit()
+        server.wait_for_messages("alice@example.test", 1)
+
+    def test_bad_users_edit_keeps_last_good(self):
+        """
+        A users file edited into a bad state keeps the last good version in
+        force and logs the line number.
+        """
+        import poplib
+
+        server = ServerProcess(self, services=("pop3",), users={"alice@example.test": "a"}).start()
+        users = os.path.join(server.base, "users")
+        with open(users, "a") as f:
+            f.write("this is not a user line\n")
+        server.wait_for_log(f"users file={users} line=2 status=refused")
+        client = poplib.POP3("127.0.0.1", server.ports["pop3"], timeout=10)
+        client.user("alice@example.test")
+        client.pass_("a")
+        client.quit()
