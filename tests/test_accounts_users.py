@@ -13,9 +13,10 @@ from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from mailappliance.accounts import edit, users
+from mailappliance.accounts import edit
 from mailappliance.accounts.hashing import DUMMY_HASH, Argon2Parameters, hash_password, verify_password
 from mailappliance.accounts.users import UserRecord, UsersDatabase, UsersFileError
+from mailappliance.watchedfile import stat_signature
 from mailappliance.address import Mailbox, parse_mailbox
 from mailappliance.disk import write_file_durably
 from mailappliance.interfaces import IAccountStore
@@ -239,7 +240,7 @@ class ReloadTests(DatabaseTestsMixin, SynchronousTestCase):
         the pool.
         """
         self.assertIs(self.successResultOf(self.database.reload_if_changed()), False)
-        self.assertEqual(self.disk.functions(), [users._stat])
+        self.assertEqual(self.disk.functions(), [stat_signature])
         self.assertEqual(self.events, [])
 
     def test_picks_up_edit(self) -> None:
@@ -250,7 +251,7 @@ class ReloadTests(DatabaseTestsMixin, SynchronousTestCase):
         """
         self.write(b"alice@example.test:{PLAIN}a\nbob@example.test:{PLAIN}b\n")
         self.assertIs(self.successResultOf(self.database.reload_if_changed()), True)
-        self.assertEqual(self.disk.functions(), [users._stat, users._read_and_parse])
+        self.assertEqual(self.disk.functions(), [stat_signature, self.database._read_and_parse])
         self.assertEqual(self.database.addresses(), ["alice@example.test", "bob@example.test"])
         self.assertEqual(
             self.messages(),
@@ -324,7 +325,7 @@ class ReloadTests(DatabaseTestsMixin, SynchronousTestCase):
         L{UsersDatabase.reload} reads the file even when it looks unchanged.
         """
         self.assertIs(self.successResultOf(self.database.reload()), True)
-        self.assertEqual(self.disk.functions(), [users._read_and_parse])
+        self.assertEqual(self.disk.functions(), [self.database._read_and_parse])
 
     def test_never_half_updated(self) -> None:
         """
