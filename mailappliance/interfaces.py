@@ -341,3 +341,32 @@ class DeliveryError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
+
+
+class IRemoteDelivery(Interface):
+    """
+    The seam through which the relay takes a message's remote recipients
+    (C{local=False}). Pass a provider as C{remote_delivery} to
+    L{mailappliance.queue.manager.QueueManager}.
+    """
+
+    def deliver(envelope, recipients, body_path):
+        """
+        Attempt some of a message's remote recipients.
+
+        The manager calls this at most once at a time per message, with the
+        pending remote recipients whose C{next_attempt} has come.
+
+        @param envelope: the message's current L{mailappliance.queue.envelope.Envelope}.
+        @param recipients: the due pending remote L{mailappliance.queue.envelope.Recipient}s, a
+            L{tuple}.
+        @param body_path: the spooled body (L{str}).
+        @return: a L{Deferred} firing with a sequence of L{mailappliance.queue.envelope.Recipient}s: the
+            same recipients in the same order, with their new C{state},
+            C{attempts}, C{last_error} and C{next_attempt}. The relay owns
+            the retry schedule (backoff, lifetime) of remote recipients:
+            the manager calls again at the earliest C{next_attempt} of
+            those still pending. If it fails, the failure is logged and
+            the recipients are tried again after the manager's
+            C{retry_delay}.
+        """

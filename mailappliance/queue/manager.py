@@ -54,9 +54,8 @@ from twisted.internet.defer import (
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Interface
 
-from mailappliance.interfaces import DeliveryError
+from mailappliance.interfaces import DeliveryError, IRemoteDelivery  # noqa: F401 (re-exported)
 from mailappliance.queue.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipient
 
 DEFAULT_RETRY_DELAY = 60.0
@@ -71,35 +70,6 @@ DEFAULT_LOCAL_CONCURRENCY = 8
 REMOTE_UNAVAILABLE = "relay not available yet"
 
 _default_log = Logger(namespace="mailappliance.queue")
-
-
-class IRemoteDelivery(Interface):
-    """
-    The seam through which the relay takes a message's remote recipients
-    (C{local=False}). Pass a provider as C{remote_delivery} to
-    L{QueueManager}.
-    """
-
-    def deliver(envelope, recipients, body_path):
-        """
-        Attempt some of a message's remote recipients.
-
-        The manager calls this at most once at a time per message, with the
-        pending remote recipients whose C{next_attempt} has come.
-
-        @param envelope: the message's current L{Envelope}.
-        @param recipients: the due pending remote L{Recipient}s, a
-            L{tuple}.
-        @param body_path: the spooled body (L{str}).
-        @return: a L{Deferred} firing with a sequence of L{Recipient}s: the
-            same recipients in the same order, with their new C{state},
-            C{attempts}, C{last_error} and C{next_attempt}. The relay owns
-            the retry schedule (backoff, lifetime) of remote recipients:
-            the manager calls again at the earliest C{next_attempt} of
-            those still pending. If it fails, the failure is logged and
-            the recipients are tried again after the manager's
-            C{retry_delay}.
-        """
 
 
 def delivery_prefix(sender: Any, target: Any) -> bytes:
