@@ -180,13 +180,18 @@ class Reloader(Service):
                 log.info("event=reload what=tls status=ok")
         return DeferredList([r.reload() for r in self.reloadables], consumeErrors=True)
 
-    def startService(self) -> None:
-        super().startService()
-        self.timer.startService()
+    def privilegedStartService(self) -> None:
+        # Before the listeners bind (they come later in the tree): once a
+        # port answers, a SIGHUP must reload, never kill (its default).
+        super().privilegedStartService()
         if hasattr(signal, "SIGHUP"):
             self._previous_handler = signal.signal(
                 signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload_all)
             )
+
+    def startService(self) -> None:
+        super().startService()
+        self.timer.startService()
 
     def stopService(self):
         super().stopService()
