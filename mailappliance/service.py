@@ -33,7 +33,7 @@ from typing import Any
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
-from twisted.internet.defer import DeferredList, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 
 from mailappliance.config import Config
@@ -151,9 +151,10 @@ class Reloader(Service):
 
     name = "reloader"
 
-    def __init__(self, reactor: Any, reloadables: list, tls: Any = None, interval: float = RELOAD_INTERVAL,
-                 reconfigure: Any = None) -> None:
+    def __init__(self, reactor: Any, reloadables: list, disk: Any, tls: Any = None,
+                 interval: float = RELOAD_INTERVAL, reconfigure: Any = None) -> None:
         self.reactor = reactor
+        self.disk = disk
         self.reloadables = reloadables
         self.tls = tls
         self.reconfigure = reconfigure
@@ -167,18 +168,12 @@ class Reloader(Service):
     def reload_all(self):
         log.info("event=reload reason=SIGHUP")
         if self.reconfigure is not None:
-            try:
-                self.reconfigure()
-            except Exception:
-                log.failure("event=reload what=configuration status=error")
+            d = self.reconfigure()
+            d.addErrback(lambda f: log.failure("event=reload what=configuration status=error", f))
+        work = [r.reload() for r in self.reloadables]
         if self.tls is not None:
-            try:
-                self.tls.reload()
-            except Exception as e:  # keep the old certificate, say why
-                log.error("event=reload what=tls status=failed reason={reason}", reason=str(e))
-            else:
-                log.info("event=reload what=tls status=ok")
-        return DeferredList([r.reload() for r in self.reloadables], consumeErrors=True)
+            work.append(self.tls.reload_in(self.disk))
+        return DeferredList(work, consumeErrors=True)
 
     def privilegedStartService(self) -> None:
         # Before the listeners bind (they come later in the tree): once a
@@ -320,7 +315,7 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     relay = make_relay(config, reactor, disk)
     manager = QueueManager(spool, delivery, reactor, notifier=notifier, remote_delivery=relay)
     manager.setServiceParent(root)
-    reloader = Reloader(reactor, accounts.reloadables, tls)
+    reloader = Reloader(reactor, accounts.reloadables, disk, tls)
     reloader.setServiceParent(root)
 
     def import_drop(drop):
@@ -358,7 +353,7 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     if config.pop3 is not None:
         listen("pop3", config.pop3, _pop3_factory(config, accounts, disk, reactor, tls))
     drainer.factories = [f for name, f in factories.items() if name in ("smtp", "submission")]
-    live = LiveConfiguration(config, factories, relay, notifier)
+    live = LiveConfiguration(config, factories, relay, notifier, disk)
     reloader.reconfigure = live.reload
     sessions = {name: (lambda f=factory: _session_count(f)) for name, factory in factories.items()}
     StatusWriter(config.queue_dir, reactor, disk, sessions, manager.summary).setServiceParent(root)
@@ -381,23 +376,32 @@ class LiveConfiguration:
         "relay": {"retry_initial", "retry_max", "max_queue_lifetime", "delay_warning_after", "connect_timeout"},
     }
 
-    def __init__(self, config: Config, factories: dict, relay: Any, notifier: Any) -> None:
+    def __init__(self, config: Config, factories: dict, relay: Any, notifier: Any, disk: Any) -> None:
         self.config = config
         self.factories = factories
         self.relay = relay
         self.notifier = notifier
+        self.disk = disk
 
-    def reload(self) -> list[tuple[str, bool]]:
+    def reload(self) -> Deferred:
         """
-        @return: the changed keys, each with whether it was applied.
+        Read the file (in the disk pool) and apply what is safe.
+
+        @return: a L{Deferred} firing with the changed keys, each with
+            whether it was applied.
         """
         from mailappliance.config import ConfigError, load_config
 
-        try:
-            new = load_config(self.config.path)
-        except ConfigError as e:
-            log.error("event=reload what=configuration status=refused reason={reason}", reason=str(e))
+        def refused(failure: Any) -> list:
+            failure.trap(ConfigError)
+            log.error("event=reload what=configuration status=refused reason={reason}", reason=str(failure.value))
             return []
+
+        d = self.disk.run(load_config, self.config.path)
+        d.addCallback(self._loaded)
+        return d.addErrback(refused)
+
+    def _loaded(self, new: Config) -> list[tuple[str, bool]]:
         changes = config_changes(self.config, new)
         restart = [key for key, safe in changes if not safe]
         if restart:

@@ -159,6 +159,29 @@ class ServerTLS:
         self._options = options
         self._log.info("service=tls event=reload status=ok certificate={path}", path=self.certificate_path)
 
+    def reload_in(self, disk: Any) -> Any:
+        """
+        L{reload}, with the files read in the disk pool (the reactor thread
+        never blocks on them); the new certificate is put in force, and
+        logged, back on the reactor thread.
+
+        @return: a L{Deferred} firing with L{True}, or L{False} when the new
+            files could not be used (logged; the old certificate stays).
+        """
+
+        def loaded(options: Any) -> bool:
+            self._options = options
+            self._log.info("service=tls event=reload status=ok certificate={path}", path=self.certificate_path)
+            return True
+
+        def failed(failure: Any) -> bool:
+            failure.trap(TLSConfigError)
+            self._log.error("service=tls event=reload status=failed error={error}", error=str(failure.value))
+            return False
+
+        d = disk.run(load_certificate_options, self.certificate_path, self.key_path)
+        return d.addCallbacks(loaded, failed)
+
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         """
         L{IOpenSSLServerConnectionCreator}: a new server connection with the

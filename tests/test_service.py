@@ -7,6 +7,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailappliance.config import load_config
+from mailappliance.disk import SynchronousDiskPool
 from mailappliance.queue.relay import RetryPolicy
 from mailappliance.service import LiveConfiguration, config_changes
 from mailappliance.smtp.client import ClientOptions
@@ -41,7 +42,8 @@ class LiveConfigurationTests(SynchronousTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
         self.smtp = FakeSMTPFactory()
         self.relay = FakeRelay()
-        self.live = LiveConfiguration(load_config(self.path.path), {"smtp": self.smtp}, self.relay, FakeNotifier())
+        self.live = LiveConfiguration(load_config(self.path.path), {"smtp": self.smtp}, self.relay, FakeNotifier(),
+                                      SynchronousDiskPool())
 
     def lines(self):
         return [formatEvent(e) for e in self.events if "event=reload" in formatEvent(e)]
@@ -52,7 +54,7 @@ class LiveConfigurationTests(SynchronousTestCase):
         """
         self.path.setContent((BASE.replace("max_recipients = 10", "max_recipients = 3\nmax_connections = 7")
                               .replace('"5m"', '"1m"')).encode())
-        changes = self.live.reload()
+        changes = self.successResultOf(self.live.reload())
         self.assertEqual(sorted(changes), [("relay.retry_initial", True), ("smtp.max_connections", True),
                                            ("smtp.max_recipients", True)])
         self.assertEqual(self.smtp.settings.max_recipients, 3)
@@ -67,18 +69,18 @@ class LiveConfigurationTests(SynchronousTestCase):
         A change that needs a restart is named, and nothing is applied.
         """
         self.path.setContent((BASE + '[pop3]\n').replace("max_recipients = 10", "max_recipients = 3").encode())
-        changes = self.live.reload()
+        changes = self.successResultOf(self.live.reload())
         self.assertIn(("[pop3]", False), changes)
         self.assertIsNone(self.smtp.settings)
         self.assertIn("event=reload what=configuration key=[pop3] status=needs-restart", self.lines())
 
     def test_bad_file_refused(self):
         self.path.setContent(b"[server]\nbogus = 1\n")
-        self.assertEqual(self.live.reload(), [])
+        self.assertEqual(self.successResultOf(self.live.reload()), [])
         self.assertTrue(any("status=refused" in line and "server.bogus" in line for line in self.lines()))
 
     def test_unchanged(self):
-        self.assertEqual(self.live.reload(), [])
+        self.assertEqual(self.successResultOf(self.live.reload()), [])
         self.assertIn("event=reload what=configuration status=unchanged", self.lines())
 
 

@@ -207,6 +207,31 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(served_certificate(self.tls), self.old)
 
 
+    def test_reload_in_disk_pool(self):
+        """
+        L{ServerTLS.reload_in} reads the files through the disk pool and
+        fires with True (new certificate) or False (old one kept).
+        """
+        from mailappliance.disk import SynchronousDiskPool
+
+        calls = []
+
+        class RecordingPool(SynchronousDiskPool):
+            def run(self, function, *args, **kwargs):
+                calls.append(function.__name__)
+                return super().run(function, *args, **kwargs)
+
+        write_self_signed_certificate(self.directory, "new.test")
+        self.assertIs(self.successResultOf(self.tls.reload_in(RecordingPool())), True)
+        self.assertEqual(calls, ["load_certificate_options"])
+        self.assertEqual(served_certificate(self.tls).subject.rfc4514_string(), "CN=new.test")
+        new = served_certificate(self.tls)
+        write(self.key_path, b"garbage")
+        self.assertIs(self.successResultOf(self.tls.reload_in(RecordingPool())), False)
+        self.assertEqual(served_certificate(self.tls), new)
+        self.assertIn("status=failed", formatEvent(self.events[-1]))
+
+
 class WrapImplicitTLSTests(SynchronousTestCase):
     def test_wraps(self):
         """
