@@ -17,16 +17,19 @@ renames covers them all (group commit).
 from __future__ import annotations
 
 import os
+import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 DEFAULT_DISK_THREADS = 8
+
+# A job: function, positional and keyword arguments, and its Deferred.
+_Job = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], Deferred]
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
@@ -121,33 +124,166 @@ class DiskPool(Service):
     The thread pool where all blocking disk work of the server runs.
 
     It is a service: started and stopped with the service tree. Work given
-    before start-up waits in the pool's queue until it starts.
+    before start-up waits until it starts; L{stopService} runs the work
+    already given, then joins the threads.
 
-    @ivar reactor: the reactor that receives the results.
+    Hand-offs are batched, because on a busy server each hand-off between
+    the reactor thread and a disk thread (a futex wake-up, a write to the
+    reactor's waker, a GIL transfer) costs more than the small jobs
+    themselves:
+
+      - jobs given during one reactor turn are queued together at the end
+        of the turn (a C{callLater(0)}), with one wake-up of an idle
+        thread; a thread that takes a job and sees more waiting wakes the
+        next idle thread, so independent jobs (fsyncs of different files)
+        still run in parallel without the reactor thread waking each;
+      - results are handed back in batches: the thread that finishes a
+        job when no delivery is pending schedules one C{callFromThread};
+        every result finished before the reactor runs it rides along.
+
+    Semantics are those of C{deferToThreadPool}: jobs start in the order
+    given, up to C{threads} at once, and each L{Deferred} fires on the
+    reactor thread with the job's result or fails with its exception.
+
+    @ivar reactor: the reactor that receives the results
+        (C{callLater}, C{callFromThread}).
+    @ivar max_threads: the most threads running jobs at once.
     """
 
     name = "disk"
 
     def __init__(self, reactor: Any, threads: int = DEFAULT_DISK_THREADS) -> None:
         self.reactor = reactor
-        self.threadpool = ThreadPool(minthreads=0, maxthreads=threads, name="mailappliance-disk")
+        self.max_threads = threads
+        # Reactor thread only: jobs given during this turn, and the call
+        # that queues them at its end.
+        self._given: list[_Job] = []
+        self._hand_off_call: Any = None
+        # Shared with the disk threads, under _lock.
+        self._lock = threading.Lock()
+        self._work_ready = threading.Condition(self._lock)
+        self._queue: deque[_Job] = deque()
+        self._idle = 0
+        self._stopping = False
+        self._accepting = False
+        self._threads: list[threading.Thread] = []
+        # Finished jobs waiting for the reactor thread, under _results_lock.
+        self._results_lock = threading.Lock()
+        self._results: list[tuple[Deferred, bool, Any]] = []
+        self._delivery_scheduled = False
 
     def startService(self) -> None:
         super().startService()
-        self.threadpool.start()
+        with self._lock:
+            self._stopping = False
+            self._accepting = True
+            self._grow()
+            if self._queue and self._idle:
+                self._work_ready.notify()
 
     def stopService(self) -> None:
+        """
+        Queue the jobs of this turn, let the threads finish every queued
+        job, and join them (blocking, as C{ThreadPool.stop} does).
+        """
         super().stopService()
-        self.threadpool.stop()
+        if self._hand_off_call is not None and self._hand_off_call.active():
+            self._hand_off_call.cancel()
+        self._hand_off()
+        with self._lock:
+            self._accepting = False
+            self._stopping = True
+            self._work_ready.notify_all()
+            threads, self._threads = self._threads, []
+        for thread in threads:
+            thread.join()
+
+    @property
+    def thread_count(self) -> int:
+        """
+        The threads started so far (they stay until L{stopService}).
+        """
+        with self._lock:
+            return len(self._threads)
 
     def run(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred:
         """
-        Call C{function(*args, **kwargs)} in the pool.
+        Call C{function(*args, **kwargs)} in the pool. Call this on the
+        reactor thread only.
 
         @return: a L{Deferred} firing with its result, or failing with its
             exception, in the reactor thread.
         """
-        return deferToThreadPool(self.reactor, self.threadpool, function, *args, **kwargs)
+        d: Deferred = Deferred()
+        self._given.append((function, args, kwargs, d))
+        if self._hand_off_call is None:
+            self._hand_off_call = self.reactor.callLater(0, self._hand_off)
+        return d
+
+    # -- the reactor side ---------------------------------------------------
+
+    def _hand_off(self) -> None:
+        self._hand_off_call = None
+        if not self._given:
+            return
+        jobs, self._given = self._given, []
+        with self._lock:
+            self._queue.extend(jobs)
+            if not self._accepting:
+                return
+            self._grow()
+            if self._idle:
+                # One wake-up; the thread wakes the next if there is more.
+                self._work_ready.notify()
+
+    def _grow(self) -> None:
+        # Under _lock: a thread for each queued job no idle thread will
+        # take, up to max_threads. Threads stay until stopService.
+        wanted = min(len(self._queue) - self._idle, self.max_threads - len(self._threads))
+        for _ in range(wanted):
+            thread = threading.Thread(
+                target=self._work, name=f"mailappliance-disk-{len(self._threads)}"
+            )
+            self._threads.append(thread)
+            thread.start()
+
+    def _deliver(self) -> None:
+        with self._results_lock:
+            results, self._results = self._results, []
+            self._delivery_scheduled = False
+        for d, succeeded, result in results:
+            if succeeded:
+                d.callback(result)
+            else:
+                d.errback(result)
+
+    # -- the disk threads -----------------------------------------------------
+
+    def _work(self) -> None:
+        lock = self._lock
+        while True:
+            with lock:
+                while not self._queue:
+                    if self._stopping:
+                        return
+                    self._idle += 1
+                    self._work_ready.wait()
+                    self._idle -= 1
+                function, args, kwargs, d = self._queue.popleft()
+                if self._queue and self._idle:
+                    self._work_ready.notify()
+            try:
+                result = function(*args, **kwargs)
+                succeeded = True
+            except BaseException:
+                result = Failure()
+                succeeded = False
+            with self._results_lock:
+                self._results.append((d, succeeded, result))
+                if self._delivery_scheduled:
+                    continue
+                self._delivery_scheduled = True
+            self.reactor.callFromThread(self._deliver)
 
 
 class SynchronousDiskPool:
@@ -167,18 +303,25 @@ class DirectorySyncer:
     Group commit for directory fsyncs.
 
     L{sync} returns a L{Deferred} that fires once an fsync of the directory
-    has I{started} after the call was made, and completed. A request joins
-    the fsync that is waiting to start, if there is one, so N sessions that
-    rename into the same directory at the same moment share one fsync.
+    that I{started} after the call was made has completed. A request joins
+    the fsync that is waiting to start, if there is one: a job counts as
+    started only when a disk thread begins it (it takes the requests made
+    so far, under a lock), so N sessions that rename into the same
+    directory at the same moment share one fsync even when the pool is
+    busy. At most one fsync of a directory is queued or running at a time;
+    requests made while it runs share the next.
     """
 
     def __init__(self, disk: Any, fsync: Callable[[str], None] = fsync_directory) -> None:
         self._disk = disk
         self._fsync = fsync
-        # directory -> list of Deferreds waiting for an fsync not yet started
+        # directory -> Deferreds waiting for an fsync not yet started;
+        # shared with the fsync jobs, under _lock.
+        self._lock = threading.Lock()
         self._waiting: dict[str, list[Deferred]] = {}
-        # directories with an fsync running now
-        self._running: set[str] = set()
+        # Reactor thread only: directories with an fsync job queued or
+        # running.
+        self._busy: set[str] = set()
 
     def sync(self, directory: str) -> Deferred:
         """
@@ -187,27 +330,36 @@ class DirectorySyncer:
             this call has completed; failing with its L{OSError}.
         """
         d: Deferred = Deferred()
-        waiters = self._waiting.get(directory)
-        if waiters is not None:
-            waiters.append(d)
-            return d
-        self._waiting[directory] = [d]
-        if directory not in self._running:
+        with self._lock:
+            self._waiting.setdefault(directory, []).append(d)
+        if directory not in self._busy:
             self._start(directory)
         return d
 
     def _start(self, directory: str) -> None:
-        waiters = self._waiting.pop(directory)
-        self._running.add(directory)
+        self._busy.add(directory)
+        self._disk.run(self._fsync_blocking, directory).addCallback(self._finished, directory)
 
-        def fired(result: Any) -> None:
-            self._running.discard(directory)
-            if directory in self._waiting:
-                self._start(directory)
-            for waiter in waiters:
-                if isinstance(result, Failure):
-                    waiter.errback(result)
-                else:
-                    waiter.callback(None)
+    def _fsync_blocking(self, directory: str) -> tuple[list[Deferred], Failure | None]:
+        # In the disk pool. The requests taken here were made before this
+        # fsync began, so it covers them.
+        with self._lock:
+            waiters = self._waiting.pop(directory, [])
+        try:
+            self._fsync(directory)
+        except BaseException:
+            return waiters, Failure()
+        return waiters, None
 
-        self._disk.run(self._fsync, directory).addBoth(fired)
+    def _finished(self, outcome: tuple[list[Deferred], Failure | None], directory: str) -> None:
+        waiters, failure = outcome
+        self._busy.discard(directory)
+        with self._lock:
+            more = directory in self._waiting
+        if more:
+            self._start(directory)
+        for waiter in waiters:
+            if failure is not None:
+                waiter.errback(failure)
+            else:
+                waiter.callback(None)
