@@ -8,6 +8,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mailappliance.queue.ids import (
     QUEUE_ID_LENGTH,
+    RANDOM_BITS,
+    BulkRandomBits,
     QueueIdGenerator,
     encode_queue_id,
     is_queue_id,
@@ -81,3 +83,59 @@ class GeneratorTests(SynchronousTestCase):
         clock.advance(0.001)
         second = QueueIdGenerator(clock, random_bits=lambda n: 0).next_id()
         self.assertLess(first, second)
+
+
+class CountingSource:
+    """
+    A random source that returns predictable bytes and counts its calls.
+    """
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, n):
+        self.calls.append(n)
+        start = len(self.calls) * 16
+        return bytes((start + i) % 256 for i in range(n))
+
+
+class BulkRandomBitsTests(SynchronousTestCase):
+    def test_one_draw_per_batch(self):
+        """
+        Random bits are cut from one draw of the batch size, four bytes
+        per call (the top C{n} bits of a big-endian word), and drawn
+        again only when the batch is used up.
+        """
+        source = CountingSource()
+        bits = BulkRandomBits(source, batch=8)
+        self.assertEqual(bits(32), 0x10111213)
+        self.assertEqual(bits(8), 0x14)
+        self.assertEqual(source.calls, [8])
+        self.assertEqual(bits(32), 0x20212223)
+        self.assertEqual(source.calls, [8, 8])
+
+    def test_widths(self):
+        """
+        Results fit the width asked for; zero bits is zero; more than 32
+        bits is refused.
+        """
+        bits = BulkRandomBits(lambda n: b"\xff" * n, batch=8)
+        self.assertEqual(bits(RANDOM_BITS), (1 << RANDOM_BITS) - 1)
+        self.assertEqual(bits(0), 0)
+        self.assertRaises(ValueError, bits, 33)
+
+    def test_generator_default(self):
+        """
+        By default a generator draws its random bits in bulk: a thousand
+        ids take one batch of system randomness, not a thousand, and are
+        all different.
+        """
+        clock = Clock()
+        clock.advance(1700000000)
+        generator = QueueIdGenerator(clock)
+        self.assertIsInstance(generator._random_bits, BulkRandomBits)
+        source = CountingSource()
+        generator._random_bits = BulkRandomBits(source, batch=4096)
+        ids = {generator.next_id() for _ in range(1000)}
+        self.assertEqual(len(ids), 1000)
+        self.assertEqual(source.calls, [4096])
