@@ -21,6 +21,15 @@ made durable:
      ends, the same number since the file has CRLF line ends);
   4. fsync C{new/} (batched with other deliveries: group commit).
 
+Steps 1 to 3 are one job in the disk pool, and the Maildir's folders are
+made sure of only on the first delivery to it (L{MaildirDelivery}
+remembers the Maildirs it has made sure of): a delivery to a known Maildir
+costs an open of the source, one C{open} in C{tmp/}, the writes, one
+C{fsync}, the closes and the rename, nothing else. A Maildir an
+administrator removed while the server runs shows as C{ENOENT} from the
+open in C{tmp/} or from the rename; then it is made again and the delivery
+tried once more.
+
 The unique part is C{<sec>.M<usec>P<pid>Q<n>.<host>}: time, the process id
 (read at each delivery, so it is right after twistd forks), a per-process
 counter, and the host name with C{/}, C{:} and C{,} written as C{\\057},
@@ -49,6 +58,10 @@ MAILDIR_SUBDIRECTORIES = ("cur", "new", "tmp")
 DIRECTORY_MODE = 0o700
 MESSAGE_MODE = 0o600
 COPY_CHUNK_SIZE = 64 * 1024
+# Maildirs a delivery remembers as existing; past this many the memory is
+# cleared and refilled (one mkdir/stat round per Maildir again), so a
+# server with very many mailboxes stays bounded.
+MAX_REMEMBERED_MAILDIRS = 10_000
 # Attempts at a fresh unique name if tmp/<unique> exists (it cannot, unless
 # the clock steps back and a pid is reused; then just try again).
 UNIQUE_NAME_ATTEMPTS = 5
@@ -134,6 +147,11 @@ def deliver_file(maildir: str, prefix: bytes, source_path: str, hostname: str) -
     Deliver a message into an existing Maildir. Blocking; memory bounded
     (the source is copied in chunks of L{COPY_CHUNK_SIZE}).
 
+    The prefix and the first chunk of the source go out in one C{write}
+    (a message below L{COPY_CHUNK_SIZE} is one C{write}); the source is
+    read with C{os} calls, not a buffered file, which would C{fstat} and
+    C{lseek} it for nothing.
+
     @param maildir: the Maildir (with C{tmp/} and C{new/}).
     @param prefix: bytes written before the message (header lines).
     @param source_path: the file holding the message, copied byte for
@@ -142,18 +160,15 @@ def deliver_file(maildir: str, prefix: bytes, source_path: str, hostname: str) -
     @return: the path of the delivered file in C{new/}. The file is
         fsynced; the caller makes C{new/} durable (fsync or group commit).
     @raise OSError: on any failure; no file is left in C{tmp/} or C{new/}.
+        A missing source raises C{FileNotFoundError} whose C{filename} is
+        C{source_path}, before anything is created.
     """
-    with open(source_path, "rb") as source:
+    source = os.open(source_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
         fd, tmp, name = _create_tmp(maildir, hostname)
         try:
             try:
-                write_all(fd, prefix)
-                size = len(prefix)
-                buffer = bytearray(COPY_CHUNK_SIZE)
-                view = memoryview(buffer)
-                while count := source.readinto(buffer):
-                    write_all(fd, view[:count])
-                    size += count
+                size = _copy(fd, prefix, source)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -165,7 +180,33 @@ def deliver_file(maildir: str, prefix: bytes, source_path: str, hostname: str) -
             except OSError:
                 pass
             raise
+    finally:
+        os.close(source)
     return final
+
+
+def _copy(fd: int, prefix: bytes, source: int) -> int:
+    # The prefix, then the source to its end, in writes of at most
+    # COPY_CHUNK_SIZE; the prefix shares the first. Returns the size.
+    buffer = bytearray(COPY_CHUNK_SIZE)
+    view = memoryview(buffer)
+    size = 0
+    if len(prefix) < COPY_CHUNK_SIZE:
+        buffer[:len(prefix)] = prefix
+        filled = len(prefix)
+    else:
+        write_all(fd, prefix)
+        size = len(prefix)
+        filled = 0
+    while True:
+        count = os.readv(source, [view[filled:]])
+        filled += count
+        if filled:
+            write_all(fd, view[:filled])
+            size += filled
+        if not count:
+            return size
+        filled = 0
 
 
 def _create_tmp(maildir: str, hostname: str) -> tuple[int, str, str]:
@@ -203,10 +244,44 @@ def classify_error(error: BaseException, body_path: str) -> DeliveryError:
     return DeliveryError(f"cannot deliver to Maildir: {error!r}", permanent=False)
 
 
+def deliver_to_maildir(maildir: str, prefix: bytes, source_path: str, hostname: str, known: bool) -> str:
+    """
+    Deliver a message into a Maildir, making it first unless it is known
+    to exist. Blocking.
+
+    @param maildir: the Maildir.
+    @param prefix: as for L{deliver_file}.
+    @param source_path: as for L{deliver_file}.
+    @param hostname: as for L{deliver_file}.
+    @param known: L{True} if the Maildir was made or seen before: its
+        folders are not checked first. If it has gone since (an
+        administrator removed it: C{ENOENT} from C{tmp/} or C{new/}), it
+        is made again and the delivery tried once more.
+    @return: as for L{deliver_file}.
+    @raise OSError: as L{ensure_maildir} and L{deliver_file} raise; a
+        missing source is never taken for a missing Maildir.
+    """
+    if not known:
+        ensure_maildir(maildir)
+        return deliver_file(maildir, prefix, source_path, hostname)
+    try:
+        return deliver_file(maildir, prefix, source_path, hostname)
+    except FileNotFoundError as e:
+        if e.filename == source_path:
+            raise
+    ensure_maildir(maildir)
+    return deliver_file(maildir, prefix, source_path, hostname)
+
+
 @implementer(ILocalDelivery)
 class MaildirDelivery:
     """
     L{ILocalDelivery} into C{<mail_root>/<domain>/<local>/}.
+
+    It remembers the Maildirs it has delivered to (up to
+    L{MAX_REMEMBERED_MAILDIRS}), so that only the first delivery to each
+    makes sure of its folders (see L{deliver_to_maildir} for one removed
+    behind its back). A failed delivery forgets its Maildir.
     """
 
     def __init__(self, mail_root: str, hostname: str, disk: Any, syncer: Any) -> None:
@@ -221,11 +296,13 @@ class MaildirDelivery:
         self.hostname = hostname
         self.disk = disk
         self.syncer = syncer
+        # Reactor thread only: Maildirs known to exist.
+        self._known: set[str] = set()
 
     def deliver(self, mailbox: Mailbox, prefix: bytes, body_path: str) -> Deferred:
         """
         See L{ILocalDelivery.deliver}. Creates the Maildir on first
-        delivery.
+        delivery, and again if it was removed since.
 
         @return: a L{Deferred} firing with the delivered file's path once
             file and C{new/} are durable, or failing with L{DeliveryError}.
@@ -234,22 +311,24 @@ class MaildirDelivery:
             second copy, never none.
         """
         path = maildir_path(self.mail_root, mailbox)
-
-        def blocking() -> str:
-            ensure_maildir(path)
-            return deliver_file(path, prefix, body_path, self.hostname)
+        known = path in self._known
 
         def delivered(final: str) -> Deferred:
+            if not known:
+                if len(self._known) >= MAX_REMEMBERED_MAILDIRS:
+                    self._known.clear()
+                self._known.add(path)
             d = self.syncer.sync(os.path.join(path, "new"))
             d.addCallback(lambda _: final)
             return d
 
         def failed(reason: Failure) -> Failure:
+            self._known.discard(path)
             if reason.check(DeliveryError):
                 return reason
             return Failure(classify_error(reason.value, body_path))
 
-        d = self.disk.run(blocking)
+        d = self.disk.run(deliver_to_maildir, path, prefix, body_path, self.hostname, known)
         d.addCallback(delivered)
         d.addErrback(failed)
         return d

@@ -7,6 +7,7 @@ durable delivery.
 import errno
 import os
 import re
+import shutil
 
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -19,6 +20,7 @@ from mailappliance.maildir import (
     COPY_CHUNK_SIZE,
     MaildirDelivery,
     deliver_file,
+    deliver_to_maildir,
     ensure_maildir,
     maildir_path,
     unique_name,
@@ -260,6 +262,44 @@ class DeliverFileTests(FilesystemTestCase):
         self.assertRaises(FileNotFoundError, deliver_file, self.box, b"", os.path.join(self.root, "nope"), "h")
         self.assertEqual(self.listing("tmp"), [])
 
+    def test_prefix_shares_first_write(self):
+        """
+        A message smaller than L{COPY_CHUNK_SIZE} is written with one
+        C{write}, prefix included; a prefix of a whole chunk or more is
+        written on its own, then the source.
+        """
+        writes = []
+        real_write = os.write
+
+        def recording_write(fd, data):
+            writes.append(bytes(data))
+            return real_write(fd, data)
+
+        self.patch(os, "write", recording_write)
+        deliver_file(self.box, b"P: 1\r\n", self.source(b"body\r\n"), "h")
+        self.assertEqual(writes, [b"P: 1\r\nbody\r\n"])
+
+        del writes[:]
+        prefix = b"P" * COPY_CHUNK_SIZE
+        final = deliver_file(self.box, prefix, self.source(b"body\r\n"), "h")
+        self.assertEqual(writes, [prefix, b"body\r\n"])
+        with open(final, "rb") as f:
+            self.assertEqual(f.read(), prefix + b"body\r\n")
+
+    def test_chunk_boundaries(self):
+        """
+        Prefix plus source of exactly one chunk, and one byte more or less,
+        arrive whole, in writes of at most L{COPY_CHUNK_SIZE}.
+        """
+        prefix = b"Delivered-To: a@b\r\n"
+        for extra in (-1, 0, 1, COPY_CHUNK_SIZE):
+            body = bytes(range(256)) * ((COPY_CHUNK_SIZE + extra - len(prefix)) // 256)
+            body += b"z" * ((COPY_CHUNK_SIZE + extra - len(prefix)) % 256)
+            final = deliver_file(self.box, prefix, self.source(body), "h")
+            with open(final, "rb") as f:
+                self.assertEqual(f.read(), prefix + body, extra)
+            self.assertTrue(final.endswith(f",S={len(prefix) + len(body)},W={len(prefix) + len(body)}"))
+
     def test_two_deliveries(self):
         """
         Two deliveries of the same source make two distinct files.
@@ -344,3 +384,167 @@ class MaildirDeliveryTests(FilesystemTestCase):
         failure = self.failureResultOf(self.delivery.deliver(self.alice, b"", missing), DeliveryError)
         self.assertTrue(failure.value.permanent)
         self.assertIn("body missing", failure.value.reason)
+
+
+class RememberedMaildirTests(FilesystemTestCase):
+    """
+    L{MaildirDelivery} makes sure of a Maildir's folders on the first
+    delivery only, and makes them again if they were removed.
+    """
+
+    def setUp(self):
+        super().setUp()
+        disk = SynchronousDiskPool()
+        self.synced = []
+        self.delivery = MaildirDelivery(self.root, "mx.example.test", disk,
+                                        DirectorySyncer(disk, fsync=self.synced.append))
+        self.alice = parse_mailbox("alice@example.test")
+        self.calls = []
+        for name in ("mkdir", "stat"):
+            self.patch(os, name, self.counting(name, getattr(os, name)))
+
+    def counting(self, name, real):
+        def call(*args, **kwargs):
+            self.calls.append(name)
+            return real(*args, **kwargs)
+
+        return call
+
+    def deliver(self, body=b"x\r\n"):
+        return self.successResultOf(self.delivery.deliver(self.alice, b"", self.source(body)))
+
+    def test_second_delivery_checks_no_folder(self):
+        """
+        The first delivery creates the Maildir; the next ones make no
+        C{mkdir} and no C{stat}.
+        """
+        self.deliver()
+        self.assertIn("mkdir", self.calls)
+        del self.calls[:]
+
+        self.deliver()
+        self.deliver()
+
+        self.assertEqual(self.calls, [])
+        self.assertEqual(len(self.listing("new")), 3)
+
+    def test_maildir_removed(self):
+        """
+        A Maildir removed after a delivery (an administrator's C{rm -r})
+        is made again by the next delivery, which succeeds.
+        """
+        self.deliver()
+        shutil.rmtree(self.box)
+
+        final = self.deliver(b"again\r\n")
+
+        self.assertEqual(self.listing("new"), [os.path.basename(final)])
+        self.assertEqual(sorted(os.listdir(self.box)), ["cur", "new", "tmp"])
+        self.assertEqual(self.listing("tmp"), [])
+        with open(final, "rb") as f:
+            self.assertEqual(f.read(), b"again\r\n")
+
+    def test_tmp_removed(self):
+        """
+        A missing C{tmp/} alone is made again too.
+        """
+        self.deliver()
+        os.rmdir(os.path.join(self.box, "tmp"))
+
+        self.deliver()
+
+        self.assertEqual(len(self.listing("new")), 2)
+        self.assertEqual(self.listing("tmp"), [])
+
+    def test_new_removed_before_rename(self):
+        """
+        C{new/} vanishing between the write and the rename (C{ENOENT} from
+        the rename) costs one more try, which delivers one file and leaves
+        nothing in C{tmp/}.
+        """
+        ensure_maildir(self.box)
+        real_rename = os.rename
+        renames = []
+
+        def rename(a, b):
+            if not renames:
+                shutil.rmtree(os.path.join(self.box, "new"))
+            renames.append(os.path.basename(os.path.dirname(b)))
+            return real_rename(a, b)
+
+        self.patch(os, "rename", rename)
+        final = deliver_to_maildir(self.box, b"", self.source(b"x"), "h", known=True)
+
+        self.assertEqual(renames, ["new", "new"])
+        self.assertEqual(self.listing("new"), [os.path.basename(final)])
+        self.assertEqual(self.listing("tmp"), [])
+
+    def test_retried_once_only(self):
+        """
+        If the retry meets C{ENOENT} again the delivery fails, temporarily,
+        and the Maildir is forgotten: the next delivery checks its folders.
+        """
+        self.deliver()
+
+        def rename(a, b):
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", a)
+
+        self.patch(os, "rename", rename)
+        attempts = []
+        real_create = maildir._create_tmp
+        self.patch(maildir, "_create_tmp", lambda *a: attempts.append(1) or real_create(*a))
+        failure = self.failureResultOf(self.delivery.deliver(self.alice, b"", self.source(b"x")), DeliveryError)
+
+        self.assertFalse(failure.value.permanent)
+        self.assertEqual(len(attempts), 2)
+        self.assertEqual(self.listing("tmp"), [])
+        self.assertNotIn(self.box, self.delivery._known)
+
+    def test_forgotten_after_failure(self):
+        """
+        After a failed delivery the next one makes sure of the folders
+        again.
+        """
+        self.deliver()
+
+        def broken(fd):
+            raise OSError(errno.EIO, "Input/output error")
+
+        real_fsync = os.fsync
+        self.patch(os, "fsync", broken)
+        self.failureResultOf(self.delivery.deliver(self.alice, b"", self.source(b"x")), DeliveryError)
+        self.patch(os, "fsync", real_fsync)
+        del self.calls[:]
+
+        self.deliver()
+
+        self.assertIn("mkdir", self.calls)
+
+    def test_body_missing_not_retried(self):
+        """
+        A missing spooled body of a delivery to a known Maildir is a
+        permanent failure, without another try or a look at the folders.
+        """
+        self.deliver()
+        del self.calls[:]
+
+        missing = os.path.join(self.root, "gone")
+        failure = self.failureResultOf(self.delivery.deliver(self.alice, b"", missing), DeliveryError)
+
+        self.assertTrue(failure.value.permanent)
+        self.assertIn("body missing", failure.value.reason)
+        self.assertEqual(self.calls, [])
+
+    def test_memory_bounded(self):
+        """
+        At most L{maildir.MAX_REMEMBERED_MAILDIRS} Maildirs are remembered;
+        past that the memory starts again, and deliveries still succeed.
+        """
+        self.patch(maildir, "MAX_REMEMBERED_MAILDIRS", 2)
+        boxes = [parse_mailbox(f"user{n}@example.test") for n in range(5)]
+        for box in boxes:
+            self.successResultOf(self.delivery.deliver(box, b"", self.source(b"x")))
+            self.assertLessEqual(len(self.delivery._known), 2)
+        for box in boxes:
+            path = maildir_path(self.root, box)
+            self.assertEqual(len(os.listdir(os.path.join(path, "new"))), 1)

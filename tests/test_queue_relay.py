@@ -17,7 +17,7 @@ from mailappliance.address import parse_mailbox
 from mailappliance.disk import SynchronousDiskPool
 from mailappliance.queue.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipient
 from mailappliance.queue.manager import IRemoteDelivery
-from mailappliance.queue.relay import MAX_HOPS, Relay, RetryPolicy
+from mailappliance.queue.relay import MAX_HOPS, PER_DESTINATION_LIMIT, Relay, RetryPolicy
 from mailappliance.queue.routing import RouteHost, RoutingError
 from mailappliance.smtp.client import ClientOptions
 from mailappliance.smtp.client_outcome import DELIVERED as OK, PERMANENT, TEMPORARY, DeliveryOutcome, RecipientResult
@@ -45,9 +45,11 @@ class FakeClient:
     def __init__(self, table=None):
         self.table = table or {}
         self.calls = []
+        self.caches = []
 
-    def __call__(self, reactor, hosts, message, options, disk=None):
+    def __call__(self, reactor, hosts, message, options, disk=None, cache=None):
         self.calls.append((hosts[0].name, message.recipients))
+        self.caches.append(cache)
         results = []
         for r in message.recipients:
             status, reply, code = self.table.get(r, (OK, "250 2.0.0 ok", "2.0.0"))
@@ -99,9 +101,28 @@ class RelayTests(SynchronousTestCase):
                       'dsn=2.0.0 reply="250 2.0.0 ok"', self.events)
 
     def test_smarthost_one_group(self):
+        """
+        With a smarthost all remote recipients of a message, whatever their
+        domain, are one transaction.
+        """
         relay = self.relay(smarthost=True)
         self.deliver_all(relay, self.envelope(rcpt("a@one.test"), rcpt("b@two.test")))
         self.assertEqual(len(self.client.calls), 1)
+
+    def test_smarthost_connections_reused(self):
+        """
+        With a smarthost the client is given the relay's one session cache
+        for every message, so connections carry on from one to the next;
+        with MX routing it is given none.
+        """
+        relay = self.relay(smarthost=True)
+        self.deliver_all(relay, self.envelope(rcpt("a@one.test")))
+        self.deliver_all(relay, self.envelope(rcpt("b@two.test")))
+        self.assertIsNotNone(relay.sessions)
+        self.assertEqual(self.client.caches, [relay.sessions, relay.sessions])
+        mx = self.relay()
+        self.deliver_all(mx, self.envelope(rcpt("a@one.test")))
+        self.assertEqual(self.client.caches, [None])
 
     def test_permanent_and_temporary(self):
         """
@@ -186,3 +207,86 @@ class RelayTests(SynchronousTestCase):
             waiting.callback(DeliveryOutcome(tuple(RecipientResult(r, OK, "250 ok", "2.0.0", "h", True)
                                                    for r in message.recipients), host="h", address="1", port=25))
         self.assertEqual([r.state for r in self.successResultOf(d)], [DELIVERED] * 3)
+
+
+class ParallelRelayTests(SynchronousTestCase):
+    """
+    How many transactions run at once: C{max_concurrent} over all, and
+    with MX routing L{PER_DESTINATION_LIMIT} per destination domain; a
+    smarthost may have all C{max_concurrent}.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(T0)
+        self.body = FilePath(self.mktemp())
+        self.body.setContent(b"Subject: s\r\n\r\nbody\r\n")
+        self.pending = []
+
+    def slow(self, reactor, hosts, message, options, disk=None, cache=None):
+        d = defer.Deferred()
+        self.pending.append((d, message))
+        return d
+
+    def relay(self, **kw):
+        return Relay(None, FakeRouter(), ClientOptions("mx.example.test"), RetryPolicy(), SynchronousDiskPool(),
+                     clock=self.clock, deliver=self.slow, rng=random.Random(4),
+                     log=Logger(observer=lambda e: None), **kw)
+
+    def send(self, relay, messages, *addresses):
+        """
+        Hand C{messages} one-recipient messages per address to the relay.
+
+        @return: the L{Deferred}s of their results.
+        """
+        results = []
+        for n in range(messages):
+            for address in addresses:
+                e = Envelope(f"Q{n}", parse_mailbox("alice@example.test"), (rcpt(address),), T0, size=30)
+                results.append(relay.deliver(e, e.recipients, self.body.path))
+        return results
+
+    def finish_one(self):
+        d, message = self.pending.pop(0)
+        d.callback(DeliveryOutcome(tuple(RecipientResult(r, OK, "250 ok", "2.0.0", "h", True)
+                                         for r in message.recipients), host="h", address="1", port=25))
+
+    def test_smarthost_uses_every_slot(self):
+        """
+        With a smarthost, 30 messages for one remote domain run 20 at once
+        (C{max_concurrent}), not L{PER_DESTINATION_LIMIT}; as one finishes
+        the next starts; all are delivered.
+        """
+        relay = self.relay(max_concurrent=20, smarthost=True)
+        results = self.send(relay, 30, "bob@remote.test")
+        self.assertEqual(len(self.pending), 20)
+        self.finish_one()
+        self.assertEqual(len(self.pending), 20)
+        while self.pending:
+            self.finish_one()
+        self.assertEqual([self.successResultOf(d)[0].state for d in results], [DELIVERED] * 30)
+
+    def test_smarthost_many_domains(self):
+        """
+        With a smarthost the overall limit holds over messages for many
+        domains too.
+        """
+        relay = self.relay(max_concurrent=5, smarthost=True)
+        self.send(relay, 4, "a@one.test", "b@two.test")
+        self.assertEqual(len(self.pending), 5)
+
+    def test_mx_per_destination(self):
+        """
+        With MX routing, messages for one domain run at most
+        L{PER_DESTINATION_LIMIT} at once, while another domain gets its own
+        share of the overall limit.
+        """
+        relay = self.relay(max_concurrent=20)
+        results = self.send(relay, 10, "bob@remote.test")
+        self.assertEqual(len(self.pending), PER_DESTINATION_LIMIT)
+        self.send(relay, 10, "carol@other.test")
+        self.assertEqual(len(self.pending), 2 * PER_DESTINATION_LIMIT)
+        while self.pending:
+            self.finish_one()
+        self.assertEqual([self.successResultOf(d)[0].state for d in results], [DELIVERED] * 10)
+        self.assertEqual(relay._destinations, {})

@@ -13,7 +13,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailappliance.disk import SynchronousDiskPool
-from mailappliance.smtp.client_body import BODY_CHUNK_SIZE, BodyProducer
+from mailappliance.smtp.client_body import BODY_CHUNK_SIZE, BodyProducer, read_chunk
 from mailappliance.smtp.client_protocol import ConnectionProblem
 from tests.test_dotstuff import reference_stuff
 
@@ -117,8 +117,8 @@ class BodyProducerTests(SynchronousTestCase):
 
     def test_paused_during_read_writes_nothing(self) -> None:
         """
-        A pause that comes while a read is in flight holds that chunk back
-        until resumed.
+        A pause that comes while a read is in flight holds that chunk (here
+        the last, with the end of data) back until resumed.
         """
         disk = DeferredDiskPool()
         consumer = StringTransport()
@@ -127,11 +127,59 @@ class BodyProducerTests(SynchronousTestCase):
         producer.pauseProducing()
         disk.complete_one()
         self.assertEqual(consumer.value(), b"")
+        self.assertNoResult(d)
         producer.resumeProducing()
-        self.assertEqual(consumer.value(), b"hello\r\n")
-        disk.complete_one()
         self.assertEqual(consumer.value(), b"hello\r\n.\r\n")
+        self.assertEqual(disk.pending, [])
         self.assertEqual(self.successResultOf(d), 10)
+
+    def test_small_body_one_read(self) -> None:
+        """
+        A body smaller than a chunk costs one job in the disk pool, and is
+        written with its end of data in one write.
+        """
+        disk = DeferredDiskPool()
+        consumer = StringTransport()
+        writes = []
+        real_write = consumer.write
+        consumer.write = lambda data: (writes.append(data), real_write(data))
+        producer = BodyProducer(disk, self.open_body(b"hello\r\n.dot\r\n"), Clock(), 180)
+        d = producer.send_to(consumer)
+        disk.complete_one()
+        self.assertEqual(disk.pending, [])
+        self.assertEqual(writes, [b"hello\r\n..dot\r\n.\r\n"])
+        self.assertEqual(self.successResultOf(d), 17)
+
+    def test_whole_chunks(self) -> None:
+        """
+        A body of exactly two chunks takes two reads and one more that
+        finds the end; the body is sent whole.
+        """
+        body = (b"z" * 98 + b"\r\n") * (2 * BODY_CHUNK_SIZE // 100)
+        body += b"z" * (2 * BODY_CHUNK_SIZE - len(body) - 2) + b"\r\n"
+        self.assertEqual(len(body), 2 * BODY_CHUNK_SIZE)
+        disk = DeferredDiskPool()
+        consumer = StringTransport()
+        d = BodyProducer(disk, self.open_body(body), Clock(), 180).send_to(consumer)
+        jobs = 0
+        while disk.pending:
+            disk.complete_one()
+            jobs += 1
+        self.assertEqual(jobs, 3)
+        self.assertEqual(consumer.value(), body + b".\r\n")
+        self.assertEqual(self.successResultOf(d), len(body) + 3)
+
+    def test_empty_body(self) -> None:
+        """
+        An empty body is sent as the end of data alone, after one read.
+        """
+        disk = DeferredDiskPool()
+        consumer = StringTransport()
+        d = BodyProducer(disk, self.open_body(b""), Clock(), 180).send_to(consumer)
+        disk.complete_one()
+        self.assertEqual(disk.pending, [])
+        self.assertEqual(consumer.value(), b".\r\n")
+        self.assertEqual(self.successResultOf(d), 3)
 
     def test_stopped(self) -> None:
         """
@@ -183,3 +231,47 @@ class BodyProducerTests(SynchronousTestCase):
         self.assertFalse(problem.retry_elsewhere)
         self.assertTrue(problem.reason.startswith("cannot read the queued message: "), problem.reason)
         self.assertIsInstance(fd, int)
+
+
+class ReadChunkTests(SynchronousTestCase):
+    """
+    L{read_chunk} reads a chunk and says whether it was the last.
+    """
+
+    def setUp(self) -> None:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"0123456789")
+        self.fd = os.open(path, os.O_RDONLY)
+        self.addCleanup(os.close, self.fd)
+
+    def test_full_chunk(self) -> None:
+        """
+        A full chunk is not known to be the last, even when it ends at the
+        end of the file.
+        """
+        self.assertEqual(read_chunk(self.fd, 4, 0), (b"0123", False))
+        self.assertEqual(read_chunk(self.fd, 4, 6), (b"6789", False))
+
+    def test_short_chunk_is_last(self) -> None:
+        """
+        A short read is confirmed as the end by a read of nothing.
+        """
+        self.assertEqual(read_chunk(self.fd, 4, 8), (b"89", True))
+        self.assertEqual(read_chunk(self.fd, 4, 10), (b"", True))
+
+    def test_short_read_not_at_end(self) -> None:
+        """
+        If the second read finds more (a read cut short for another reason),
+        the chunk is not the last.
+        """
+        calls = []
+        real_pread = os.pread
+
+        def short_pread(fd, size, offset):
+            calls.append((size, offset))
+            return real_pread(fd, min(size, 3), offset)
+
+        self.patch(os, "pread", short_pread)
+        self.assertEqual(read_chunk(self.fd, 8, 0), (b"012345", False))
+        self.assertEqual(calls, [(8, 0), (5, 3)])

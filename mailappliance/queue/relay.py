@@ -8,8 +8,14 @@ For one message, the due remote recipients are grouped by destination
 domain (everything is one group when a smarthost is set), and each group
 is one SMTP transaction (L{mailappliance.smtp.client.deliver}) to the hosts
 the router gives (L{mailappliance.queue.routing}). At most
-C{max_concurrent_deliveries} transactions run at once over all messages,
-and at most L{PER_DESTINATION_LIMIT} to one destination.
+C{max_concurrent_deliveries} transactions run at once over all messages.
+With MX routing at most L{PER_DESTINATION_LIMIT} of them go to one
+destination domain, to be gentle with other people's servers; a smarthost
+is our own relay, meant to take all of our outbound mail, so every one of
+the C{max_concurrent_deliveries} connections may go to it. Connections to
+the smarthost are reused from one message to the next while they keep
+coming (L{mailappliance.smtp.client_cache}; idle ones close after
+L{mailappliance.smtp.client_cache.IDLE_TIME_LIMIT}).
 
 Every recipient comes back with its new state:
 
@@ -52,6 +58,7 @@ from mailappliance.queue.envelope import DELIVERED, FAILED, Envelope, Recipient
 from mailappliance.queue.manager import IRemoteDelivery
 from mailappliance.queue.routing import RoutingError
 from mailappliance.smtp import client as smtp_client
+from mailappliance.smtp.client_cache import SessionCache
 
 # RFC 5321 section 6.3: a message that has passed this many hosts is
 # looping; Postfix's hopcount_limit is 50 too.
@@ -92,8 +99,11 @@ class Relay:
     @param retry: the L{RetryPolicy}.
     @param disk: the disk pool (reading the spool).
     @param clock: C{seconds()} (Unix time); the reactor by default.
-    @param smarthost: whether the router is a smarthost (one group).
-    @param deliver: the SMTP client's C{deliver} (a seam for tests).
+    @param smarthost: whether the router is a smarthost (one group, no
+        per-destination limit, connections reused).
+    @param deliver: the SMTP client's C{deliver} (a seam for tests); with
+        a smarthost it is given C{cache=}, a
+        L{mailappliance.smtp.client_cache.SessionCache}.
     """
 
     def __init__(self, reactor: Any, router: Any, options: Any, retry: RetryPolicy, disk: Any,
@@ -110,6 +120,9 @@ class Relay:
         self._deliver = deliver
         self._random = rng or random.Random()
         self._slots = defer.DeferredSemaphore(max_concurrent)
+        # Smarthost only: its idle connections, for the next message.
+        self.sessions = SessionCache(self.reactor) if smarthost else None
+        # MX routing only: destination domain -> its gate, while in use.
         self._destinations: dict[str, defer.DeferredSemaphore] = {}
         self.log = log if log is not None else _default_log
 
@@ -142,6 +155,9 @@ class Relay:
         return results
 
     def _group(self, envelope: Envelope, recipients: list[Recipient], body_path: str, destination: str):
+        if self.smarthost:
+            # One destination for everything: only the overall limit.
+            return self._slots.run(self._attempt, envelope, recipients, body_path, destination)
         gate = self._destinations.get(destination)
         if gate is None:
             gate = self._destinations[destination] = defer.DeferredSemaphore(PER_DESTINATION_LIMIT)
@@ -182,7 +198,11 @@ class Relay:
             smtputf8=envelope.smtputf8,
             queue_id=envelope.queue_id,
         )
-        outcome = yield self._deliver(self.reactor, hosts, message, self.options, disk=self.disk)
+        if self.sessions is not None:
+            outcome = yield self._deliver(self.reactor, hosts, message, self.options, disk=self.disk,
+                                          cache=self.sessions)
+        else:
+            outcome = yield self._deliver(self.reactor, hosts, message, self.options, disk=self.disk)
         updated = []
         for r in recipients:
             result = outcome.result_for(str(r.target))

@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailappliance.disk import SynchronousDiskPool
+from mailappliance.smtp.client_cache import IdleConnection
 from mailappliance.smtp.client_outcome import (
     DELIVERED,
     PERMANENT,
@@ -159,7 +160,7 @@ class OutboundMessage:
     queue_id: str = ""
 
 
-def deliver(reactor, hosts, message, options: ClientOptions, disk=None) -> defer.Deferred:
+def deliver(reactor, hosts, message, options: ClientOptions, disk=None, cache=None) -> defer.Deferred:
     """
     Deliver C{message} to the first of C{hosts} that takes it.
 
@@ -172,10 +173,16 @@ def deliver(reactor, hosts, message, options: ClientOptions, disk=None) -> defer
     @param options: the L{ClientOptions}.
     @param disk: the L{mailappliance.disk.DiskPool} to read the spool file
         with; L{None} reads inline (tests, the command line).
+    @param cache: a L{mailappliance.smtp.client_cache.SessionCache}: an
+        idle connection to an address is used before a new one is opened
+        (if it fails, a new connection to the same address is tried before
+        the address counts as failed), and a connection whose transaction
+        ended cleanly is parked there instead of closed. L{None}: one
+        connection per call, closed with QUIT.
     @return: a L{Deferred} firing with a L{DeliveryOutcome} holding one
         result per recipient; it does not fail.
     """
-    return _Delivery(reactor, list(hosts), message, options, disk or SynchronousDiskPool()).run()
+    return _Delivery(reactor, list(hosts), message, options, disk or SynchronousDiskPool(), cache).run()
 
 
 def _unsafe_address(address: str) -> bool:
@@ -193,8 +200,10 @@ class _Delivery:
     One call of L{deliver}.
     """
 
-    def __init__(self, reactor, hosts, message, options, disk) -> None:
+    def __init__(self, reactor, hosts, message, options, disk, cache=None) -> None:
         self._reactor = reactor
+        self._cache = cache
+        self._channel = None
         self._hosts = hosts
         self._message = message
         self._options = options
@@ -269,6 +278,44 @@ class _Delivery:
 
     @defer.inlineCallbacks
     def _attempt(self, host, address: str, use_tls: bool, fd):
+        key = (host.name, address, host.port, use_tls)
+        idle = self._cache.take(key) if self._cache is not None else None
+        if idle is not None:
+            result = yield self._reuse(host, idle, use_tls, fd)
+            if result.problem is None or not result.problem.retry_elsewhere:
+                self._park(key, result, idle.transactions + 1)
+                return result
+            # The server may close an idle connection at any time (RFC 5321
+            # section 4.5.3.2.7): what is undecided goes over a new one.
+            self._decided.update(result.decided)
+            if not self._undecided():
+                return SessionResult()
+        result = yield self._connect_and_run(host, address, use_tls, fd)
+        self._park(key, result, 1)
+        return result
+
+    @defer.inlineCallbacks
+    def _reuse(self, host, idle, use_tls: bool, fd):
+        self._used = (host.name, idle.address, host.port)
+        self._session = SessionResult()
+        self._channel = idle.channel
+        session = Session(
+            idle.channel, host.name, self._message, self._undecided(), self._options, use_tls,
+            self._options.timeouts, self._disk, fd, self._reactor, reused=idle, keep=True,
+        )
+        result = yield session.run()
+        self._session = result
+        return result
+
+    def _park(self, key, result: SessionResult, transactions: int) -> None:
+        if not result.reusable:
+            return
+        _, address, _ = self._used
+        self._cache.park(key, IdleConnection(
+            self._channel, result.extensions, address, result.tls_protocol, result.tls_cipher, transactions))
+
+    @defer.inlineCallbacks
+    def _connect_and_run(self, host, address: str, use_tls: bool, fd):
         self._used = (host.name, address, host.port)
         self._session = SessionResult()
         channel = SMTPClientChannel(self._reactor)
@@ -302,7 +349,9 @@ class _Delivery:
             self._disk,
             fd,
             self._reactor,
+            keep=self._cache is not None,
         )
+        self._channel = channel
         result = yield session.run()
         self._session = result
         return result

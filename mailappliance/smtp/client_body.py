@@ -3,7 +3,8 @@
 Streaming a spooled message body to the remote server after DATA.
 
 L{BodyProducer} reads the spool file in chunks through the disk pool (never
-on the reactor thread), dot-stuffs them with a L{DotStuffer}, and writes
+on the reactor thread; one job per chunk, the end of the file found in the
+job that reads the last chunk), dot-stuffs them with a L{DotStuffer}, and writes
 them to the transport as a streaming producer: when the transport's buffer
 is full it pauses us and we read nothing more until it resumes us, so the
 memory used is bounded by one chunk plus the transport's buffer whatever
@@ -26,6 +27,33 @@ from mailappliance.smtp.client_protocol import ConnectionProblem
 
 # Bytes read from the spool file at a time.
 BODY_CHUNK_SIZE = 64 * 1024
+
+
+def read_chunk(fd: int, size: int, offset: int) -> tuple[bytes, bool]:
+    """
+    Read the next chunk of the spool file. Blocking: runs in the disk pool.
+
+    Only a read that returns nothing proves the end of a file, but a read
+    shorter than asked for almost always comes right before it; so that
+    second read is made here, in the same job, instead of costing another
+    trip through the disk pool (a message smaller than a chunk is read in
+    one job).
+
+    @param fd: the file, open for reading.
+    @param size: the most bytes to return.
+    @param offset: where to read from.
+    @return: the bytes read (fewer than C{size} only at the end, possibly
+        none), and whether the end of the file was reached.
+    @raise OSError: if it cannot be read.
+    """
+    chunk = os.pread(fd, size, offset)
+    if len(chunk) == size:
+        return chunk, False
+    more = os.pread(fd, size - len(chunk), offset + len(chunk))
+    if more:
+        # The file grew (it does not, once spooled); carry on reading.
+        return chunk + more, False
+    return chunk, True
 
 
 @implementer(IPushProducer)
@@ -77,19 +105,19 @@ class BodyProducer:
             while True:
                 yield self._unpaused()
                 try:
-                    chunk = yield self._disk.run(os.pread, self._fd, self._chunk_size, offset)
+                    chunk, at_end = yield self._disk.run(read_chunk, self._fd, self._chunk_size, offset)
                 except OSError as e:
                     raise ConnectionProblem(
                         f"cannot read the queued message: {e.strerror or e}", "4.3.0", retry_elsewhere=False
                     )
-                if not chunk:
-                    break
                 offset += len(chunk)
                 # The transport may have paused us while the read ran.
                 yield self._unpaused()
+                if at_end:
+                    # The last chunk and the end of data in one write.
+                    self._write(consumer, stuffer.feed(chunk) + stuffer.finish())
+                    break
                 self._write(consumer, stuffer.feed(chunk))
-            yield self._unpaused()
-            self._write(consumer, stuffer.finish())
         finally:
             self._cancel_timer()
         return self.bytes_sent

@@ -164,6 +164,7 @@ class SMTPClientChannel(Protocol):
         self._problem: ConnectionProblem | None = None
         self._tls_creator = None
         self._producer = None
+        self._closing = False
         self.tls_started = False
         self.tls_established = False
 
@@ -307,6 +308,23 @@ class SMTPClientChannel(Protocol):
             # A transport without a TLS handle, or a connection gone.
             return None, None
 
+    @property
+    def idle(self) -> bool:
+        """
+        Whether a new command may start: connected and not closing,
+        nothing awaited, nothing received that nobody asked for (say a
+        C{421} sent before the server closed), no body being sent.
+        """
+        return (
+            self._problem is None
+            and not self._closing
+            and not self._waiting
+            and not self._received
+            and not self._partial
+            and not self._buffer
+            and self._producer is None
+        )
+
     def fail(self, problem: ConnectionProblem) -> None:
         """
         Give up on this connection: fail every wait with C{problem} and
@@ -321,6 +339,7 @@ class SMTPClientChannel(Protocol):
         """
         Close the connection after what was written is sent.
         """
+        self._closing = True
         self.transport.loseConnection()
 
     # Internals

@@ -137,12 +137,19 @@ class SessionResult:
     @ivar problem: why this host could not take the rest, or L{None}.
     @ivar tls_protocol: the TLS version used, or L{None} without TLS.
     @ivar tls_cipher: the TLS cipher used, or L{None}.
+    @ivar extensions: what the server announced (its last EHLO reply).
+    @ivar reusable: the session was asked to keep the connection, its
+        transaction ended with a 2xx reply to the end of the data, and the
+        connection is idle: it was left open, without QUIT, for another
+        transaction (L{mailappliance.smtp.client_cache}).
     """
 
     decided: dict[str, RecipientResult] = field(default_factory=dict)
     problem: ConnectionProblem | None = None
     tls_protocol: str | None = None
     tls_cipher: str | None = None
+    extensions: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    reusable: bool = False
 
     @property
     def tls(self) -> bool:
@@ -165,9 +172,15 @@ class Session:
     @param disk: the disk pool to read the body with.
     @param fd: the open spool file.
     @param clock: an L{IReactorTime}.
+    @param reused: an L{IdleConnection} whose channel this is: a session
+        that already greeted (and did STARTTLS and AUTH), so this one
+        starts at MAIL; or L{None} for a new connection.
+    @param keep: leave the connection open after a clean transaction (see
+        L{SessionResult.reusable}) instead of saying QUIT.
     """
 
-    def __init__(self, channel, host_name, message, recipients, options, use_tls, timeouts, disk, fd, clock) -> None:
+    def __init__(self, channel, host_name, message, recipients, options, use_tls, timeouts, disk, fd, clock,
+                 reused=None, keep: bool = False) -> None:
         self._channel = channel
         self._host = host_name
         self._message = message
@@ -178,6 +191,9 @@ class Session:
         self._disk = disk
         self._fd = fd
         self._clock = clock
+        self._reused = reused
+        self._keep = keep
+        self._clean = False
         self._result = SessionResult()
 
     @defer.inlineCallbacks
@@ -200,22 +216,33 @@ class Session:
             self._result.problem = problem
             self._channel.fail(problem)
         else:
-            yield self._quit()
+            if self._keep and self._clean and self._channel.idle:
+                self._result.reusable = True
+            else:
+                yield self._quit()
         return self._result
 
     @defer.inlineCallbacks
     def _dialogue(self):
-        greeting = yield self._channel.expect(self._timeouts.greeting, "greeting")
-        if greeting.code != 220:
-            # RFC 5321 section 3.1: 554 means no SMTP service here; like a
-            # 4xx greeting, another host may do better.
-            self._refused(greeting, "greeting")
-        extensions = yield self._hello()
-        if self._use_tls:
-            extensions = yield self._starttls(extensions)
+        if self._reused is not None:
+            # RFC 5321 section 4.1.4: after a completed transaction the
+            # next may begin with MAIL; greeting, EHLO, TLS and AUTH hold.
+            extensions = self._reused.extensions
+            self._result.tls_protocol = self._reused.tls_protocol
+            self._result.tls_cipher = self._reused.tls_cipher
+        else:
+            greeting = yield self._channel.expect(self._timeouts.greeting, "greeting")
+            if greeting.code != 220:
+                # RFC 5321 section 3.1: 554 means no SMTP service here; like
+                # a 4xx greeting, another host may do better.
+                self._refused(greeting, "greeting")
+            extensions = yield self._hello()
+            if self._use_tls:
+                extensions = yield self._starttls(extensions)
+        self._result.extensions = extensions
         if not self._within_limits(extensions):
             return
-        if self._options.auth is not None:
+        if self._options.auth is not None and self._reused is None:
             authenticated = yield self._authenticate(extensions)
             if not authenticated:
                 return
@@ -367,6 +394,7 @@ class Session:
         if 300 <= final.code < 400:
             raise ConnectionProblem(f"protocol error: unexpected reply to end of data: {final}", "4.5.0")
         self._decide(accepted, final)
+        self._clean = final.code // 100 == 2
 
     def _mail_accepted(self, reply: Reply) -> bool:
         if reply.code // 100 == 2:
