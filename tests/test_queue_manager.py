@@ -279,6 +279,28 @@ class RemoteRecipientTests(ManagerTestCase):
         self.assertEqual(calls[1][1], ["b@far.test"])
         self.assertEqual(self.queued(), [])
 
+    def test_stop_closes_idle_connections(self):
+        """
+        When the manager has stopped, a relay with a C{close_idle} method
+        (idle connections kept for the next message) is told to close them,
+        once; a relay without one is fine.
+        """
+        closed = []
+
+        @implementer(IRemoteDelivery)
+        class Relay:
+            def deliver(self, envelope, recipients, body_path):
+                return succeed([r.with_state(state=DELIVERED, attempts=1) for r in recipients])
+
+            def close_idle(self):
+                closed.append(True)
+
+        self.start(remote_delivery=Relay())
+        self.submit([rcpt("a@far.test", local=False)])
+        self.assertEqual(closed, [])
+        self.successResultOf(self.manager.stopService())
+        self.assertEqual(closed, [True])
+
     def test_remote_delivery_fails(self):
         """
         A failing relay is logged and its recipients retried after

@@ -109,6 +109,18 @@ class RelayTests(SynchronousTestCase):
         self.deliver_all(relay, self.envelope(rcpt("a@one.test"), rcpt("b@two.test")))
         self.assertEqual(len(self.client.calls), 1)
 
+    def test_close_idle(self):
+        """
+        L{Relay.close_idle} closes the smarthost's idle connections; with
+        MX routing there are none and it does nothing.
+        """
+        relay = self.relay(smarthost=True)
+        closed = []
+        relay.sessions.close_all = lambda: closed.append(True)
+        relay.close_idle()
+        self.assertEqual(closed, [True])
+        self.relay().close_idle()
+
     def test_smarthost_connections_reused(self):
         """
         With a smarthost the client is given the relay's one session cache

@@ -190,6 +190,11 @@ class QueueManager(Service):
             if timer.active():
                 timer.cancel()
             if not done.called:
+                # Idle outbound connections kept for the next message
+                # (smarthost) say QUIT now rather than die with the process.
+                close_idle = getattr(self.remote_delivery, "close_idle", None)
+                if close_idle is not None:
+                    close_idle()
                 done.callback(None)
 
         timer = self.clock.callLater(STOP_GRACE, finish)

@@ -154,6 +154,14 @@ class Relay:
                 results[i] = r
         return results
 
+    def close_idle(self) -> None:
+        """
+        Close the idle connections kept for the next message (at shut-down;
+        the queue manager calls this once its deliveries have stopped).
+        """
+        if self.sessions is not None:
+            self.sessions.close_all()
+
     def _group(self, envelope: Envelope, recipients: list[Recipient], body_path: str, destination: str):
         if self.smarthost:
             # One destination for everything: only the overall limit.
