@@ -194,6 +194,48 @@ class CommitTests(SpoolFixture, SynchronousTestCase):
         self.assertIn(qid + ".env", listing(self.spool.messages_dir))
 
 
+class JobCountTests(SpoolFixture, SynchronousTestCase):
+    def test_small_message_one_job_before_directory_sync(self):
+        """
+        A message smaller than L{CHUNK_SIZE} costs one disk job before the
+        directory sync: the body is written by the commit job itself, then
+        fsynced and renamed with its envelope.
+        """
+        disk = ManualDiskPool()
+        self.make_spool(disk=disk)
+        writer = self.spool.new_message()
+        writer.write(b"Subject: x\r\n")
+        writer.write(b"\r\nbody\r\n")
+        self.assertEqual(disk.jobs, [])
+        d = writer.commit(make_envelope())
+        self.assertEqual(len(disk.jobs), 1)
+        disk.run_one()
+        self.assertEqual(listing(self.spool.messages_dir), [writer.queue_id, writer.queue_id + ".env"])
+        disk.run_all()
+        self.assertEqual(self.successResultOf(d), writer.queue_id)
+        with open(self.spool.body_path(writer.queue_id), "rb") as f:
+            self.assertEqual(f.read(), b"Subject: x\r\n\r\nbody\r\n")
+        self.assertEqual(writer.outstanding, 0)
+
+    def test_tail_after_write_in_flight(self):
+        """
+        When a write is in flight at commit time, the bytes still buffered
+        are written after it, in order, before the commit job.
+        """
+        disk = ManualDiskPool()
+        self.make_spool(disk=disk)
+        writer = self.spool.new_message()
+        writer.write(b"a" * CHUNK_SIZE)
+        writer.write(b"tail")
+        self.assertEqual(len(disk.jobs), 1)
+        d = writer.commit(make_envelope())
+        disk.run_all()
+        self.assertEqual(self.successResultOf(d), writer.queue_id)
+        with open(self.spool.body_path(writer.queue_id), "rb") as f:
+            self.assertEqual(f.read(), b"a" * CHUNK_SIZE + b"tail")
+        self.assertEqual(writer.outstanding, 0)
+
+
 class DurabilityOrderTests(SpoolFixture, SynchronousTestCase):
     """
     The 250-level durability calls happen in the right order.
