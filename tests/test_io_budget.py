@@ -512,7 +512,25 @@ class POP3BudgetTests(BudgetMixin, SynchronousTestCase):
         self.assertEqual(self.counter.total("unlink"), Counter({"maildir message": self.messages}))
         self.assertLessEqual(self.counter.total("scandir")["maildir cur/"], 1)
 
-    test_quit_lists_cur_once.todo = (  # type: ignore[attr-defined]
-        "mailbox.apply_update() calls find_message() for each deleted message, which lists cur/ each time "
-        "(quadratic in the mailbox size); it should try the snapshot's path first"
-    )
+    def test_quit_marks_seen_with_one_rename_each(self):
+        """
+        Messages retrieved and kept are moved to C{cur/} with the seen flag
+        at QUIT: one rename each, no folder listing, one fsync of C{new/}
+        and of C{cur/}; the reads cost one open per message, in the pool.
+        """
+        for n in range(self.messages):
+            self.put("new", n)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        protocol = self.factory.buildProtocol(transport.getPeer())
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"USER alice@example.test\r\nPASS secret\r\n")
+        self.counter.reset()
+
+        protocol.dataReceived(b"".join(b"RETR %d\r\n" % n for n in range(1, self.messages + 1)) + b"QUIT\r\n")
+
+        self.assertTrue(transport.value().endswith(b"+OK Bye\r\n"))
+        self.assertEqual(self.counter.total("open")["maildir message"], self.messages)
+        self.assertEqual(sum(self.counter.total("rename").values()), self.messages)
+        self.assertEqual(sum(self.counter.total("scandir").values()), 0)
+        self.assertEqual(self.counter.total("fsync"), Counter({"maildir new/": 1, "maildir cur/": 1}))
+        self.assert_none_outside_the_pool()

@@ -15,6 +15,8 @@ from mailappliance.pop3.mailbox import (
     apply_update,
     find_message,
     open_message,
+    read_message_start,
+    read_message_starts,
     scan_mailbox,
     uid_for,
     unique_part,
@@ -163,6 +165,62 @@ class FindAndOpenTests(SynchronousTestCase):
         self.assertIsNone(find_message(self.mailbox, "1.M1P1Q1.h"))
 
 
+class ReadStartTests(SynchronousTestCase):
+    def setUp(self):
+        self.mailbox = make_maildir(self.mktemp())
+
+    def test_shorter_than_limit(self):
+        """
+        A file shorter than the limit is read whole and closed.
+        """
+        put(self.mailbox, "new", "1.M1P1Q1.h", b"hello\r\n")
+        (message,) = scan_mailbox(self.mailbox)
+        start = read_message_start(self.mailbox, message, 8)
+        self.assertEqual((start.data, start.rest), (b"hello\r\n", None))
+
+    def test_exactly_the_limit(self):
+        """
+        A file as long as the limit may go on: it is left open after the
+        bytes read, for the caller to read on (and find nothing more).
+        """
+        put(self.mailbox, "new", "1.M1P1Q1.h", b"hello\r\n")
+        (message,) = scan_mailbox(self.mailbox)
+        start = read_message_start(self.mailbox, message, 7)
+        self.addCleanup(start.rest.close)
+        self.assertEqual(start.data, b"hello\r\n")
+        self.assertEqual(start.rest.read(), b"")
+
+    def test_follows_and_gone(self):
+        """
+        A message renamed by another reader is followed; one removed reads
+        as L{None}.
+        """
+        put(self.mailbox, "cur", "1.M1P1Q1.h:2,", b"one\r\n")
+        put(self.mailbox, "cur", "2.M1P1Q1.h:2,", b"two\r\n")
+        first, second = scan_mailbox(self.mailbox)
+        os.rename(first.path, first.path + "S")
+        os.unlink(second.path)
+        self.assertEqual(read_message_start(self.mailbox, first, 100).data, b"one\r\n")
+        self.assertIsNone(read_message_start(self.mailbox, second, 100))
+
+    def test_several(self):
+        """
+        Several starts in one call: each its own outcome, an error among
+        them included.
+        """
+        put(self.mailbox, "new", "1.M1P1Q1.h", b"one\r\n")
+        put(self.mailbox, "new", "2.M1P1Q1.h", b"two\r\n")
+        put(self.mailbox, "new", "3.M1P1Q1.h", b"three\r\n")
+        one, two, three = scan_mailbox(self.mailbox)
+        os.unlink(two.path)
+        os.mkdir(two.path)
+        os.unlink(three.path)
+        starts = read_message_starts(self.mailbox, [(one, 100), (two, 100), (three, 100)])
+        self.assertEqual(starts[0].data, b"one\r\n")
+        self.assertIsInstance(starts[1], IsADirectoryError)
+        self.assertIsNone(starts[2])
+
+
 class ApplyUpdateTests(SynchronousTestCase):
     def setUp(self):
         self.mailbox = make_maildir(self.mktemp())
@@ -220,3 +278,82 @@ class ApplyUpdateTests(SynchronousTestCase):
         m = scan_mailbox(self.mailbox)
         self.assertEqual(apply_update(self.mailbox, [], m).seen, 1)
         self.assertEqual(self.listing(), {"new": [], "cur": ["1.M1P1Q1.h:2,S"]})
+
+    def count_listings(self) -> list[str]:
+        """
+        Count the folder listings made from now on.
+
+        @return: the list the folders listed are appended to.
+        """
+        listed: list[str] = []
+        real = os.scandir
+
+        def scandir(path):
+            listed.append(os.path.basename(path))
+            return real(path)
+
+        self.patch(os, "scandir", scandir)
+        return listed
+
+    def test_known_paths_need_no_listing(self):
+        """
+        Messages where the snapshot saw them are deleted and marked seen
+        without listing any folder.
+        """
+        for n in range(5):
+            put(self.mailbox, "new", f"{n}.M1P1Q1.h", b"a\r\n")
+            put(self.mailbox, "cur", f"{n + 10}.M1P1Q1.h:2,S", b"a\r\n")
+        m = scan_mailbox(self.mailbox)
+        listed = self.count_listings()
+        result = apply_update(self.mailbox, m[:3] + m[5:8], m[3:5] + m[8:])
+        self.assertEqual((result.deleted, result.seen, result.failed), (6, 4, 0))
+        self.assertEqual(listed, [])
+        self.assertEqual(
+            self.listing(),
+            {"new": [], "cur": ["13.M1P1Q1.h:2,S", "14.M1P1Q1.h:2,S", "3.M1P1Q1.h:2,S", "4.M1P1Q1.h:2,S"]},
+        )
+
+    def test_seen_by_another_reader_deleted_without_listing(self):
+        """
+        A message another reader moved from new/ to cur/ with the seen flag
+        (as Dovecot does) is deleted under that name, without a listing.
+        """
+        put(self.mailbox, "new", "1.M1P1Q1.h", b"a\r\n")
+        (message,) = scan_mailbox(self.mailbox)
+        os.rename(message.path, os.path.join(self.mailbox, "cur", "1.M1P1Q1.h:2,S"))
+        listed = self.count_listings()
+        self.assertEqual(apply_update(self.mailbox, [message], []).deleted, 1)
+        self.assertEqual(listed, [])
+        self.assertEqual(self.listing(), {"new": [], "cur": []})
+
+    def test_renamed_messages_listed_once(self):
+        """
+        Many messages renamed by another reader since the snapshot (flags
+        changed, or gone) cost one listing of cur/ and new/ in all, not one
+        per message; each is still deleted or marked seen.
+        """
+        for n in range(6):
+            put(self.mailbox, "cur", f"{n}.M1P1Q1.h:2,", b"a\r\n")
+        m = scan_mailbox(self.mailbox)
+        for message in m[:5]:
+            os.rename(message.path, message.path + "F")
+        os.unlink(m[5].path)
+        listed = self.count_listings()
+        result = apply_update(self.mailbox, m[:3] + [m[5]], m[3:5])
+        self.assertEqual((result.deleted, result.seen, result.failed), (4, 2, 0))
+        self.assertEqual(sorted(listed), ["cur", "new"])
+        self.assertEqual(self.listing(), {"new": [], "cur": ["3.M1P1Q1.h:2,FS", "4.M1P1Q1.h:2,FS"]})
+
+    def test_unremovable_counts_failed(self):
+        """
+        A message that cannot be removed (here: a folder in its place)
+        counts as failed; the others are still removed.
+        """
+        put(self.mailbox, "new", "1.M1P1Q1.h", b"a\r\n")
+        put(self.mailbox, "new", "2.M1P1Q1.h", b"b\r\n")
+        m = scan_mailbox(self.mailbox)
+        os.unlink(m[0].path)
+        os.mkdir(m[0].path)
+        result = apply_update(self.mailbox, m, [])
+        self.assertEqual((result.deleted, result.seen, result.failed), (1, 0, 1))
+        self.assertEqual(self.listing(), {"new": ["1.M1P1Q1.h"], "cur": []})

@@ -11,7 +11,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailappliance.disk import SynchronousDiskPool
-from mailappliance.pop3.stuffing import MessageTransform
+from mailappliance.dotstuff import MessageTransform
 from mailappliance.pop3.transfer import MessageSender, TransferAborted
 
 

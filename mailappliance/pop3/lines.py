@@ -91,6 +91,9 @@ class LineReader:
         if self._overlong_ended:
             self._overlong_ended = False
             return OVERLONG
+        if not self._buffer:
+            # The usual end of a batch of lines: no limit to look up.
+            return None
         newline = self._buffer.find(b"\n")
         if newline == -1:
             if len(self._buffer) >= self._limit_for(bytes(self._buffer[:5])):

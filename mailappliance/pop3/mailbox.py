@@ -21,12 +21,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from mailappliance.disk import fsync_directory
-from mailappliance.pop3.stuffing import wire_size
+from mailappliance.dotstuff import wire_size
 
 # RFC 1939 section 7 (UIDL): a unique-id is 1 to 70 characters in the
 # range 0x21 to 0x7E.
@@ -41,6 +41,7 @@ INFO_FLAGS_PREFIX = "2,"
 SEEN_FLAG = "S"
 
 _ORDER = re.compile(r"(\d+)(?:\.M(\d+))?")
+_UID = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_UID_LENGTH)
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def uid_for(unique: str) -> str:
     @return: the unique-id.
     """
     raw = os.fsencode(unique)
-    if 0 < len(raw) <= MAX_UID_LENGTH and all(0x21 <= b <= 0x7E for b in raw):
+    if _UID.fullmatch(raw):
         return unique
     return hashlib.sha256(raw).hexdigest()
 
@@ -176,16 +177,98 @@ def open_message(mailbox: str, message: MessageInfo) -> BinaryIO | None:
         the message no longer exists.
     @raise OSError: for errors other than the file being gone.
     """
+    fd = _open_descriptor(mailbox, message)
+    if fd is None:
+        return None
+    try:
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open_descriptor(mailbox: str, message: MessageInfo) -> int | None:
+    # The file descriptor of open_message(): read_message_start() reads
+    # with it directly (open() adds an fstat, an ioctl and a seek to the
+    # open(2), and builds three Python objects).
     path: str | None = message.path
     for _ in range(3):
         if path is None:
             return None
         try:
-            return open(path, "rb")
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             # Renamed or removed since we looked: look again.
             path = find_message(mailbox, message.unique)
     return None
+
+
+@dataclass(frozen=True)
+class MessageStart:
+    """
+    The first bytes of a message file, read in one disk job.
+
+    @ivar data: the bytes read.
+    @ivar rest: L{None} when C{data} is the whole file (the file is
+        closed); else the open file, positioned after C{data}, for the
+        caller to read on and close.
+    """
+
+    data: bytes
+    rest: BinaryIO | None
+
+
+def read_message_start(mailbox: str, message: MessageInfo, limit: int) -> MessageStart | None:
+    """
+    Open a message of the snapshot (following it as L{open_message} does),
+    read its first bytes and, if that was all of it, close it: a message
+    smaller than C{limit} costs an open, two reads and a close, in one
+    disk job.
+
+    @param limit: the most bytes to read. Ask for one byte more than the
+        expected size: the read comes back short, and a second read that
+        finds nothing proves the end of the file.
+    @return: the start, or L{None} if the message no longer exists.
+    @raise OSError: for errors other than the file being gone (the file
+        is closed).
+    """
+    fd = _open_descriptor(mailbox, message)
+    if fd is None:
+        return None
+    try:
+        data = os.read(fd, limit)
+        while len(data) < limit:
+            more = os.read(fd, limit - len(data))
+            if not more:
+                os.close(fd)
+                return MessageStart(data, None)
+            data += more
+        rest = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    return MessageStart(data, rest)
+
+
+def read_message_starts(
+    mailbox: str, requests: Sequence[tuple[MessageInfo, int]]
+) -> list[MessageStart | None | OSError]:
+    """
+    L{read_message_start} for several messages in one disk job (reading
+    ahead costs one hand-off to a disk thread for many messages).
+
+    @param requests: pairs of the message and the most bytes to read.
+    @return: for each request in order, its start, L{None} if the message
+        no longer exists, or the L{OSError} its read raised (one error
+        does not stop the others).
+    """
+    starts: list[MessageStart | None | OSError] = []
+    for message, limit in requests:
+        try:
+            starts.append(read_message_start(mailbox, message, limit))
+        except OSError as e:
+            starts.append(e)
+    return starts
 
 
 @dataclass(frozen=True)
@@ -217,13 +300,111 @@ def _seen_name(filename: str) -> str | None:
     return unique + INFO_SEPARATOR + INFO_FLAGS_PREFIX + "".join(sorted(flags + SEEN_FLAG))
 
 
+class _Locator:
+    """
+    Finds where messages of a snapshot are now, for the UPDATE state.
+
+    The snapshot's path is right unless another reader changed the
+    message since login, so callers try it first; only for a message not
+    there does the locator list C{cur/} and C{new/}, and it lists them at
+    most once per update (listing per message made QUIT quadratic in the
+    mailbox size). The listing reflects the folders when it was made: a
+    message moved again after that is treated as gone.
+    """
+
+    def __init__(self, mailbox: str) -> None:
+        self._mailbox = mailbox
+        self._where: dict[str, str] | None = None
+
+    def moved_to_cur(self, message: MessageInfo) -> str | None:
+        """
+        @return: the name the message has in C{cur/} once a reader (Dovecot,
+            or our own UPDATE state) marked it seen, if that differs from
+            its snapshot path.
+        """
+        name = _seen_name(os.path.basename(message.path))
+        if name is None:
+            return None
+        return os.path.join(self._mailbox, "cur", name)
+
+    def listed(self, unique: str) -> str | None:
+        """
+        @return: the path of the message with this unique part according
+            to the one listing of C{cur/} and C{new/}, or L{None}.
+        """
+        if self._where is None:
+            self._where = {}
+            # new/ last, so that a copy in cur/ wins, as in scan_mailbox().
+            for sub in ("new", "cur"):
+                for entry in _entries(os.path.join(self._mailbox, sub)):
+                    if not entry.name.startswith("."):
+                        self._where[unique_part(entry.name)] = entry.path
+        return self._where.get(unique)
+
+
+def _delete(locator: _Locator, message: MessageInfo) -> str | None:
+    """
+    Remove one message, trying its snapshot path, then its seen name in
+    C{cur/}, then the listing.
+
+    @return: the folder it was removed from, or L{None} if it was gone.
+    @raise OSError: if it could not be removed.
+    """
+    moved = locator.moved_to_cur(message)
+    for path in (message.path, moved, None):
+        if path is None:
+            path = locator.listed(message.unique)
+            if path is None:
+                return None
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            continue
+        return os.path.dirname(path)
+    return None
+
+
+def _mark_seen(locator: _Locator, cur: str, message: MessageInfo) -> tuple[str, str] | None | bool:
+    """
+    Move one message to C{cur/} with the seen flag, from its snapshot path
+    or, if it is not there any more, from where the listing finds it.
+
+    @return: the folders changed (source, target); C{True} if it was
+        seen already; L{None} if it is gone.
+    @raise OSError: if it could not be moved.
+    """
+    path = message.path
+    for attempt in range(2):
+        if attempt:
+            path = locator.listed(message.unique)
+            if path is None:
+                return None
+        new_name = _seen_name(os.path.basename(path))
+        if new_name is None:
+            return True
+        target = os.path.join(cur, new_name)
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:
+            # cur/ exists (apply_update made sure): the source is gone.
+            continue
+        return os.path.dirname(path), cur
+    return None
+
+
 def apply_update(mailbox: str, deleted: Iterable[MessageInfo], retrieved: Iterable[MessageInfo]) -> UpdateResult:
     """
     The POP3 UPDATE state (RFC 1939 section 6): remove the messages marked
     deleted and mark the retrieved ones seen (move from C{new/} to C{cur/}
     with the C{S} flag, as Dovecot does, so IMAP readers see them read).
     A message already gone counts as deleted; one that cannot be changed
-    counts as failed. The changed folders are fsynced.
+    counts as failed. The changed folders are fsynced, once each.
+
+    Each message is looked for where the snapshot saw it first (and, for
+    a deletion, under the name another reader gives it when marking it
+    seen); C{cur/} and C{new/} are listed at most once, and only if some
+    message is in neither place. A retrieved message that was already
+    seen at login is left as it is.
 
     @param mailbox: the Maildir folder.
     @param deleted: the messages to remove.
@@ -232,38 +413,36 @@ def apply_update(mailbox: str, deleted: Iterable[MessageInfo], retrieved: Iterab
     """
     removed = seen = failed = 0
     touched: set[str] = set()
+    locator = _Locator(mailbox)
     for message in deleted:
-        path = find_message(mailbox, message.unique)
-        if path is None:
-            removed += 1
-            continue
         try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+            folder = _delete(locator, message)
         except OSError:
             failed += 1
             continue
         removed += 1
-        touched.add(os.path.dirname(path))
-    for message in retrieved:
-        path = find_message(mailbox, message.unique)
-        if path is None:
-            continue
-        new_name = _seen_name(os.path.basename(path))
-        if new_name is None:
-            seen += 1
-            continue
-        target = os.path.join(mailbox, "cur", new_name)
+        if folder is not None:
+            touched.add(folder)
+    retrieved = list(retrieved)
+    cur = os.path.join(mailbox, "cur")
+    if any(_seen_name(os.path.basename(m.path)) is not None for m in retrieved):
         try:
-            os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
-            os.rename(path, target)
+            # Once, not per message: another program may have removed it.
+            os.makedirs(cur, mode=0o700, exist_ok=True)
+        except OSError:
+            failed += len(retrieved)
+            retrieved = []
+    for message in retrieved:
+        try:
+            outcome = _mark_seen(locator, cur, message)
         except OSError:
             failed += 1
             continue
+        if outcome is None:
+            continue
         seen += 1
-        touched.add(os.path.dirname(path))
-        touched.add(os.path.dirname(target))
+        if isinstance(outcome, tuple):
+            touched.update(outcome)
     for directory in sorted(touched):
         try:
             fsync_directory(directory)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_pop3_server -*-
+# -*- test-case-name: tests.test_pop3_server,tests.test_pop3_server_retr -*-
 """
 The POP3 service: RFC 1939 with CAPA, RESP-CODES and PIPELINING
 (RFC 2449), STLS (RFC 2595), AUTH PLAIN (RFC 5034, RFC 4616) and the
@@ -10,7 +10,9 @@ check, a failed-login delay, the disk pool, a message being streamed), the
 session is I{busy} and later lines wait in the reader's buffer (reading
 from the connection is paused when that buffer grows), then run once the
 reply has gone out. The mailbox side lives in L{mailappliance.pop3.mailbox}
-and runs in the disk pool; what is common to all sessions (limits,
+and runs in the disk pool; messages are read there one job per message,
+and read ahead in batches while earlier ones travel
+(L{mailappliance.pop3.readahead}); what is common to all sessions (limits,
 locks, login throttling) lives in L{POP3Factory}.
 """
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.cred.credentials import UsernamePassword
@@ -30,6 +32,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mailappliance.dotstuff import MessageTransform
 from mailappliance.pop3 import commands
 from mailappliance.pop3.lines import (
     MAX_COMMAND_LINE,
@@ -41,10 +44,11 @@ from mailappliance.pop3.locks import PROCESS_MAILBOX_LOCKS, MailboxLocks
 from mailappliance.pop3.login import MAX_FAILURES_PER_SESSION, LoginThrottle
 from mailappliance.pop3.mailbox import (
     MessageInfo,
+    MessageStart,
     apply_update,
-    open_message,
     scan_mailbox,
 )
+from mailappliance.pop3.readahead import NOT_HELD, MessageReader
 from mailappliance.pop3.sasl import (
     SASLCancelled,
     SASLError,
@@ -52,7 +56,6 @@ from mailappliance.pop3.sasl import (
     parse_plain,
 )
 from mailappliance.pop3.settings import POP3Settings, parse_peer_ip
-from mailappliance.pop3.stuffing import MessageTransform
 from mailappliance.pop3.transfer import MessageSender, TransferAborted
 
 # Stop reading from a client whose pipelined input waiting behind a busy
@@ -121,6 +124,7 @@ class POP3Protocol(Protocol):
         self._login_failures = 0
         self._avatar: str | None = None
         self._mailbox: str | None = None
+        self._reader_ahead: MessageReader | None = None
 
     # -- connection ---------------------------------------------------------
 
@@ -158,6 +162,8 @@ class POP3Protocol(Protocol):
             self._delay.cancel()
         if self._sender is not None:
             self._sender.stopProducing()
+        if self._reader_ahead is not None:
+            self._reader_ahead.close()
         if self._counted:
             self._counted = False
             self.factory.connection_closed(self._peer_key)
@@ -467,6 +473,7 @@ class POP3Protocol(Protocol):
             return
         self.snapshot = snapshot
         self.state = TRANSACTION
+        self._reader_ahead = MessageReader(self.factory.disk, self._mailbox)
         octets = sum(m.size for m in snapshot)
         self._log.info(
             "service=pop3 event=login status=ok user={user} peer={peer} method={method} tls={tls} messages={count}",
@@ -503,12 +510,21 @@ class POP3Protocol(Protocol):
 
     def send_message(self, index: int, body_lines: int | None) -> None:
         """
-        Stream message C{index} (RETR, or TOP with C{body_lines}).
+        Send message C{index} (RETR, or TOP with C{body_lines}): a message
+        that fits in its first read goes out in one write, a larger one is
+        streamed after its first chunk.
         """
-        message = self.snapshot[index]
-        d = self.factory.disk.run(open_message, self._mailbox, message)
-        d.addCallbacks(self._message_opened, self._message_open_failed, callbackArgs=(index, body_lines))
-        self.block_on(d)
+        start = self._reader_ahead.take(index)
+        if start is NOT_HELD:
+            d = self._reader_ahead.read(index, self.snapshot[index])
+            d.addCallbacks(self._message_opened, self._message_open_failed, callbackArgs=(index, body_lines))
+            self.block_on(d)
+        elif isinstance(start, OSError):
+            self._message_open_failed(Failure(start))
+        else:
+            streaming = self._message_opened(start, index, body_lines)
+            if streaming is not None:
+                self.block_on(streaming)
 
     def _message_open_failed(self, reason: Failure) -> None:
         self._log.failure(
@@ -519,46 +535,69 @@ class POP3Protocol(Protocol):
         )
         self.send_line(b"-ERR [SYS/TEMP] Cannot read the message")
 
-    def _message_opened(self, file: Any, index: int, body_lines: int | None) -> Deferred | None:
-        if file is None:
+    def _message_opened(self, start: MessageStart | None, index: int, body_lines: int | None) -> Deferred | None:
+        if start is None:
             self.send_line(b"-ERR [SYS/PERM] Message %d no longer exists" % (index + 1,))
             return None
+        rest = start.rest
         if self._disconnected:
-            self.factory.disk.run(file.close)
+            if rest is not None:
+                self.factory.disk.run(rest.close).addErrback(lambda _: None)
             return None
         if body_lines is None:
-            self.send_line(b"+OK %d octets" % (self.snapshot[index].size,))
+            first = b"+OK %d octets\r\n" % (self.snapshot[index].size,)
         else:
-            self.send_line(b"+OK Top of message follows")
-        sender = self._sender = MessageSender(
-            self.factory.disk, file, MessageTransform(body_lines), self.transport, self._touch
-        )
+            first = b"+OK Top of message follows\r\n"
+        transform = MessageTransform(body_lines)
+        data = transform.feed(start.data)
+        if rest is None or transform.complete:
+            if rest is not None:
+                # TOP has its lines: the rest of the file is not wanted.
+                self.factory.disk.run(rest.close).addErrback(lambda _: None)
+            self.transport.writeSequence((first, data, transform.finish()))
+            self._message_sent(None, index, body_lines is None)
+            return None
+        self.transport.writeSequence((first, data))
+        sender = self._sender = MessageSender(self.factory.disk, rest, transform, self.transport, self._touch)
         self.transport.registerProducer(sender, True)
         d = sender.start()
-        d.addBoth(self._message_sent, index, body_lines is None)
+        d.addBoth(self._stream_ended, index, body_lines is None)
         return d
 
-    def _message_sent(self, result: Any, index: int, whole: bool) -> None:
+    def _stream_ended(self, result: Any, index: int, whole: bool) -> None:
         self._sender = None
         if not self._disconnected:
             self.transport.unregisterProducer()
-        if isinstance(result, Failure):
-            if result.check(TransferAborted) or self._disconnected:
-                return
-            # The +OK and part of the message are out: there is no way to
-            # tell the client but to drop the connection.
-            self._log.failure(
-                "service=pop3 event=read-error user={user} peer={peer}",
-                result,
-                user=self._user_field(),
-                peer=self._peer_key,
-            )
-            self._closing = True
-            self.transport.abortConnection()
+        if not isinstance(result, Failure):
+            self._message_sent(None, index, whole)
             return
+        if result.check(TransferAborted) or self._disconnected:
+            return
+        # The +OK and part of the message are out: there is no way to
+        # tell the client but to drop the connection.
+        self._log.failure(
+            "service=pop3 event=read-error user={user} peer={peer}",
+            result,
+            user=self._user_field(),
+            peer=self._peer_key,
+        )
+        self._closing = True
+        self.transport.abortConnection()
+
+    def _message_sent(self, result: Any, index: int, whole: bool) -> None:
         if whole:
             self.retrieved.add(index)
-        return
+        if self._closing:
+            return
+        # Clients download in order: read the next messages while this one
+        # travels (see mailappliance.pop3.readahead).
+        self._reader_ahead.read_ahead(self._live_after(index))
+
+    def _live_after(self, index: int) -> Iterator[tuple[int, MessageInfo]]:
+        snapshot, deleted = self.snapshot, self.deleted
+        for following in range(index + 1, len(snapshot)):
+            if following not in deleted:
+                yield following, snapshot[following]
 
     # -- QUIT and the UPDATE state -------------------------------------------
 
@@ -572,6 +611,7 @@ class POP3Protocol(Protocol):
             return
         self.state = UPDATE
         self._closing = True
+        self._reader_ahead.close()
         deleted = [self.snapshot[i] for i in sorted(self.deleted)]
         retrieved = [self.snapshot[i] for i in sorted(self.retrieved - self.deleted)]
         mailbox = self._mailbox

@@ -2,8 +2,12 @@
 """
 Streaming a message file to a POP3 client (RETR, TOP).
 
-L{MessageSender} is a push producer registered on the transport: it reads
-the file in the disk pool one chunk at a time, passes each chunk through a
+The server sends a message that fits in its first read (nearly all mail)
+in one write (L{mailappliance.pop3.readahead}); for a larger one it writes
+the first chunk and hands the open file, with the transform that has seen
+that chunk, to a L{MessageSender}. That is a push producer registered on
+the transport: it reads the rest in the disk pool one chunk at a time
+(the last read and the close in one job), passes each chunk through the
 L{MessageTransform} and writes the result, and stops reading whenever the
 transport pauses it (its write buffer is full), so a session holds at most
 about one chunk of the message in memory whatever the message size.
@@ -19,9 +23,26 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailappliance.pop3.stuffing import MessageTransform
+from mailappliance.dotstuff import MessageTransform
 
 READ_CHUNK = 64 * 1024
+
+
+def read_chunk(file: BinaryIO, size: int) -> tuple[bytes, bool]:
+    """
+    Read the next chunk of a message file and, at its end, close it: the
+    last read and the close are one disk job.
+
+    @return: the bytes and whether the file ended (and is now closed). A
+        buffered read of a regular file returns fewer bytes than asked
+        only at the end.
+    @raise OSError: as the read does (the file is left open).
+    """
+    data = file.read(size)
+    if len(data) < size:
+        file.close()
+        return data, True
+    return data, False
 
 
 class TransferAborted(Exception):
@@ -51,7 +72,8 @@ class MessageSender:
     ) -> None:
         """
         @param disk: the disk pool (C{run(f, *args) -> Deferred}).
-        @param file: the open message file, at its start.
+        @param file: the open message file, at its start or after the
+            bytes the caller already passed through C{transform}.
         @param transform: the transform of this response.
         @param consumer: where the bytes go (the transport).
         @param progress: called after each chunk written (the session resets
@@ -68,6 +90,7 @@ class MessageSender:
         self._reading = False
         self._pumping = False
         self._finished = False
+        self._file_open = True
         self._done: Deferred = Deferred()
 
     def start(self) -> Deferred:
@@ -105,23 +128,27 @@ class MessageSender:
         try:
             while not (self._paused or self._reading or self._finished):
                 self._reading = True
-                self._disk.run(self._file.read, self._chunk_size).addCallbacks(self._chunk_read, self._read_failed)
+                self._disk.run(read_chunk, self._file, self._chunk_size).addCallbacks(
+                    self._chunk_read, self._read_failed
+                )
         finally:
             self._pumping = False
 
-    def _chunk_read(self, chunk: bytes) -> None:
+    def _chunk_read(self, result: tuple[bytes, bool]) -> None:
+        chunk, ended = result
         self._reading = False
+        if ended:
+            self._file_open = False
         if self._finished:
             self._close_file()
             return
-        if chunk:
-            data = self._transform.feed(chunk)
-            if data:
-                self._consumer.write(data)
-            self._progress()
-            if not self._transform.complete:
-                self._pump()
-                return
+        data = self._transform.feed(chunk)
+        if data:
+            self._consumer.write(data)
+        self._progress()
+        if not (ended or self._transform.complete):
+            self._pump()
+            return
         self._consumer.write(self._transform.finish())
         self._progress()
         self._finish(None)
@@ -147,4 +174,6 @@ class MessageSender:
             self._done.errback(result)
 
     def _close_file(self) -> None:
-        self._disk.run(self._file.close).addErrback(lambda _: None)
+        if self._file_open:
+            self._file_open = False
+            self._disk.run(self._file.close).addErrback(lambda _: None)
