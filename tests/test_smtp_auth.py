@@ -24,7 +24,7 @@ PASSWORDS = {"alice@example.test": b"correct horse", "bob@example.test": b"batte
 
 AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
-EHLO_AUTH = EHLO[:-1] + ("250-SMTPUTF8", "250 AUTH PLAIN LOGIN")
+EHLO_AUTH = EHLO[:-1] + ("250-CHUNKING", "250 AUTH PLAIN LOGIN")
 USERNAME_CHALLENGE = "334 VXNlcm5hbWU6"
 PASSWORD_CHALLENGE = "334 UGFzc3dvcmQ6"
 

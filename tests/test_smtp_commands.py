@@ -8,10 +8,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mailappliance.address import Mailbox
 from mailappliance.smtp.commands import (
+    BadChunkCommand,
+    ChunkCommand,
     Command,
     CommandRefused,
     MailFrom,
     is_http_request,
+    parse_bdat,
     parse_command,
     parse_mail,
     parse_rcpt,
@@ -170,3 +173,36 @@ class ParseRcptTests(SynchronousTestCase):
         ]
         for argument, expected in cases:
             self.assertEqual(refusal(parse_rcpt, argument, False, "mx.test"), expected, argument)
+
+
+class ParseBdatTests(SynchronousTestCase):
+    def test_valid(self) -> None:
+        """
+        A chunk size of up to 20 digits, optionally followed by LAST in any
+        case (RFC 3030 section 2).
+        """
+        self.assertEqual(parse_bdat(b"0"), ChunkCommand(0, last=False))
+        self.assertEqual(parse_bdat(b"1024 LAST"), ChunkCommand(1024, last=True))
+        self.assertEqual(parse_bdat(b"007 last"), ChunkCommand(7, last=True))
+        self.assertEqual(parse_bdat(b"9" * 20), ChunkCommand(int("9" * 20)))
+
+    def test_readable_size(self) -> None:
+        """
+        A readable size followed by anything but C{LAST} is 501 5.5.4,
+        with the size (its octets are still to be discarded).
+        """
+        for argument, size in ((b"10 LASTX", 10), (b"10 LAST LAST", 10), (b"10  LAST", 10), (b"3 \x00", 3)):
+            error = self.assertRaises(BadChunkCommand, parse_bdat, argument)
+            self.assertEqual((error.reply.to_bytes(), error.size),
+                             (b"501 5.5.4 Syntax: BDAT chunk-size [LAST]\r\n", size), argument)
+
+    def test_unreadable_size(self) -> None:
+        """
+        No size, or one that is not 1 to 20 ASCII digits, is 501 5.5.4
+        without a size.
+        """
+        for argument in (b"", b"LAST", b"-1", b"+1", b"1.0", b"0x10", b"10LAST", b" 10", b"1" * 21,
+                         "\u0663".encode()):
+            error = self.assertRaises(BadChunkCommand, parse_bdat, argument)
+            self.assertEqual((error.reply.code, error.size), (501, None), argument)
+            self.assertIsInstance(error, CommandRefused)

@@ -144,6 +144,22 @@ class CommandLineReaderTests(SynchronousTestCase):
         reader.unread(b"RSET\r\nQU")
         self.assertEqual(read_all(reader), [b"RSET", b"QUIT"])
 
+    def test_take(self) -> None:
+        """
+        L{CommandLineReader.take} removes at most the given number of held
+        bytes, as they are (a BDAT chunk), leaving the rest to be read as
+        lines.
+        """
+        reader = CommandLineReader()
+        reader.feed(b"ab\r\n.\r\nNOOP\r\n")
+        self.assertEqual(reader.take(0), b"")
+        self.assertEqual(reader.take(7), b"ab\r\n.\r\n")
+        self.assertEqual(reader.buffered, 6)
+        self.assertEqual(read_all(reader), [b"NOOP"])
+        reader.feed(b"xyz")
+        self.assertEqual(reader.take(10), b"xyz")
+        self.assertEqual((reader.take(5), reader.buffered), (b"", 0))
+
     def test_clear(self) -> None:
         """
         L{CommandLineReader.clear} forgets held bytes and an over-long line

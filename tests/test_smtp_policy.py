@@ -76,11 +76,16 @@ class SessionPolicyTests(SynchronousTestCase):
 
     def test_extensions(self) -> None:
         """
-        The EHLO keywords, with SIZE from the settings.
+        The EHLO keywords, with SIZE from the settings; CHUNKING on both
+        services.
         """
         self.assertEqual(
             policy("192.0.2.1").extensions(),
-            ["PIPELINING", "SIZE 1000", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8"],
+            ["PIPELINING", "SIZE 1000", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING"],
+        )
+        self.assertEqual(
+            policy("192.0.2.1", settings=SMTPSettings(hostname="h", service="submission")).extensions()[-1],
+            "CHUNKING",
         )
 
     def test_starttls(self) -> None:

@@ -10,6 +10,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailappliance.smtp import replies
+from mailappliance.smtp.chunking import ChunkBodyReader
 from mailappliance.smtp.headers import HeaderCompleter
 from mailappliance.smtp.receiver import MessageReceiver, commit_failure_reply
 from mailappliance.smtp.testing import FakeWriter
@@ -114,6 +115,29 @@ class MessageReceiverTests(SynchronousTestCase):
         receiver.feed(b"Subject: long\r\n.\r\n")
         self.assertIs(receiver.refusal(), replies.MESSAGE_TOO_BIG)
         self.assertEqual(bytes(writer.data), b"")
+
+    def test_chunk_reader(self) -> None:
+        """
+        With a L{ChunkBodyReader} (BDAT), octets are written as they are
+        and the data never ends in C{feed}; L{MessageReceiver.end} ends
+        it: the completer's remainder is written, a trailing CR refused.
+        """
+        writer = FakeWriter("Q")
+        receiver = MessageReceiver(writer, 100, HeaderCompleter([(b"date", b"Date: D\r\n")]), ChunkBodyReader())
+        self.assertEqual(receiver.feed(b"S: s\r\n.\r\n"), (None, None))
+        self.assertEqual(receiver.feed(b"..x"), (None, None))
+        receiver.end()
+        self.assertEqual(bytes(writer.data), b"S: s\r\nDate: D\r\n\r\n.\r\n..x")
+        self.assertIsNone(receiver.refusal())
+        self.assertEqual(receiver.body_size, 12)
+
+        writer = FakeWriter("Q")
+        receiver = MessageReceiver(writer, 100, HeaderCompleter([(b"date", b"Date: D\r\n")]), ChunkBodyReader())
+        receiver.feed(b"S: s\r")
+        receiver.end()
+        self.assertIs(receiver.refusal(), replies.BARE_LINE_END_IN_DATA)
+        # Nothing from the completer after the refusal.
+        self.assertEqual(bytes(writer.data), b"S: s\r")
 
     def test_commit_failure_reply(self) -> None:
         """

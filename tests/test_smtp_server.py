@@ -40,7 +40,8 @@ EHLO = (
     "250-SIZE 26214400",
     "250-8BITMIME",
     "250-ENHANCEDSTATUSCODES",
-    "250 SMTPUTF8",
+    "250-SMTPUTF8",
+    "250 CHUNKING",
 )
 OK = "250 2.0.0 Ok"
 SENDER_OK = "250 2.1.0 Ok"
@@ -127,7 +128,7 @@ class CommandTests(DialogueTestCase):
                 ("VRFY alice", ("252 2.1.5 Cannot VRFY user, but will accept message and attempt delivery",)),
                 ("VRFY", ("501 5.5.4 Syntax: VRFY address",)),
                 ("EXPN team", ("502 5.5.1 EXPN is not available",)),
-                ("HELP", ("214-2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
+                ("HELP", ("214-2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
                           "214 2.0.0 See RFC 5321")),
                 ("QUIT now", ("501 5.5.4 Syntax error: no arguments allowed",)),
                 ("QUIT", (BYE,)),
@@ -148,7 +149,7 @@ class CommandTests(DialogueTestCase):
                 ("", ("500 5.5.2 Error: command not recognized",)),
                 ("STARTTLS", ("502 5.5.1 Error: command not implemented",)),
                 ("AUTH PLAIN", ("503 5.5.1 Error: authentication not enabled",)),
-                ("BDAT 10 LAST", ("502 5.5.1 Error: command not implemented",)),
+                ("TURN", ("502 5.5.1 Error: command not implemented",)),
                 ("ETRN example.test", ("502 5.5.1 Error: command not implemented",)),
                 (b"NOOP\nRSET\r\n", ("500 5.5.2 Error: bare CR or LF in command",)),
                 (b"NOOP\rx\r\n", ("500 5.5.2 Error: bare CR or LF in command",)),

@@ -29,7 +29,7 @@ from tests.test_smtp_server import EHLO, HOST, RCPT_OK, SENDER_OK, START, lines
 
 TLS_CONTEXT = object()
 READY = "220 2.0.0 Ready to start TLS"
-EHLO_STARTTLS = EHLO[:-1] + ("250-SMTPUTF8", "250 STARTTLS")
+EHLO_STARTTLS = EHLO[:-1] + ("250-CHUNKING", "250 STARTTLS")
 UNTRUSTED = IPv4Address("TCP", "192.0.2.1", 40000)
 SUBMISSION = SMTPSettings(hostname=HOST, service="submission")
 PASSWORDS = {"alice@example.test": b"correct horse"}
@@ -294,7 +294,7 @@ class RealStartTLSTests(RealTLSTestsMixin, SynchronousTestCase):
         """
         self.assertEqual(self.client.take(), lines(f"220 2.0.0 {HOST} ESMTP mailappliance"))
         first = self.exchange(b"EHLO client.test\r\n")
-        self.assertTrue(first.endswith(b"250-SMTPUTF8\r\n250 STARTTLS\r\n"), first)
+        self.assertTrue(first.endswith(b"250-CHUNKING\r\n250 STARTTLS\r\n"), first)
         self.assertNotIn(b"AUTH", first)
         self.assertEqual(self.exchange(b"AUTH PLAIN\r\n"),
                          lines("538 5.7.11 Encryption required for requested authentication mechanism"))

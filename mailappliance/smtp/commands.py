@@ -2,7 +2,7 @@
 """
 Parsing SMTP command lines (RFC 5321 section 4.1) and the arguments of
 MAIL and RCPT, with their extension parameters (RFC 1870 SIZE, RFC 6152
-8BITMIME, RFC 6531 SMTPUTF8, RFC 4954 AUTH).
+8BITMIME, RFC 6531 SMTPUTF8, RFC 4954 AUTH), and of BDAT (RFC 3030).
 
 Everything here is pure: a parse either returns a value or raises
 L{CommandRefused} carrying the exact reply, so the server only decides
@@ -15,10 +15,15 @@ import re
 from dataclasses import dataclass
 
 from mailappliance.address import AddressError, Mailbox, normalise_domain, parse_path
-from mailappliance.smtp.replies import MAIL_SYNTAX, RCPT_SYNTAX, UNRECOGNISED, Reply, printable, reply
+from mailappliance.smtp.replies import BDAT_SYNTAX, MAIL_SYNTAX, RCPT_SYNTAX, UNRECOGNISED, Reply, printable, reply
 
 # RFC 1870 section 3: SIZE's value is 1*20DIGIT.
 MAX_SIZE_DIGITS = 20
+
+# RFC 3030 section 2: chunk-size is 1*DIGIT, without bound. Twenty digits
+# (SIZE's bound) already count more octets than any client will send; a
+# longer number is not a size anyone means, and is refused as unreadable.
+MAX_CHUNK_SIZE_DIGITS = 20
 
 # Verbs of HTTP/1.x requests (RFC 9110 section 9). A browser or proxy made
 # to talk to an SMTP port (cross-protocol attacks) sends one of these
@@ -30,6 +35,10 @@ _VERB = re.compile(rb"[A-Za-z]{1,16}\Z")
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
 _VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e]+\Z")
 _BODY_TYPES = {"7BIT": "7BIT", "8BITMIME": "8BITMIME"}
+# RFC 3030 section 2: "BDAT" SP chunk-size [SP end-marker]; the verb and
+# its space are gone, trailing spaces removed (see parse_command).
+_CHUNK_SIZE = re.compile(rb"([0-9]{1,%d})(?: (.*))?\Z" % MAX_CHUNK_SIZE_DIGITS, re.DOTALL)
+_LAST = b"LAST"
 
 
 class CommandRefused(Exception):
@@ -40,6 +49,21 @@ class CommandRefused(Exception):
     def __init__(self, reply: Reply) -> None:
         super().__init__(reply)
         self.reply = reply
+
+
+class BadChunkCommand(CommandRefused):
+    """
+    A BDAT command whose argument is wrong (RFC 3030 section 2).
+
+    @ivar size: the chunk size, when it could be read (the octets that
+        follow the command must then still be read and discarded, RFC 3030
+        section 3); L{None} when it could not, so that where the octets end
+        cannot be known.
+    """
+
+    def __init__(self, reply: Reply, size: int | None) -> None:
+        super().__init__(reply)
+        self.size = size
 
 
 @dataclass(frozen=True)
@@ -75,6 +99,20 @@ class MailFrom:
     body: str = "7BIT"
     smtputf8: bool = False
     auth: str | None = None
+
+
+@dataclass(frozen=True)
+class ChunkCommand:
+    """
+    A parsed BDAT command (RFC 3030 section 2).
+
+    @ivar size: the number of octets of message data that follow the
+        command line's CRLF.
+    @ivar last: whether this is the last chunk of the message.
+    """
+
+    size: int
+    last: bool = False
 
 
 def is_http_request(line: bytes) -> bool:
@@ -243,3 +281,24 @@ def parse_rcpt(argument: bytes, smtputf8: bool, postmaster_domain: str) -> Mailb
     if recipient is None:
         raise CommandRefused(reply(501, "5.1.3", "Bad recipient address syntax: null path"))
     return recipient
+
+
+def parse_bdat(argument: bytes) -> ChunkCommand:
+    """
+    Parse the argument of BDAT: C{chunk-size [SP "LAST"]} (RFC 3030 section
+    2; C{LAST} in any case, as ABNF strings are case-insensitive).
+
+    @raise BadChunkCommand: C{501 5.5.4}, with the size when it was a
+        number of at most L{MAX_CHUNK_SIZE_DIGITS} digits (only what
+        follows it is wrong), else without.
+    """
+    match = _CHUNK_SIZE.match(argument)
+    if match is None:
+        raise BadChunkCommand(BDAT_SYNTAX, None)
+    size = int(match.group(1))
+    marker = match.group(2)
+    if marker is None:
+        return ChunkCommand(size)
+    if marker.upper() == _LAST:
+        return ChunkCommand(size, last=True)
+    raise BadChunkCommand(BDAT_SYNTAX, size)

@@ -8,10 +8,11 @@ L{mailappliance.smtp.server.SMTPServerProtocol}, which owns the I/O
 (input loop, pipelining, flow control, timers); the handlers only decide.
 A handler takes the command's argument and returns its L{Reply}, or a
 L{Deferred} firing with it (a recipient lookup, a commit), or L{None} when
-it has written its reply itself (DATA, QUIT); a L{CommandRefused} it raises
-is answered with its reply. What a session may do is asked of its
-L{SessionPolicy}. STARTTLS and AUTH are in L{mailappliance.smtp.starttls}
-and L{mailappliance.smtp.auth}.
+it has written its reply itself or will once the data is read (DATA, BDAT,
+QUIT); a L{CommandRefused} it raises is answered with its reply. What a
+session may do is asked of its L{SessionPolicy}. STARTTLS, AUTH and BDAT
+are in L{mailappliance.smtp.starttls}, L{mailappliance.smtp.auth} and
+L{mailappliance.smtp.chunking}.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from mailappliance.smtp.events import angle_path
 from mailappliance.smtp.headers import HeaderCompleter
 from mailappliance.smtp.policy import SessionPolicy, SMTPSettings
 from mailappliance.smtp.received import address_literal, received_header, rfc5322_date
-from mailappliance.smtp.receiver import MessageReceiver, commit_failure_reply
+from mailappliance.smtp.receiver import BodyReader, MessageReceiver, commit_failure_reply
 from mailappliance.smtp.replies import Reply
 from mailappliance.smtp.starttls import tls_description
 from mailappliance.smtp.transaction import Transaction
@@ -60,6 +61,7 @@ class SMTPCommandHandlers:
     _esmtp: bool
     _transaction: Transaction | None
     _receiver: MessageReceiver | None
+    _chunks_refused: Reply | None
     _peer_ip: Any
     _peer_key: str
     _context: dict[str, str]
@@ -69,6 +71,7 @@ class SMTPCommandHandlers:
     _log_event: Callable[..., None]
     _starttls: Handler
     _auth: Handler
+    _bdat: Handler
 
     def handler_for(self, verb: str) -> Handler | None:
         """
@@ -81,6 +84,7 @@ class SMTPCommandHandlers:
             "MAIL": self._mail,
             "RCPT": self._rcpt,
             "DATA": self._data,
+            "BDAT": self._bdat,
             "RSET": self._rset,
             "NOOP": self._noop,
             "QUIT": self._quit,
@@ -104,7 +108,7 @@ class SMTPCommandHandlers:
         if not name or " " in name or not name.isprintable():
             return replies.EHLO_SYNTAX if esmtp else replies.HELO_SYNTAX
         # RFC 5321 section 4.1.4: EHLO/HELO ends any transaction.
-        self._transaction = None
+        self._reset_transaction()
         self._helo = name
         self._esmtp = esmtp
         if esmtp:
@@ -153,6 +157,8 @@ class SMTPCommandHandlers:
         if refusal is not None:
             return refusal
         self._transaction = Transaction(mail)
+        # A new transaction: chunks of a failed one are no longer expected.
+        self._chunks_refused = None
         return replies.SENDER_OK
 
     def _sender_resolves_to_user(self, sender: Mailbox) -> Deferred:
@@ -200,6 +206,8 @@ class SMTPCommandHandlers:
         transaction = self._transaction
         if transaction is None:
             return replies.NEED_MAIL
+        if transaction.message is not None:
+            return replies.RCPT_AFTER_BDAT
         transaction.rcpt_tried = True
         self._context["from"] = angle_path(transaction.sender)
         recipient = parse_rcpt(argument, transaction.mail.smtputf8, self.policy.hostname)
@@ -235,11 +243,12 @@ class SMTPCommandHandlers:
 
     def _data(self, argument: bytes) -> Reply | None:
         """
-        DATA (RFC 5321 section 4.1.1.4): 503 before MAIL or RCPT, 554
-        5.5.1 when every RCPT was refused (RFC 2920 section 3.1: what
-        follows is then read as commands). Otherwise start a message in
-        the spool, reply 354, write our C{Received:} header and switch
-        the session to reading the body.
+        DATA (RFC 5321 section 4.1.1.4): 503 before MAIL or RCPT, or after
+        BDAT in the same transaction (RFC 3030 section 3), 554 5.5.1 when
+        every RCPT was refused (RFC 2920 section 3.1: what follows is then
+        read as commands). Otherwise start a message in the spool, reply
+        354, write our C{Received:} header and switch the session to
+        reading the body.
         """
         transaction = self._transaction
         if argument:
@@ -247,8 +256,34 @@ class SMTPCommandHandlers:
         if transaction is None:
             return replies.NEED_MAIL
         self._context["from"] = angle_path(transaction.sender)
+        if transaction.message is not None:
+            return replies.DATA_AFTER_BDAT
         if not transaction.recipients:
             return replies.NO_VALID_RECIPIENTS if transaction.rcpt_tried else replies.NEED_RCPT
+        started = self._start_message(transaction)
+        if isinstance(started, Reply):
+            return started
+        receiver, header = started
+        self._receiver = receiver
+        self._send(replies.START_DATA)
+        wait = receiver.write_header(header)
+        if wait is not None:
+            self._wait(wait, lambda _: None, disk=True)
+        return None
+
+    def _start_message(
+        self, transaction: Transaction, reader: BodyReader | None = None
+    ) -> tuple[MessageReceiver, bytes] | Reply:
+        """
+        Start the transaction's message in the spool (for DATA, or at the
+        first BDAT chunk).
+
+        @param reader: the receiver's L{BodyReader}; a DATA reader by
+            default.
+        @return: the L{MessageReceiver} (completing the header on the
+            submission service) and our C{Received:} header, to be written
+            first; or C{451 4.3.0} if the spool cannot start a message.
+        """
         try:
             writer = self.factory.spool.new_message()
         except Exception:
@@ -262,7 +297,7 @@ class SMTPCommandHandlers:
         completer = None
         if self.policy.adds_missing_headers:
             completer = HeaderCompleter(missing_header_fields(writer.queue_id, self.policy.hostname, now))
-        receiver = MessageReceiver(writer, self.policy.max_message_size, completer)
+        receiver = MessageReceiver(writer, self.policy.max_message_size, completer, reader)
         self._context["qid"] = receiver.queue_id
         header = received_header(
             helo=self._helo or "",
@@ -274,17 +309,25 @@ class SMTPCommandHandlers:
             when=now,
             tls=tls_description(self.transport),
         )
-        self._receiver = receiver
-        self._send(replies.START_DATA)
-        wait = receiver.write_header(header)
-        if wait is not None:
-            self._wait(wait, lambda _: None, disk=True)
-        return None
+        return receiver, header
+
+    def _reset_transaction(self) -> None:
+        """
+        End the transaction, if any, without a message: one being received
+        by BDAT is discarded.
+        """
+        transaction = self._transaction
+        self._transaction = None
+        self._chunks_refused = None
+        if transaction is not None and transaction.message is not None:
+            transaction.message.abort()
+            transaction.message = None
 
     def _rset(self, argument: bytes) -> Reply:
         if argument:
             return replies.NO_ARGUMENTS
-        self._transaction = None
+        # RFC 3030 section 3: RSET also discards the chunks received so far.
+        self._reset_transaction()
         return replies.OK
 
     def _noop(self, argument: bytes) -> Reply:
@@ -315,10 +358,13 @@ class SMTPCommandHandlers:
     def _help(self, argument: bytes) -> Reply:
         return replies.HELP
 
-    def _end_of_data(self, receiver: MessageReceiver) -> Reply | Deferred:
+    def _end_of_data(self, receiver: MessageReceiver, verb: str = "DATA") -> Reply | Deferred:
         """
-        The data has ended: refuse the message (too big, bare CR or LF)
-        and abort it, or commit it with its envelope.
+        The data has ended (after DATA, or the last BDAT chunk): refuse the
+        message (too big, bare CR or LF) and abort it, or commit it with
+        its envelope.
+
+        @param verb: the command whose data ended, for the log.
 
         @return: the refusal, or a L{Deferred} firing with C{250 2.0.0 Ok:
             queued as <qid>} once the message is durable, or with 451 4.3.0
@@ -327,7 +373,7 @@ class SMTPCommandHandlers:
         transaction = self._transaction
         assert transaction is not None
         self._transaction = None
-        self._context = {"cmd": "DATA", "qid": receiver.queue_id, "from": angle_path(transaction.sender)}
+        self._context = {"cmd": verb, "qid": receiver.queue_id, "from": angle_path(transaction.sender)}
         refusal = receiver.refusal()
         if refusal is not None:
             receiver.abort()

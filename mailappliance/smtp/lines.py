@@ -13,7 +13,8 @@ step with the client.
 The reader also holds the bytes that arrive while the server cannot act on
 them yet (a pipelined command behind a pending lookup, the body behind the
 DATA command): L{take_all} hands them to the DATA reader and L{unread}
-gives back what follows the end of the data.
+gives back what follows the end of the data; L{take} hands a BDAT chunk
+(RFC 3030) exactly its count of octets.
 """
 
 from __future__ import annotations
@@ -153,6 +154,20 @@ class CommandLineReader:
         """
         data = bytes(self._buffer)
         del self._buffer[:]
+        return data
+
+    def take(self, count: int) -> bytes:
+        """
+        Remove and return at most C{count} of the bytes held, in one piece
+        (the octets of a BDAT chunk: never parsed as lines).
+
+        @param count: the most bytes to return (not negative).
+        @return: the bytes, possibly empty.
+        """
+        if count >= len(self._buffer):
+            return self.take_all()
+        data = bytes(self._buffer[:count])
+        del self._buffer[:count]
         return data
 
     def unread(self, data: bytes) -> None:

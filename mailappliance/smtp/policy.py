@@ -284,6 +284,8 @@ class SessionPolicy:
             "8BITMIME",
             "ENHANCEDSTATUSCODES",
             "SMTPUTF8",
+            # RFC 3030: BDAT, on both services (BINARYMIME is not offered).
+            "CHUNKING",
         ]
         if self.offers_starttls:
             keywords.append("STARTTLS")

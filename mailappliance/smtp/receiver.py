@@ -1,9 +1,10 @@
 # -*- test-case-name: tests.test_smtp_receiver -*-
 """
 Receiving one message body into the spool, between C{354} and the reply to
-the end of the data.
+the end of the data, or from the first BDAT chunk to the last (RFC 3030).
 
-L{MessageReceiver} puts the L{DataReader}'s output into an
+L{MessageReceiver} puts the output of its reader (the L{DataReader} after
+DATA, a L{mailappliance.smtp.chunking.ChunkBodyReader} for BDAT) into an
 L{IMessageWriter} as it arrives, and enforces what may be refused only
 once the whole body has been read (RFC 5321 section 4.2.5: the server must
 read the data to its end before it replies): the size limit and bare CR or
@@ -18,6 +19,7 @@ missing C{Message-ID:} or C{Date:}.
 from __future__ import annotations
 
 import errno
+from typing import Protocol
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
@@ -35,6 +37,22 @@ from mailappliance.smtp.replies import (
 
 # Errors of a full disk or quota: RFC 3463 4.3.1 "mail system full".
 _STORAGE_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class BodyReader(Protocol):
+    """
+    What turns the bytes a client sends into message body bytes, as
+    L{DataReader} does.
+    """
+
+    bare_line_end: bool
+    discarding: bool
+
+    def feed(self, chunk: bytes) -> tuple[bytes, bytes | None]:
+        """
+        @return: C{(body, rest)}: body bytes (none while C{discarding}),
+            and L{None} while the data goes on, else what followed its end.
+        """
 
 
 def commit_failure_reply(reason: Failure) -> Reply:
@@ -57,19 +75,26 @@ class MessageReceiver:
         the message is refused.
     """
 
-    def __init__(self, writer: object, max_size: int, completer: HeaderCompleter | None = None) -> None:
+    def __init__(
+        self,
+        writer: object,
+        max_size: int,
+        completer: HeaderCompleter | None = None,
+        reader: BodyReader | None = None,
+    ) -> None:
         """
         @param writer: the spool's L{IMessageWriter} for this message.
         @param max_size: the largest body accepted, in bytes (as received:
             fields the completer adds do not count).
         @param completer: what completes the message's header on its way
             to the writer, or L{None} to store the body as received.
+        @param reader: the L{BodyReader}; a new L{DataReader} by default.
         """
         self.writer = writer
         self._completer = completer
         self.body_size = 0
         self._max_size = max_size
-        self._reader = DataReader()
+        self._reader: BodyReader = reader if reader is not None else DataReader()
         self._too_big = False
         self._finished = False
 
@@ -113,6 +138,20 @@ class MessageReceiver:
             # for: the commit covers every byte written.
             self._write(self._completer.finish())
         return rest, wait
+
+    def end(self) -> None:
+        """
+        The data has ended where the client said (BDAT LAST), not at an end
+        marker the reader found: the reader's C{finish} judges the last
+        bytes, and the completer's remainder is written (unless the
+        message is refused). Its backpressure need not be waited for, as
+        at the end of DATA.
+        """
+        self._reader.finish()  # type: ignore[attr-defined]
+        if self._reader.bare_line_end:
+            self._reader.discarding = True
+        if self._completer is not None and self.refusal() is None:
+            self._write(self._completer.finish())
 
     def refusal(self) -> Reply | None:
         """

@@ -111,6 +111,20 @@ def queued(queue_id: str) -> Reply:
     return reply(250, "2.0.0", f"Ok: queued as {queue_id}")
 
 
+def chunk_received(size: int) -> Reply:
+    """
+    The reply to a BDAT chunk that is not the last (RFC 3030 section 3: a
+    250 for each chunk, once its octets are read).
+    """
+    return reply(250, "2.0.0", f"Ok: {size} octets received")
+
+
+def chunk_size_unknown(hostname: str) -> Reply:
+    # RFC 3463 4.5.0: a protocol error; the octets after a BDAT whose size
+    # cannot be read cannot be told from commands, so the session ends.
+    return reply(421, "4.5.0", f"{hostname} Error: BDAT chunk size unreadable, closing connection")
+
+
 def timeout(hostname: str) -> Reply:
     return reply(421, "4.4.2", f"{hostname} Error: timeout exceeded")
 
@@ -162,7 +176,7 @@ EXPN_NOT_AVAILABLE = reply(502, "5.5.1", "EXPN is not available")
 HELP = reply(
     214,
     "2.0.0",
-    "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
+    "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
     "See RFC 5321",
 )
 
@@ -177,6 +191,7 @@ MAIL_SYNTAX = reply(501, "5.5.4", "Syntax: MAIL FROM:<address>")
 RCPT_SYNTAX = reply(501, "5.5.4", "Syntax: RCPT TO:<address>")
 VRFY_SYNTAX = reply(501, "5.5.4", "Syntax: VRFY address")
 NO_ARGUMENTS = reply(501, "5.5.4", "Syntax error: no arguments allowed")
+BDAT_SYNTAX = reply(501, "5.5.4", "Syntax: BDAT chunk-size [LAST]")
 # 502: known, not implemented.
 NOT_IMPLEMENTED = reply(502, "5.5.1", "Error: command not implemented")
 # 503: bad sequence.
@@ -187,6 +202,13 @@ NEED_RCPT = reply(503, "5.5.1", "Error: need RCPT command")
 # 554 rather than 503 once RCPTs were given but none accepted (RFC 2920
 # section 3.1, RFC 5321 section 3.3).
 NO_VALID_RECIPIENTS = reply(554, "5.5.1", "Error: no valid recipients")
+# BDAT gets 503 in that case (RFC 2920 section 3.1 allows 503 or 554): the
+# chunk's octets are discarded either way, never read as commands.
+NO_VALID_RECIPIENTS_FOR_BDAT = reply(503, "5.5.1", "Error: no valid recipients")
+# RFC 3030 section 3: DATA and BDAT cannot be mixed in one transaction; and
+# once the chunks began, the recipients (named in Received:) are settled.
+DATA_AFTER_BDAT = reply(503, "5.5.1", "Error: DATA after BDAT")
+RCPT_AFTER_BDAT = reply(503, "5.5.1", "Error: RCPT after BDAT")
 
 UNKNOWN_USER = reply(550, "5.1.1", "Error: no such user here")
 AUTH_REQUIRED = reply(530, "5.7.0", "Authentication required")

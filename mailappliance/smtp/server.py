@@ -18,7 +18,9 @@ much input is waiting, the transport is paused.
 
 After C{354}, the body goes to the spool as it arrives (see
 L{mailappliance.smtp.receiver}); the C{250} is sent only when the spool
-has made the message durable.
+has made the message durable. After C{BDAT <size>}, exactly C{<size>}
+octets are taken from the input, in bulk, before anything is read as a
+command again (L{mailappliance.smtp.chunking}).
 
 STARTTLS (L{mailappliance.smtp.starttls}) and AUTH
 (L{mailappliance.smtp.auth}) are mixins like the other commands; during
@@ -39,6 +41,7 @@ from twisted.python.failure import Failure
 from mailappliance.episodes import FailureEpisodes
 from mailappliance.smtp import replies
 from mailappliance.smtp.auth import AuthFailureTracker, SMTPAuthHandlers
+from mailappliance.smtp.chunking import Chunk, SMTPChunkingHandlers
 from mailappliance.smtp.commands import CommandRefused, is_http_request, parse_command
 from mailappliance.smtp.events import log_event, quote
 from mailappliance.smtp.handlers import SMTPCommandHandlers
@@ -73,13 +76,13 @@ DRAIN_POLL = 0.05
 # Verbs of RFC 5321 and its extensions that this server knows but does not
 # offer (502 rather than 500, RFC 5321 section 4.2.4).
 NOT_IMPLEMENTED_VERBS = frozenset(
-    {"BDAT", "ETRN", "TURN", "ATRN", "SEND", "SOML", "SAML", "VERB", "XCLIENT", "XFORWARD"}
+    {"ETRN", "TURN", "ATRN", "SEND", "SOML", "SAML", "VERB", "XCLIENT", "XFORWARD"}
 )
 
 _default_log = Logger(namespace="mailappliance.smtp")
 
 
-class SMTPServerProtocol(SMTPCommandHandlers, SMTPStartTLSHandler, SMTPAuthHandlers, Protocol):
+class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLSHandler, SMTPAuthHandlers, Protocol):
     """
     One SMTP session.
 
@@ -96,6 +99,10 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPStartTLSHandler, SMTPAuthHandl
         self._log: Logger = factory.log
         self._lines = CommandLineReader(self._line_limit)
         self._receiver: MessageReceiver | None = None
+        # The BDAT chunk whose octets are being read, and the reply the
+        # rest of a failed transaction's chunks get.
+        self._chunk: Chunk | None = None
+        self._chunks_refused: Reply | None = None
         # The Deferred the session is waiting for (lookup, commit, disk),
         # during which no further input is processed.
         self._waiting: Deferred | None = None
@@ -165,10 +172,16 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPStartTLSHandler, SMTPAuthHandl
     @property
     def busy(self) -> bool:
         """
-        Whether a mail transaction is under way (after MAIL, during DATA,
-        or while a decision is pending): shutting down waits for it.
+        Whether a mail transaction is under way (after MAIL, during DATA
+        or a BDAT chunk, or while a decision is pending): shutting down
+        waits for it.
         """
-        return self._transaction is not None or self._receiver is not None or self._waiting is not None
+        return (
+            self._transaction is not None
+            or self._receiver is not None
+            or self._chunk is not None
+            or self._waiting is not None
+        )
 
     def shut_down(self) -> None:
         """
@@ -200,6 +213,7 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPStartTLSHandler, SMTPAuthHandl
                             reason=quote("connection lost during DATA"))
             self._receiver.abort()
             self._receiver = None
+        self._abort_chunks("connection lost during BDAT")
         if self._admitted:
             self._admitted = False
             self.factory.connections.release(self._peer_key)
@@ -214,6 +228,14 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPStartTLSHandler, SMTPAuthHandl
                 # The body, arriving while nothing else is held: straight
                 # to the DATA reader, without a copy.
                 self._data_chunk(data)
+            elif (
+                self._chunk is not None
+                and self._waiting is None
+                and not self._lines.buffered
+                and len(data) <= self._chunk.remaining
+            ):
+                # Likewise the octets of a BDAT chunk.
+                self._chunk_data(data)
             else:
                 self._lines.feed(data)
             self._process()
@@ -233,6 +255,11 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPStartTLSHandler, SMTPAuthHandl
                 if not chunk:
                     break
                 self._data_chunk(chunk)
+            elif self._chunk is not None:
+                octets = self._lines.take(self._chunk.remaining)
+                if not octets and self._chunk.remaining:
+                    break
+                self._chunk_data(octets)
             else:
                 line = self._lines.next_line()
                 if line is None:
@@ -344,6 +371,7 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPStartTLSHandler, SMTPAuthHandl
         if self._receiver is not None:
             self._receiver.abort()
             self._receiver = None
+        self._abort_chunks()
         self._lines.clear()
         if self._paused:
             self._paused = False

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_smtp_transaction -*-
 """
 One mail transaction (RFC 5321 section 3.3): from MAIL to the end of DATA
-(or RSET, HELO/EHLO, the end of the session).
+or of the last BDAT chunk (or RSET, HELO/EHLO, the end of the session).
 
 It remembers the sender and MAIL parameters, the recipients accepted at
 RCPT, and the delivery targets they resolved to, deduplicated by
@@ -11,10 +11,15 @@ C{alice} (a member of C{team}) reaches alice once.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mailappliance.address import Mailbox
 from mailappliance.interfaces import Resolved
 from mailappliance.queue.envelope import FAILED, Recipient
 from mailappliance.smtp.commands import MailFrom
+
+if TYPE_CHECKING:
+    from mailappliance.smtp.receiver import MessageReceiver
 
 UNKNOWN_MEMBER_ERROR = "5.1.1 unknown alias member"
 
@@ -27,12 +32,19 @@ class Transaction:
     @ivar recipients: the addresses accepted at RCPT, in order.
     @ivar rcpt_tried: whether any RCPT was given (accepted or not), to tell
         "no RCPT yet" (503) from "no valid recipients" (554) at DATA.
+    @ivar message: the message receiving this transaction's BDAT chunks
+        (RFC 3030), from the first accepted chunk on; L{None} before (and
+        always, for DATA). Whoever ends the transaction commits or aborts it.
+    @ivar message_octets: the octets of the BDAT chunks accepted so far
+        (counted when a chunk is accepted, against the size limit).
     """
 
     def __init__(self, mail: MailFrom) -> None:
         self.mail = mail
         self.recipients: list[Mailbox] = []
         self.rcpt_tried = False
+        self.message: MessageReceiver | None = None
+        self.message_octets = 0
         self._targets: dict[str, Recipient] = {}
 
     @property
