@@ -39,5 +39,9 @@ def log_event(log: Logger, level: LogLevel, service: str, **fields: str | None) 
     if fields.get("qid") is not None:
         present["qid"] = fields["qid"]  # type: ignore[assignment]
     present.update((key, value) for key, value in fields.items() if value is not None)
-    template = " ".join(f"{key}={{{key}}}" for key in present)
+    # The line is made here, once, with its values in it (braces doubled so
+    # that the logger prints them as they are): formatting a template with
+    # fields costs twisted.logger's observers about four times as much, on
+    # every one of the several lines each message produces.
+    template = " ".join(f"{key}={value}".replace("{", "{{").replace("}", "}}") for key, value in present.items())
     log.emit(level, template, **present)
