@@ -81,7 +81,11 @@ class DataReader:
         if self.done:
             raise RuntimeError("data already ended")
         buffer = self._carry + chunk if self._carry else chunk
-        end = buffer.find(END_OF_DATA)
+        # One scan for a line that starts with a dot: with none (nearly
+        # every chunk of every message), the chunk holds neither the end
+        # marker nor stuffing, and needs no second scan for either.
+        plain = buffer.find(_STUFFED) == -1
+        end = -1 if plain else buffer.find(END_OF_DATA)
         if end != -1:
             # Keep the CRLF that ends the last line; drop "." CRLF.
             region = buffer[: end + 2]
@@ -105,7 +109,7 @@ class DataReader:
         if self.discarding:
             self._virtual = 0
             return b"", rest
-        body = region.replace(_STUFFED, _CRLF)
+        body = region if plain else region.replace(_STUFFED, _CRLF)
         if self._virtual:
             # The region starts with the virtual CRLF, intact: replace()
             # only ever removes the dot after a CRLF.
