@@ -317,12 +317,16 @@ class ILocalDelivery(Interface):
     Delivers one queued message to one local mailbox.
     """
 
-    def deliver(mailbox, prefix, body_path):
+    def deliver(mailbox, prefix, body_path, body_size=None):
         """
         @param mailbox: the account's address (L{Mailbox}).
         @param prefix: header lines to put in front (C{Return-Path:},
             C{Delivered-To:}), L{bytes} with CRLF line ends.
         @param body_path: path of the spooled message (L{str}).
+        @param body_size: the message is the first C{body_size} bytes of
+            C{body_path} (L{int}; a queue file of layout version 2 goes on
+            with its envelope and trailer, which must never be delivered);
+            L{None}: the whole file, to its end.
         @return: a L{Deferred} firing with the path of the delivered file
             once it is durable (file and directory fsynced), or failing with
             L{mailappliance.interfaces.DeliveryError}.
@@ -360,7 +364,9 @@ class IRemoteDelivery(Interface):
         @param envelope: the message's current L{mailappliance.queue.envelope.Envelope}.
         @param recipients: the due pending remote L{mailappliance.queue.envelope.Recipient}s, a
             L{tuple}.
-        @param body_path: the spooled body (L{str}).
+        @param body_path: the spooled body (L{str}): the first
+            C{envelope.size} bytes of that file (a queue file of layout
+            version 2 goes on with its envelope, never to be sent).
         @return: a L{Deferred} firing with a sequence of L{mailappliance.queue.envelope.Recipient}s: the
             same recipients in the same order, with their new C{state},
             C{attempts}, C{last_error} and C{next_attempt}. The relay owns

@@ -142,7 +142,7 @@ def unique_name(hostname: str, now: Callable[[], float] = time.time) -> str:
     return f"{whole}.M{micros}P{os.getpid()}Q{n}.{_escape_host(hostname)}"
 
 
-def deliver_file(maildir: str, prefix: bytes, source_path: str, hostname: str) -> str:
+def deliver_file(maildir: str, prefix: bytes, source_path: str, hostname: str, body_size: int | None = None) -> str:
     """
     Deliver a message into an existing Maildir. Blocking; memory bounded
     (the source is copied in chunks of L{COPY_CHUNK_SIZE}).
@@ -157,6 +157,11 @@ def deliver_file(maildir: str, prefix: bytes, source_path: str, hostname: str) -
     @param source_path: the file holding the message, copied byte for
         byte: no line-ending conversion.
     @param hostname: for the unique name.
+    @param body_size: how many bytes of the source are the message (a
+        queue file of layout version 2 goes on with its envelope, which
+        must never reach a mailbox); L{None}: all of it, to its end. A
+        source shorter than C{body_size} raises L{OSError} (C{EIO}): the
+        queued message was damaged, and a truncated copy is not delivered.
     @return: the path of the delivered file in C{new/}. The file is
         fsynced; the caller makes C{new/} durable (fsync or group commit).
     @raise OSError: on any failure; no file is left in C{tmp/} or C{new/}.
@@ -168,7 +173,7 @@ def deliver_file(maildir: str, prefix: bytes, source_path: str, hostname: str) -
         fd, tmp, name = _create_tmp(maildir, hostname)
         try:
             try:
-                size = _copy(fd, prefix, source)
+                size = _copy(fd, prefix, source, body_size)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -185,9 +190,10 @@ def deliver_file(maildir: str, prefix: bytes, source_path: str, hostname: str) -
     return final
 
 
-def _copy(fd: int, prefix: bytes, source: int) -> int:
-    # The prefix, then the source to its end, in writes of at most
-    # COPY_CHUNK_SIZE; the prefix shares the first. Returns the size.
+def _copy(fd: int, prefix: bytes, source: int, limit: int | None = None) -> int:
+    # The prefix, then the source to its end or to `limit` bytes, in
+    # writes of at most COPY_CHUNK_SIZE; the prefix shares the first.
+    # Returns the size.
     buffer = bytearray(COPY_CHUNK_SIZE)
     view = memoryview(buffer)
     size = 0
@@ -198,13 +204,19 @@ def _copy(fd: int, prefix: bytes, source: int) -> int:
         write_all(fd, prefix)
         size = len(prefix)
         filled = 0
+    left = limit
     while True:
-        count = os.readv(source, [view[filled:]])
+        room = COPY_CHUNK_SIZE - filled if left is None else min(COPY_CHUNK_SIZE - filled, left)
+        count = os.readv(source, [view[filled:filled + room]]) if room else 0
         filled += count
+        if left is not None:
+            left -= count
         if filled:
             write_all(fd, view[:filled])
             size += filled
         if not count:
+            if left:
+                raise OSError(errno.EIO, "queued message shorter than its envelope says")
             return size
         filled = 0
 
@@ -244,7 +256,9 @@ def classify_error(error: BaseException, body_path: str) -> DeliveryError:
     return DeliveryError(f"cannot deliver to Maildir: {error!r}", permanent=False)
 
 
-def deliver_to_maildir(maildir: str, prefix: bytes, source_path: str, hostname: str, known: bool) -> str:
+def deliver_to_maildir(
+    maildir: str, prefix: bytes, source_path: str, hostname: str, known: bool, body_size: int | None = None
+) -> str:
     """
     Deliver a message into a Maildir, making it first unless it is known
     to exist. Blocking.
@@ -253,6 +267,7 @@ def deliver_to_maildir(maildir: str, prefix: bytes, source_path: str, hostname: 
     @param prefix: as for L{deliver_file}.
     @param source_path: as for L{deliver_file}.
     @param hostname: as for L{deliver_file}.
+    @param body_size: as for L{deliver_file}.
     @param known: L{True} if the Maildir was made or seen before: its
         folders are not checked first. If it has gone since (an
         administrator removed it: C{ENOENT} from C{tmp/} or C{new/}), it
@@ -263,14 +278,14 @@ def deliver_to_maildir(maildir: str, prefix: bytes, source_path: str, hostname: 
     """
     if not known:
         ensure_maildir(maildir)
-        return deliver_file(maildir, prefix, source_path, hostname)
+        return deliver_file(maildir, prefix, source_path, hostname, body_size)
     try:
-        return deliver_file(maildir, prefix, source_path, hostname)
+        return deliver_file(maildir, prefix, source_path, hostname, body_size)
     except FileNotFoundError as e:
         if e.filename == source_path:
             raise
     ensure_maildir(maildir)
-    return deliver_file(maildir, prefix, source_path, hostname)
+    return deliver_file(maildir, prefix, source_path, hostname, body_size)
 
 
 @implementer(ILocalDelivery)
@@ -299,7 +314,7 @@ class MaildirDelivery:
         # Reactor thread only: Maildirs known to exist.
         self._known: set[str] = set()
 
-    def deliver(self, mailbox: Mailbox, prefix: bytes, body_path: str) -> Deferred:
+    def deliver(self, mailbox: Mailbox, prefix: bytes, body_path: str, body_size: int | None = None) -> Deferred:
         """
         See L{ILocalDelivery.deliver}. Creates the Maildir on first
         delivery, and again if it was removed since.
@@ -328,7 +343,7 @@ class MaildirDelivery:
                 return reason
             return Failure(classify_error(reason.value, body_path))
 
-        d = self.disk.run(deliver_to_maildir, path, prefix, body_path, self.hostname, known)
+        d = self.disk.run(deliver_to_maildir, path, prefix, body_path, self.hostname, known, body_size)
         d.addCallback(delivered)
         d.addErrback(failed)
         return d

@@ -16,17 +16,23 @@ What the design says (DESIGN.md "disk.py", L{mailappliance.queue.writer},
 L{mailappliance.maildir}, L{mailappliance.queue.spool}), for one message
 of a few KB to one local recipient:
 
-  - spool: the body in one C{write} (it is buffered up to
-    L{mailappliance.queue.writer.CHUNK_SIZE}), fsynced; the envelope in one
-    C{write}, fsynced; two renames into C{messages/}; C{messages/} synced;
+  - spool (queue layout version 2, L{mailappliance.queue.layout}): one
+    file created, C{tmp/<qid>}; the body, the envelope and its trailer in
+    one C{write} (the body is buffered up to
+    L{mailappliance.queue.writer.CHUNK_SIZE}), fsynced; one rename into
+    C{messages/}; C{messages/} synced;
   - delivery: the C{Return-Path:}/C{Delivered-To:} prefix and the body
     (in one C{write} below 64 KiB, L{mailappliance.maildir.COPY_CHUNK_SIZE}),
-    fsynced, renamed into C{new/}; C{new/} synced; no C{mkdir} or C{stat}
-    of the Maildir's folders once it has had a delivery;
-  - removal: two unlinks; C{messages/} synced;
+    stopping at the body's length, fsynced, renamed into C{new/}; C{new/}
+    synced; no C{mkdir} or C{stat} of the Maildir's folders once it has
+    had a delivery;
+  - removal: one unlink (a message never updated has no C{.env});
+    C{messages/} synced;
 
-so 3 writes, 3 file fsyncs and 3 directory fsyncs per message, none of
-them on the reactor thread. Without concurrency every directory sync is
+so 2 file creations, 2 writes, 2 file fsyncs, 3 directory fsyncs, 2
+renames and 1 unlink per message, none of them on the reactor thread.
+(Queue layout version 1 cost one more creation, write, file fsync, rename
+and unlink each: a separate envelope file.) Without concurrency every directory sync is
 its own fsync; with many sessions committing at once they share one
 (group commit), which L{GroupCommitTests} checks with a pool whose jobs
 wait their turn.
@@ -70,11 +76,15 @@ from mailappliance.smtp.testing import FakeResolver, SMTPHarness
 # The budget of one small message to one local recipient (module docstring).
 # (The Maildir prefix shares the body's write since the Maildir ensure cache
 # change; it was 2 writes before.)
-WRITES_PER_MESSAGE = {"queue body": 1, "queue envelope": 1, "maildir message": 1}
-FILE_FSYNCS_PER_MESSAGE = {"queue body": 1, "queue envelope": 1, "maildir message": 1}
+# (Queue layout version 2 -- one queue file with the envelope after the
+# body -- took out the envelope file: one creation, write, file fsync,
+# rename and unlink fewer than version 1's 3 / 3 / 3 / 2.)
+CREATIONS_PER_MESSAGE = {"queue body": 1, "maildir message": 1}
+WRITES_PER_MESSAGE = {"queue body": 1, "maildir message": 1}
+FILE_FSYNCS_PER_MESSAGE = {"queue body": 1, "maildir message": 1}
 DIRECTORY_FSYNCS_PER_MESSAGE = {"queue messages/": 2, "maildir new/": 1}
-RENAMES_PER_MESSAGE = 3
-UNLINKS_PER_MESSAGE = 2
+RENAMES_PER_MESSAGE = 2
+UNLINKS_PER_MESSAGE = 1
 # Calls that only look (stat) or make sure (mkdir of folders that exist)
 # per delivery: not part of the design. MaildirDelivery remembers the
 # Maildirs it has made sure of (it was 3 failing mkdirs and 4 stats per
@@ -159,6 +169,8 @@ class IOCounter:
             what = counter.classify(args[0]) if args else "elsewhere"
             if what != "elsewhere":
                 counter.note(name, what)
+            if name == "open" and what != "elsewhere" and len(args) > 1 and args[1] & os.O_CREAT:
+                counter.note("create", what)
             result = real(*args, **kwargs)
             if name == "open" and what != "elsewhere":
                 counter._fds[result] = what
@@ -307,8 +319,9 @@ class SMTPBudgetTests(BudgetMixin, SynchronousTestCase):
     def test_small_message(self) -> None:
         """
         A 4 KB message sent line by line (one C{dataReceived} per line)
-        costs 3 writes, 3 file fsyncs, 3 directory fsyncs, 3 renames and
-        2 unlinks, all in the disk pool: no per-line write, no extra sync,
+        costs 2 file creations, 2 writes, 2 file fsyncs, 3 directory
+        fsyncs, 2 renames and 1 unlink, all in the disk pool: no per-line
+        write, no extra sync,
         no mkdir or stat of the known Maildir.
         (The first message, which creates the Maildir, is not counted.)
         """
@@ -320,6 +333,7 @@ class SMTPBudgetTests(BudgetMixin, SynchronousTestCase):
         self.assertTrue(reply.startswith(b"250"), reply)
         self.assertEqual(len(self.maildir_new()), 2)
         self.assertEqual(self.manager.queue_ids, [], "the message left the queue")
+        self.assertEqual(self.counter.total("create"), Counter(CREATIONS_PER_MESSAGE))
         self.assertEqual(self.counter.total("write"), Counter(WRITES_PER_MESSAGE))
         fsyncs = self.counter.total("fsync")
         self.assertEqual(Counter({w: n for w, n in fsyncs.items() if not w.endswith("/")}),
@@ -355,13 +369,14 @@ class SMTPBudgetTests(BudgetMixin, SynchronousTestCase):
         # rest at the commit.
         self.assertLessEqual(writes["queue body"], len(body) // SPOOL_WRITE_CHUNK + 1)
         self.assertGreaterEqual(writes["queue body"], len(body) // (SPOOL_WRITE_CHUNK + LARGE_FEED_SIZE))
-        self.assertEqual(writes["queue envelope"], 1)
+        # The envelope and trailer share the last body write.
+        self.assertEqual(writes["queue envelope"], 0)
         # The prefix and the spooled message in COPY_CHUNK_SIZE writes (the
         # prefix fills the start of the first).
         self.assertEqual(writes["maildir message"], -(-delivered_size // MAILDIR_COPY_CHUNK))
         self.assertGreater(body_size, len(body))
         fsyncs = self.counter.total("fsync")
-        self.assertEqual((fsyncs["queue body"], fsyncs["queue envelope"], fsyncs["maildir message"]), (1, 1, 1))
+        self.assertEqual((fsyncs["queue body"], fsyncs["queue envelope"], fsyncs["maildir message"]), (1, 0, 1))
         self.assert_none_outside_the_pool()
 
 
@@ -379,7 +394,7 @@ class GroupCommitTests(BudgetMixin, SynchronousTestCase):
     def test_commits_share_directory_fsyncs(self) -> None:
         """
         L{CONCURRENT_MESSAGES} messages committed at the same moment cost
-        one file fsync for each body and envelope, but only one fsync of
+        one file fsync for each queue file, but only one fsync of
         C{messages/}: a directory fsync waiting in the pool's queue takes
         every request made before a thread begins it (the first commit's
         request queued it behind the other commits' jobs).
@@ -399,7 +414,7 @@ class GroupCommitTests(BudgetMixin, SynchronousTestCase):
         self.assertEqual(len(committed), CONCURRENT_MESSAGES)
         fsyncs = self.counter.total("fsync")
         self.assertEqual(fsyncs["queue body"], CONCURRENT_MESSAGES)
-        self.assertEqual(fsyncs["queue envelope"], CONCURRENT_MESSAGES)
+        self.assertEqual(fsyncs["queue envelope"], 0)
         self.assertEqual(fsyncs["queue messages/"], 1)
         self.assert_none_outside_the_pool()
 

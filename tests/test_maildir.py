@@ -311,6 +311,77 @@ class DeliverFileTests(FilesystemTestCase):
         self.assertEqual(len(self.listing("new")), 2)
 
 
+class BodySizeTests(FilesystemTestCase):
+    """
+    A queue file of layout version 2 holds the body, then the envelope and
+    its trailer: only the first C{body_size} bytes may reach a mailbox.
+    """
+
+    TAIL = b'{"version": 1, "queue_id": "X"}MAQ2 0000000031 00000000\n'
+
+    def setUp(self):
+        super().setUp()
+        ensure_maildir(self.box)
+
+    def test_stops_at_body_size(self):
+        """
+        With C{body_size}, exactly that many bytes of the source follow the
+        prefix; the name's sizes count them.
+        """
+        body = b"Subject: s\r\n\r\nbody\r\n"
+        final = deliver_file(self.box, b"P: 1\r\n", self.source(body + self.TAIL), "h", body_size=len(body))
+        with open(final, "rb") as f:
+            self.assertEqual(f.read(), b"P: 1\r\n" + body)
+        size = len(b"P: 1\r\n" + body)
+        self.assertTrue(final.endswith(f",S={size},W={size}"))
+
+    def test_chunk_boundaries(self):
+        """
+        Bodies of about one and two chunks, followed by an envelope, are
+        cut exactly at C{body_size}, in writes of at most
+        L{COPY_CHUNK_SIZE}.
+        """
+        prefix = b"Delivered-To: a@b\r\n"
+        writes = []
+        real_write = os.write
+
+        def recording_write(fd, data):
+            writes.append(len(data))
+            return real_write(fd, data)
+
+        self.patch(os, "write", recording_write)
+        for length in (0, 1, COPY_CHUNK_SIZE - len(prefix) - 1, COPY_CHUNK_SIZE - len(prefix),
+                       COPY_CHUNK_SIZE, 2 * COPY_CHUNK_SIZE + 7):
+            body = (bytes(range(256)) * (length // 256 + 1))[:length]
+            del writes[:]
+            final = deliver_file(self.box, prefix, self.source(body + self.TAIL), "h", body_size=length)
+            with open(final, "rb") as f:
+                self.assertEqual(f.read(), prefix + body, length)
+            self.assertLessEqual(max(writes), COPY_CHUNK_SIZE)
+            self.assertEqual(sum(writes), len(prefix) + length)
+
+    def test_source_shorter_than_body_size(self):
+        """
+        A source shorter than C{body_size} (a damaged queue file) raises
+        C{EIO} and delivers nothing, rather than a truncated message.
+        """
+        error = self.assertRaises(OSError, deliver_file, self.box, b"", self.source(b"short"), "h", body_size=6)
+        self.assertEqual(error.errno, errno.EIO)
+        self.assertEqual(self.listing("new"), [])
+        self.assertEqual(self.listing("tmp"), [])
+
+    def test_delivery_passes_body_size(self):
+        """
+        L{MaildirDelivery.deliver} with C{body_size} delivers only the body.
+        """
+        disk = SynchronousDiskPool()
+        delivery = MaildirDelivery(self.root, "h", disk, DirectorySyncer(disk, fsync=lambda path: None))
+        final = self.successResultOf(delivery.deliver(parse_mailbox("alice@example.test"), b"P: 1\r\n",
+                                                      self.source(b"hello\r\n" + self.TAIL), 7))
+        with open(final, "rb") as f:
+            self.assertEqual(f.read(), b"P: 1\r\nhello\r\n")
+
+
 class MaildirDeliveryTests(FilesystemTestCase):
     def setUp(self):
         super().setUp()

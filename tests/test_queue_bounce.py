@@ -71,6 +71,24 @@ class BounceTests(NotifierTestCase):
         self.assertIn("Final-Recipient: rfc822; ghost@example.test", report)
         self.assertIn("Status: 5.1.1", report)
 
+    def test_original_headers_from_body_only(self):
+        """
+        The DSN's returned headers come from the body alone: a body that is
+        all header lines (no blank line), followed in the queue file by
+        the envelope and its trailer, gives back exactly its own lines.
+        """
+        body = b"Received: from client\r\nSubject: hi\r\n"
+        delivery = ScriptedDelivery(self.maildir, {"alice@example.test": [DeliveryError("broken", True)]})
+        self.start(delivery, notifier=self.notifier)
+        self.submit([rcpt("alice@example.test")], body=body)
+        [dsn] = self.dsn_for("bob@example.test")
+        headers = dsn.get_payload()[2]
+        self.assertEqual(headers.get_content_type(), "text/rfc822-headers")
+        self.assertEqual(headers.get_payload(decode=True).replace(b"\n", b"\r\n").replace(b"\r\r", b"\r"), body)
+        [raw] = self.delivered_files("bob@example.test")
+        self.assertNotIn(b"MAQ2", raw)
+        self.assertNotIn(b'"queue_id"', raw)
+
     def test_null_sender_goes_to_postmaster(self):
         """
         A bounce that bounces goes to the postmaster (a double bounce);

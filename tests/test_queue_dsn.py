@@ -96,3 +96,19 @@ class HeaderTests(SynchronousTestCase):
         path = FilePath(self.mktemp())
         path.setContent(b"X: " + b"a" * 100 + b"\r\nY: b\r\n" + b"Z: " + b"c" * 100 + b"\r\n\r\n")
         self.assertEqual(read_original_headers(path.path, limit=115), b"X: " + b"a" * 100 + b"\r\nY: b\r\n")
+
+    def test_stops_at_body_size(self):
+        """
+        A queue file of layout version 2 goes on with its envelope and
+        trailer: with C{body_size}, a body that is all header (no blank
+        line) yields its own lines only, and a C{Received:}-looking line of
+        the envelope is not counted.
+        """
+        path = FilePath(self.mktemp())
+        body = b"Received: a\r\nSubject: x\r\n"
+        path.setContent(body + b"Received: from the envelope\r\n" + b"MAQ2 0000000030 00000000\n")
+        # Reading to the end of the file would take the envelope's line.
+        self.assertEqual(count_received_headers(path.path), 2)
+        self.assertEqual(read_original_headers(path.path, len(body)), body)
+        self.assertEqual(count_received_headers(path.path, len(body)), 1)
+        self.assertEqual(read_original_headers(path.path, 0), b"")

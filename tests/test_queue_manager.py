@@ -19,7 +19,7 @@ from mailappliance.interfaces import DeliveryError, ILocalDelivery
 from mailappliance.maildir import MaildirDelivery, maildir_path
 from mailappliance.queue.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipient
 from mailappliance.queue.manager import IRemoteDelivery, QueueManager, delivery_prefix
-from mailappliance.queue.spool import Spool
+from mailappliance.queue.spool import Spool, read_current_envelope
 
 T0 = 1700000000.0
 BODY = b"Received: from client\r\nSubject: hi\r\n\r\n.leading dot\r\n\xe9\r\n"
@@ -45,12 +45,12 @@ class ScriptedDelivery:
         self.failures = failures or {}
         self.calls = []
 
-    def deliver(self, mailbox, prefix, body_path):
+    def deliver(self, mailbox, prefix, body_path, body_size=None):
         self.calls.append(mailbox.key)
         errors = self.failures.get(mailbox.key)
         if errors:
             return fail(errors.pop(0))
-        return self.real.deliver(mailbox, prefix, body_path)
+        return self.real.deliver(mailbox, prefix, body_path, body_size)
 
 
 @implementer(ILocalDelivery)
@@ -62,7 +62,7 @@ class ManualDelivery:
     def __init__(self):
         self.pending = []
 
-    def deliver(self, mailbox, prefix, body_path):
+    def deliver(self, mailbox, prefix, body_path, body_size=None):
         d = Deferred()
         self.pending.append((mailbox.key, d))
         return d
@@ -111,8 +111,8 @@ class ManagerTestCase(SynchronousTestCase):
         return result
 
     def stored(self, qid):
-        with open(self.spool.envelope_path(qid), "rb") as f:
-            return Envelope.from_bytes(f.read())
+        # Either layout: the .env once updated, else the embedded envelope.
+        return read_current_envelope(self.spool.messages_dir, qid)
 
     def queued(self):
         return sorted(os.listdir(self.spool.messages_dir))
@@ -451,7 +451,7 @@ class RecoveryTests(ManagerTestCase):
         start.
         """
         qid = self.submit([rcpt("alice@example.test")])
-        self.assertEqual(self.queued(), [qid, qid + ".env"])
+        self.assertEqual(self.queued(), [qid])
         self.start()
         self.assertEqual(len(self.delivered_files("alice@example.test")), 1)
         self.assertEqual(self.queued(), [])

@@ -78,8 +78,9 @@ class RelayTests(SynchronousTestCase):
                      clock=self.clock, deliver=self.client, rng=random.Random(4),
                      log=Logger(observer=lambda e: self.events.append(formatEvent(e))), **kw)
 
-    def envelope(self, *recipients, arrival=T0):
-        return Envelope("QID", parse_mailbox("alice@example.test"), tuple(recipients), arrival, size=30)
+    def envelope(self, *recipients, arrival=T0, size=None):
+        size = len(self.body.getContent()) if size is None else size
+        return Envelope("QID", parse_mailbox("alice@example.test"), tuple(recipients), arrival, size=size)
 
     def deliver_all(self, relay, envelope):
         return self.successResultOf(relay.deliver(envelope, envelope.recipients, self.body.path))
@@ -188,6 +189,18 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual((a.state, a.status), (FAILED, "5.1.2"))
         self.assertEqual((b.state, b.status), (PENDING, "4.4.3"))
         self.assertEqual(self.client.calls, [])
+
+    def test_loop_counts_body_only(self):
+        """
+        Loop detection counts the C{Received:} fields of the body only
+        (the first C{envelope.size} bytes): what follows in the queue file
+        is not counted.
+        """
+        body = b"Received: x\r\n" * MAX_HOPS
+        self.body.setContent(body + b"Received: from the envelope\r\nMAQ2 0000000028 00000000\n")
+        [r] = self.deliver_all(self.relay(), self.envelope(rcpt("a@one.test"), size=len(body)))
+        self.assertEqual(r.state, "delivered")
+        self.assertEqual(len(self.client.calls), 1)
 
     def test_loop(self):
         """

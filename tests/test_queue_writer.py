@@ -17,6 +17,7 @@ from mailappliance.address import parse_mailbox
 from mailappliance.disk import DirectorySyncer, DiskPool, SynchronousDiskPool
 from mailappliance.interfaces import IMessageWriter
 from mailappliance.queue.envelope import Envelope, Recipient
+from mailappliance.queue.layout import encode_tail, read_embedded_envelope
 from mailappliance.queue.spool import Spool
 from mailappliance.queue.writer import CHUNK_SIZE, HIGH_WATER, LOW_WATER
 
@@ -98,6 +99,19 @@ class SpoolFixture:
         self.spool.on_commit = self.committed.append
         return self.spool
 
+    def read_body(self, qid):
+        """
+        @return: the body of the committed queue file C{messages/<qid>},
+            after checking that exactly the embedded envelope and its
+            trailer follow it (layout version 2).
+        """
+        path = self.spool.body_path(qid)
+        envelope = read_embedded_envelope(path)
+        with open(path, "rb") as f:
+            data = f.read()
+        self.assertEqual(data[envelope.size:], encode_tail(envelope))
+        return data[: envelope.size]
+
     def queue_files(self):
         q = self.spool
         return {
@@ -124,8 +138,8 @@ class CommitTests(SpoolFixture, SynchronousTestCase):
 
     def test_commit(self):
         """
-        Committing moves body and envelope into C{messages/}, byte for
-        byte; the envelope gets the writer's queue id and body size; the
+        Committing moves one queue file into C{messages/}: the body byte for
+        byte, then the envelope and its trailer; the envelope gets the writer's queue id and body size; the
         L{Deferred} fires with the queue id and C{on_commit} is called with
         the stored envelope.
         """
@@ -136,24 +150,25 @@ class CommitTests(SpoolFixture, SynchronousTestCase):
         self.assertEqual(writer.size, len(body))
         qid = self.successResultOf(writer.commit(make_envelope()))
         self.assertEqual(qid, writer.queue_id)
-        self.assertEqual(self.queue_files(), {"tmp": [], "messages": [qid, qid + ".env"], "corrupt": []})
+        self.assertEqual(self.queue_files(), {"tmp": [], "messages": [qid], "corrupt": []})
+        stored = make_envelope(queue_id=qid, size=len(body))
         with open(self.spool.body_path(qid), "rb") as f:
-            self.assertEqual(f.read(), body)
-        with open(self.spool.envelope_path(qid), "rb") as f:
-            stored = Envelope.from_bytes(f.read())
-        self.assertEqual(stored, make_envelope(queue_id=qid, size=len(body)))
+            self.assertEqual(f.read(), body + encode_tail(stored))
+        self.assertEqual(read_embedded_envelope(self.spool.body_path(qid)), stored)
         self.assertEqual(self.committed, [stored])
         self.assertEqual(self.dir_syncs, [self.spool.messages_dir])
         self.assertEqual(os.stat(self.spool.body_path(qid)).st_mode & 0o777, 0o600)
 
     def test_empty_body(self):
         """
-        A message with no body bytes still gets an (empty) body file.
+        A message with no body bytes still gets a queue file: its
+        envelope and trailer alone.
         """
         writer = self.spool.new_message()
         qid = self.successResultOf(writer.commit(make_envelope()))
         with open(self.spool.body_path(qid), "rb") as f:
-            self.assertEqual(f.read(), b"")
+            self.assertEqual(f.read(), encode_tail(make_envelope(queue_id=qid, size=0)))
+        self.assertEqual(self.read_body(qid), b"")
 
     def test_large_body_in_order(self):
         """
@@ -164,8 +179,7 @@ class CommitTests(SpoolFixture, SynchronousTestCase):
         for piece in pieces:
             writer.write(piece)
         qid = self.successResultOf(writer.commit(make_envelope()))
-        with open(self.spool.body_path(qid), "rb") as f:
-            self.assertEqual(f.read(), b"".join(pieces))
+        self.assertEqual(self.read_body(qid), b"".join(pieces))
 
     def test_no_commit_twice(self):
         """
@@ -191,15 +205,15 @@ class CommitTests(SpoolFixture, SynchronousTestCase):
         self.spool.on_commit = broken
         qid = self.successResultOf(self.spool.new_message().commit(make_envelope()))
         self.assertEqual(self.events[-1], f'qid={qid} status=error reason="on_commit failed"')
-        self.assertIn(qid + ".env", listing(self.spool.messages_dir))
+        self.assertEqual(listing(self.spool.messages_dir)[-1], qid)
 
 
 class JobCountTests(SpoolFixture, SynchronousTestCase):
     def test_small_message_one_job_before_directory_sync(self):
         """
         A message smaller than L{CHUNK_SIZE} costs one disk job before the
-        directory sync: the body is written by the commit job itself, then
-        fsynced and renamed with its envelope.
+        directory sync: the body, envelope and trailer are written by the
+        commit job itself, in one C{write}, then fsynced and renamed.
         """
         disk = ManualDiskPool()
         self.make_spool(disk=disk)
@@ -209,12 +223,21 @@ class JobCountTests(SpoolFixture, SynchronousTestCase):
         self.assertEqual(disk.jobs, [])
         d = writer.commit(make_envelope())
         self.assertEqual(len(disk.jobs), 1)
+        writes = []
+        real_write = os.write
+
+        def counting_write(fd, data):
+            writes.append(bytes(data))
+            return real_write(fd, data)
+
+        self.patch(os, "write", counting_write)
         disk.run_one()
-        self.assertEqual(listing(self.spool.messages_dir), [writer.queue_id, writer.queue_id + ".env"])
+        self.assertEqual(listing(self.spool.messages_dir), [writer.queue_id])
+        stored = make_envelope(queue_id=writer.queue_id, size=len(b"Subject: x\r\n\r\nbody\r\n"))
+        self.assertEqual(writes, [b"Subject: x\r\n\r\nbody\r\n" + encode_tail(stored)])
         disk.run_all()
         self.assertEqual(self.successResultOf(d), writer.queue_id)
-        with open(self.spool.body_path(writer.queue_id), "rb") as f:
-            self.assertEqual(f.read(), b"Subject: x\r\n\r\nbody\r\n")
+        self.assertEqual(self.read_body(writer.queue_id), b"Subject: x\r\n\r\nbody\r\n")
         self.assertEqual(writer.outstanding, 0)
 
     def test_tail_after_write_in_flight(self):
@@ -231,8 +254,7 @@ class JobCountTests(SpoolFixture, SynchronousTestCase):
         d = writer.commit(make_envelope())
         disk.run_all()
         self.assertEqual(self.successResultOf(d), writer.queue_id)
-        with open(self.spool.body_path(writer.queue_id), "rb") as f:
-            self.assertEqual(f.read(), b"a" * CHUNK_SIZE + b"tail")
+        self.assertEqual(self.read_body(writer.queue_id), b"a" * CHUNK_SIZE + b"tail")
         self.assertEqual(writer.outstanding, 0)
 
 
@@ -243,9 +265,9 @@ class DurabilityOrderTests(SpoolFixture, SynchronousTestCase):
 
     def test_order(self):
         """
-        Body fsync, envelope fsync, rename of the body, rename of the
-        envelope (the commit point), fsync of C{messages/}, and only then
-        the commit L{Deferred} fires.
+        One fsync of the queue file, its rename into C{messages/} (the
+        commit point), fsync of C{messages/}, and only then the commit
+        L{Deferred} fires.
         """
         self.make_spool(dir_fsync=lambda path: ops.append(("dirsync", path)))
         self.successResultOf(self.spool.recover())
@@ -280,9 +302,7 @@ class DurabilityOrderTests(SpoolFixture, SynchronousTestCase):
             ops,
             [
                 ("fsync", os.path.join(tmp, q)),
-                ("fsync", os.path.join(tmp, q + ".env")),
                 ("rename", os.path.join(tmp, q), os.path.join(messages, q)),
-                ("rename", os.path.join(tmp, q + ".env"), os.path.join(messages, q + ".env")),
                 ("dirsync", messages),
                 ("fired", q),
             ],
@@ -305,7 +325,7 @@ class DurabilityOrderTests(SpoolFixture, SynchronousTestCase):
                 break
             disk.run_one()
         self.assertNoResult(d)
-        self.assertEqual(listing(self.spool.messages_dir), [writer.queue_id, writer.queue_id + ".env"])
+        self.assertEqual(listing(self.spool.messages_dir), [writer.queue_id])
         disk.run_all()
         self.assertEqual(self.successResultOf(d), writer.queue_id)
 
@@ -363,23 +383,24 @@ class FailureTests(SpoolFixture, SynchronousTestCase):
         self.failureResultOf(writer.commit(make_envelope()), OSError)
         self.assertNothingLeft()
 
-    def test_envelope_fsync_fails(self):
+    def test_tail_write_fails(self):
         """
-        A failed fsync of the envelope fails the commit; the body written
-        before is removed.
+        A failed write of the envelope and trailer after the body went out
+        in its own jobs fails the commit; the partial file is removed.
         """
-        self.failing("fsync", after=1)
+        self.failing("write", after=1)
         writer = self.spool.new_message()
-        writer.write(b"hello\r\n")
-        self.failureResultOf(writer.commit(make_envelope()), OSError)
+        writer.write(b"x" * CHUNK_SIZE)
+        failure = self.failureResultOf(writer.commit(make_envelope()), OSError)
+        self.assertEqual(failure.value.errno, errno.ENOSPC)
         self.assertNothingLeft()
 
-    def test_envelope_rename_fails(self):
+    def test_rename_fails(self):
         """
-        If the envelope cannot be renamed into place after the body was,
-        the body is taken back out of C{messages/}.
+        If the queue file cannot be renamed into C{messages/}, the commit
+        fails and the file is removed from C{tmp/}.
         """
-        self.failing("rename", after=1, error=errno.EIO)
+        self.failing("rename", error=errno.EIO)
         writer = self.spool.new_message()
         writer.write(b"hello\r\n")
         failure = self.failureResultOf(writer.commit(make_envelope()), OSError)
@@ -463,7 +484,7 @@ class AbortTests(SpoolFixture, SynchronousTestCase):
         writer.abort()
         disk.run_all()
         self.assertEqual(self.successResultOf(d), writer.queue_id)
-        self.assertEqual(listing(self.spool.messages_dir), [writer.queue_id, writer.queue_id + ".env"])
+        self.assertEqual(listing(self.spool.messages_dir), [writer.queue_id])
 
 
 class BackpressureTests(SpoolFixture, SynchronousTestCase):
@@ -515,7 +536,9 @@ class BackpressureTests(SpoolFixture, SynchronousTestCase):
         disk.run_all()
         qid = self.successResultOf(d)
         self.assertLessEqual(peak, HIGH_WATER + len(piece))
-        self.assertEqual(os.path.getsize(self.spool.body_path(qid)), written)
+        self.assertEqual(read_embedded_envelope(self.spool.body_path(qid)).size, written)
+        self.assertEqual(os.path.getsize(self.spool.body_path(qid)),
+                         written + len(encode_tail(make_envelope(queue_id=qid, size=written))))
 
 
 class GroupCommitTests(SpoolFixture, SynchronousTestCase):
@@ -567,8 +590,7 @@ class ThreadedPoolTests(SpoolFixture, TestCase):
 
         def check(results):
             for n, qid in results:
-                with open(self.spool.body_path(qid), "rb") as f:
-                    self.assertEqual(f.read(), bytes([n]) * 1_600_000)
+                self.assertEqual(self.read_body(qid), bytes([n]) * 1_600_000)
             self.assertEqual(len(self.committed), 20)
             self.assertEqual(listing(self.spool.tmp_dir), [])
 

@@ -397,6 +397,24 @@ class ExtensionTests(ClientTestCase):
         self.assertNotIn(b"RSET", peer.sessions[0].commands)
 
 
+    def test_queue_file_sends_body_only(self) -> None:
+        """
+        A queue file of layout version 2 (the body, then the envelope and
+        its trailer): only the first C{size} bytes are sent, and C{SIZE=}
+        declares them.
+        """
+        from mailappliance.queue.layout import encode_tail
+        from tests.test_queue_writer import make_envelope
+
+        tail = encode_tail(make_envelope(queue_id="0000000000000AAA", size=len(BODY)))
+        self.write_body(BODY + tail)
+        peer = testing.FakeSMTPPeer()
+        d = self.start(message=self.message(size=len(BODY)))
+        self.serve(peer)
+        self.assertEqual(len(self.successResultOf(d).delivered), len(RECIPIENTS))
+        self.assertEqual(peer.sessions[0].messages, [BODY])
+        self.assertNotIn(b"MAQ2", b"".join(peer.sessions[0].commands))
+
 class TLSTests(ClientTestCase):
     """
     STARTTLS with real TLS in memory.

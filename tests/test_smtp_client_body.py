@@ -5,6 +5,7 @@ Tests for L{mailappliance.smtp.client_body}.
 
 from __future__ import annotations
 
+import errno
 import os
 
 from twisted.internet import defer
@@ -13,7 +14,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailappliance.disk import SynchronousDiskPool
-from mailappliance.smtp.client_body import BODY_CHUNK_SIZE, BodyProducer, read_chunk
+from mailappliance.smtp.client_body import BODY_CHUNK_SIZE, BodyProducer, SpoolFile, read_chunk
 from mailappliance.smtp.client_protocol import ConnectionProblem
 from tests.test_dotstuff import reference_stuff
 
@@ -275,3 +276,59 @@ class ReadChunkTests(SynchronousTestCase):
         self.patch(os, "pread", short_pread)
         self.assertEqual(read_chunk(self.fd, 8, 0), (b"012345", False))
         self.assertEqual(calls, [(8, 0), (5, 3)])
+
+
+class SpoolFileTests(SynchronousTestCase):
+    """
+    A L{SpoolFile} (a queue file of layout version 2: body, then envelope
+    and trailer) is sent only up to its C{length}.
+    """
+
+    TAIL = b'{"queue_id": "X"}MAQ2 0000000017 00000000\n'
+
+    def open_file(self, content: bytes) -> int:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(content)
+        fd = os.open(path, os.O_RDONLY)
+        self.addCleanup(os.close, fd)
+        return fd
+
+    def send(self, body: bytes, chunk_size: int = BODY_CHUNK_SIZE) -> bytes:
+        fd = self.open_file(body + self.TAIL)
+        consumer = StringTransport()
+        producer = BodyProducer(SynchronousDiskPool(), SpoolFile(fd, len(body)), Clock(), 180, chunk_size)
+        consumer.registerProducer(producer, True)
+        d = producer.send_to(consumer)
+        wire = reference_stuff(body)
+        self.assertEqual(self.successResultOf(d), len(wire))
+        return consumer.value()
+
+    def test_stops_at_length(self) -> None:
+        """
+        Only the body goes on the wire, dot-stuffed and ended; the envelope
+        after it never does.
+        """
+        body = b"Subject: s\r\n\r\n.dot\r\nbody\r\n"
+        self.assertEqual(self.send(body), reference_stuff(body))
+
+    def test_chunk_boundaries(self) -> None:
+        """
+        Bodies ending just before, at and after a chunk boundary, and an
+        empty body, are cut exactly.
+        """
+        for length in (0, 1, 15, 16, 17, 33):
+            body = (b"abc\r\n" * 10)[:length]
+            self.assertEqual(self.send(body, chunk_size=16), reference_stuff(body), length)
+
+    def test_read_chunk_end(self) -> None:
+        """
+        L{read_chunk} with an C{end} reads no further, reports the end
+        without another read, and fails with C{EIO} if the file ends first.
+        """
+        fd = self.open_file(b"0123456789")
+        self.assertEqual(read_chunk(fd, 4, 0, 6), (b"0123", False))
+        self.assertEqual(read_chunk(fd, 4, 4, 6), (b"45", True))
+        self.assertEqual(read_chunk(fd, 4, 6, 6), (b"", True))
+        error = self.assertRaises(OSError, read_chunk, fd, 8, 8, 12)
+        self.assertEqual(error.errno, errno.EIO)

@@ -19,6 +19,8 @@ from mailappliance.disk import fsync_directory, write_file_durably
 from mailappliance.queue.control import ServerLock, write_command
 from mailappliance.queue.envelope import PENDING, Envelope, EnvelopeFormatError
 from mailappliance.queue.ids import is_queue_id
+from mailappliance.queue.layout import CorruptTrailer, NoTrailer
+from mailappliance.queue.spool import ENVELOPE_SUFFIX, read_current_envelope
 
 COMMAND_WAIT = 10.0
 POLL = 0.05
@@ -43,22 +45,29 @@ def _messages_dir(config) -> str:
 
 def read_queue(config) -> list[tuple[Envelope, float]]:
     """
-    The queued messages' envelopes, oldest first (with their file's mtime).
-    Unreadable or vanishing ones are skipped.
+    The queued messages' current envelopes, oldest first, in either queue
+    layout (L{mailappliance.queue.spool}): a message's C{<qid>.env} if it
+    has one, else the envelope embedded in its queue file C{<qid>}.
+    Unreadable or vanishing ones, and version-1 bodies without an envelope,
+    are skipped; nothing is changed (only the server recovers the queue).
+    Bodies are never read: the embedded envelope is found from the file's
+    end.
     """
     directory = _messages_dir(config)
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
         return []
+    queue_ids = {name.removesuffix(ENVELOPE_SUFFIX) for name in names}
     result = []
-    for name in names:
-        if not name.endswith(".env") or not is_queue_id(name[:-4]):
+    for qid in queue_ids:
+        if not is_queue_id(qid):
             continue
         try:
-            with open(os.path.join(directory, name), "rb") as f:
-                envelope = Envelope.from_bytes(f.read())
-        except (OSError, EnvelopeFormatError):
+            envelope = read_current_envelope(directory, qid)
+        except (OSError, EnvelopeFormatError, NoTrailer, CorruptTrailer):
+            continue
+        if envelope.queue_id != qid:
             continue
         result.append(envelope)
     return sorted(result, key=lambda e: (e.arrival, e.queue_id))

@@ -128,7 +128,7 @@ class Notifier:
             for r in recipients
         ]
         try:
-            headers = yield self.disk.run(read_original_headers, self.spool.body_path(qid))
+            headers = yield self.disk.run(read_original_headers, self.spool.body_path(qid), envelope.size)
         except OSError:
             headers = b""
         now = self.clock.seconds()

@@ -46,13 +46,20 @@ class RecipientReport:
     smtp_reply: bool = False
 
 
-def read_original_headers(body_path: str, limit: int = MAX_ORIGINAL_HEADERS) -> bytes:
+def read_original_headers(body_path: str, body_size: int | None = None, limit: int = MAX_ORIGINAL_HEADERS) -> bytes:
     """
     Read the header section of a spooled message (blocking: run it in the
     disk pool), at most C{limit} bytes, ending with CRLF.
+
+    @param body_path: the queue file.
+    @param body_size: the body is its first C{body_size} bytes (the
+        envelope's C{size}; layout version 2 appends the envelope, which
+        must not be taken for headers); L{None}: the whole file.
+    @param limit: the most header bytes to return.
     """
+    want = limit + 4 if body_size is None else min(limit + 4, body_size)
     with open(body_path, "rb") as f:
-        data = f.read(limit + 4)
+        data = f.read(want)
     end = data.find(b"\r\n\r\n")
     if end >= 0:
         return data[: end + 2]
@@ -190,12 +197,14 @@ def _crlf(data: bytes) -> bytes:
     return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 
-def count_received_headers(body_path: str, limit: int = MAX_ORIGINAL_HEADERS) -> int:
+def count_received_headers(body_path: str, body_size: int | None = None, limit: int = MAX_ORIGINAL_HEADERS) -> int:
     """
     Count the C{Received:} fields of a spooled message (blocking), for mail
     loop detection (RFC 5321 section 6.3).
+
+    @param body_size: as for L{read_original_headers}.
     """
-    headers = read_original_headers(body_path, limit)
+    headers = read_original_headers(body_path, body_size, limit)
     count = 0
     for line in headers.split(b"\r\n"):
         if line[:9].lower() == b"received:":

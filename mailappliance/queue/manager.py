@@ -365,7 +365,9 @@ class QueueManager(Service):
         qid = envelope.queue_id
         target = envelope.recipients[indexes[0]].target
         prefix = delivery_prefix(envelope.sender, target)
-        d = self._local_slots.run(self.local_delivery.deliver, target, prefix, body_path)
+        # The body is the first envelope.size bytes of the queue file
+        # (layout version 2 appends the envelope to it).
+        d = self._local_slots.run(self.local_delivery.deliver, target, prefix, body_path, envelope.size)
 
         def delivered(path: str) -> list[tuple[int, Recipient]]:
             self.log.info("qid={qid} to=<{to}> status=delivered path={path}", qid=qid, to=str(target), path=path)

@@ -132,7 +132,7 @@ class Relay:
         See L{IRemoteDelivery.deliver}.
         """
         try:
-            hops = yield self.disk.run(count_received_headers, body_path)
+            hops = yield self.disk.run(count_received_headers, body_path, envelope.size)
         except OSError:
             hops = 0
         if hops > MAX_HOPS:

@@ -3,24 +3,37 @@
 The durable on-disk queue: L{Spool}, the single source of truth for every
 message the server has accepted.
 
-Layout of C{DATA_DIR/queue/}, version 1::
+Layout of C{DATA_DIR/queue/}, version 2 (written since issue 8; version 1
+is still read, see below)::
 
   tmp/                 work in progress; everything here is garbage at
                        start-up (a crash interrupted it):
-    <qid>                body being received
-    <qid>.env            envelope of a commit in progress
+    <qid>                queue file being received
     <qid>.env.<n>        envelope rewrite in progress (L{Spool.update})
   messages/            committed messages:
-    <qid>                the body, exactly as received (CRLF line ends,
-                         starting with our Received: header)
-    <qid>.env            the envelope (L{mailappliance.queue.envelope},
-                         JSON, itself versioned); its presence is the
-                         commit point
-  corrupt/             envelopes that could not be read at start-up, moved
-                       here with their bodies (and a log line) for the
+    <qid>                the queue file (L{mailappliance.queue.layout}):
+                         the body, exactly as received (CRLF line ends,
+                         starting with our Received: header), exactly
+                         C{envelope.size} bytes; then the envelope as it
+                         was at the commit (L{mailappliance.queue.envelope},
+                         JSON, itself versioned); then a 25-byte trailer
+                         C{MAQ2 <10-digit length> <8-hex CRC-32>\\n} that
+                         locates and checks the envelope. Its appearance
+                         (a rename) is the commit point.
+    <qid>.env            only once the envelope has changed (recipient
+                         outcomes, L{Spool.update}): the current envelope,
+                         which supersedes the embedded one; the body is
+                         still the first C{size} bytes of C{<qid>}
+  corrupt/             queue files and envelopes that could not be read
+                       at start-up, moved here (and a log line) for the
                        administrator to inspect
-  incoming/            reserved for a later sendmail drop folder; created,
-                       otherwise left alone
+  incoming/            the sendmail drop folder (L{mailappliance.queue.incoming})
+
+Version 1 (before issue 8) differs only in C{messages/}: C{<qid>} is the
+body alone, C{<qid>.env} always exists and its appearance (renamed in
+after the body) was the commit point. A version-1 queue left by an older
+run is read as it is: a C{<qid>} with a C{<qid>.env} is a message in
+either version, and readers stop at C{envelope.size} in both.
 
 Queue ids are made by L{mailappliance.queue.ids} (16 characters of base32,
 sortable by time). All files are mode 0600, directories 0700.
@@ -28,13 +41,31 @@ sortable by time). All files are mode 0600, directories 0700.
 Rules that keep this crash-safe (a SIGKILL or power loss at any instant):
 
   - a file is fsynced before it is renamed into C{messages/}, and
-    C{messages/} is fsynced before anyone is told the change happened;
-  - a message is committed by renaming its body and then its envelope
-    into C{messages/}; it is removed by unlinking its envelope and then its
-    body. So a body without an envelope is always garbage, and L{recover}
-    removes it;
-  - an envelope is rewritten by renaming a complete, fsynced copy over it,
-    so it is always either the old or the new version.
+    C{messages/} is fsynced before anyone is told the change happened
+    (the 250 reply, a delivery's or a removal's completion);
+  - commit: the complete queue file (body, envelope, trailer) is written
+    to C{tmp/<qid>}, fsynced, and renamed to C{messages/<qid>}. Before the
+    rename, only C{tmp/} holds anything, which recovery empties; after
+    it, the whole file is there, since it was fsynced first. A
+    C{messages/<qid>} without C{.env} and without a valid trailer is
+    therefore never a version-2 commit: it is a version-1 body whose
+    envelope never arrived (garbage, removed); one whose trailer magic is
+    there but does not check out (CRC, length, unparsable envelope) has
+    been damaged behind our back and is moved to C{corrupt/};
+  - update: an envelope is rewritten by renaming a complete, fsynced copy
+    over C{<qid>.env}, so it is always either the old or the new version;
+    until the first rename lands, the embedded envelope is the current
+    one;
+  - removal: C{<qid>.env} is unlinked (if the message has one) before
+    C{<qid>}, then C{messages/} is fsynced. A crash between the two
+    unlinks leaves C{<qid>} alone, which recovery takes for the message
+    with its envelope as committed: recipients already delivered are
+    delivered again. That duplicate (RFC 5321 section 6.1 accepts
+    duplicates, never losses) is the price of never leaving an envelope
+    without a body, which would be ambiguous with damage (version 1 has
+    the same window the other way round: a body without an envelope,
+    removed). The opposite order would need recovery to drop C{.env}
+    files without a body silently, hiding real damage.
 
 Every blocking call runs in the disk pool; this module never touches the
 file system on the reactor thread.
@@ -56,9 +87,10 @@ from mailappliance.disk import ensure_directory, fsync_directory, write_all
 from mailappliance.interfaces import ISpool
 from mailappliance.queue.envelope import Envelope, EnvelopeFormatError
 from mailappliance.queue.ids import QueueIdGenerator, is_queue_id
+from mailappliance.queue.layout import CorruptTrailer, NoTrailer, read_embedded_envelope
 from mailappliance.queue.writer import BODY_MODE, SpoolWriter
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 ENVELOPE_SUFFIX = ".env"
 SUBDIRECTORIES = ("tmp", "messages", "corrupt", "incoming")
 
@@ -127,6 +159,11 @@ class Spool:
         # from the disk pool, changed only on the reactor thread.
         self._live: set[str] = set()
         self._rewrites = itertools.count()
+        # Queue ids whose message has (or may have) a messages/<qid>.env:
+        # only these cost an unlink of it at removal. Known from recovery
+        # and from update(); the command line changes the queue files only
+        # while no server runs. Reactor thread only.
+        self._envelope_files: set[str] = set()
 
     # -- receiving ---------------------------------------------------------
 
@@ -177,7 +214,8 @@ class Spool:
 
     def envelope_path(self, queue_id: str) -> str:
         """
-        @return: the path of the committed envelope, C{messages/<qid>.env}.
+        @return: the path of the rewritten envelope, C{messages/<qid>.env}
+            (present for a version-2 message only once L{update}d).
         @raise ValueError: as L{body_path}.
         """
         return self.body_path(queue_id) + ENVELOPE_SUFFIX
@@ -188,7 +226,9 @@ class Spool:
         """
         Durably replace a committed message's envelope (new recipient
         states): write C{tmp/<qid>.env.<n>}, fsync it, rename it over
-        C{messages/<qid>.env}, then fsync C{messages/} (group commit).
+        C{messages/<qid>.env} (which from then on supersedes the envelope
+        embedded in the queue file), then fsync C{messages/} (group
+        commit).
 
         @param envelope: the new envelope.
         @return: a L{Deferred} firing with L{None} once durable, or failing
@@ -199,22 +239,30 @@ class Spool:
         target = self.envelope_path(queue_id)
         body = self.body_path(queue_id)
         tmp = os.path.join(self.tmp_dir, f"{queue_id}{ENVELOPE_SUFFIX}.{next(self._rewrites)}")
+        # Before the job: a removal after it must unlink the file even if
+        # this update fails half-way. (An update of a message already
+        # removed leaves its id here until the next start: harmless.)
+        self._envelope_files.add(queue_id)
         d = self.disk.run(_rewrite_blocking, tmp, target, body, envelope.to_bytes())
         d.addCallback(lambda _: self.syncer.sync(self.messages_dir))
         return d
 
     def remove(self, queue_id: str) -> Deferred:
         """
-        Remove a message: unlink its envelope, then its body, then fsync
-        C{messages/} (group commit). Missing files are not an error.
+        Remove a message: unlink its C{.env} if it has one, then its
+        queue file, then fsync C{messages/} (group commit). Missing files
+        are not an error. A message never updated has no C{.env}, so that
+        costs one unlink (the order is explained in the module docstring).
 
         @return: a L{Deferred} firing with L{None} once durable.
         """
-        envelope = self.envelope_path(queue_id)
+        envelope = self.envelope_path(queue_id) if queue_id in self._envelope_files else None
         body = self.body_path(queue_id)
+        self._envelope_files.discard(queue_id)
 
         def unlink() -> None:
-            _unlink_quietly(envelope)
+            if envelope is not None:
+                _unlink_quietly(envelope)
             _unlink_quietly(body)
 
         d = self.disk.run(unlink)
@@ -223,18 +271,16 @@ class Spool:
 
     def load(self, queue_id: str) -> Deferred:
         """
-        Read a committed envelope.
+        Read a committed message's current envelope: C{<qid>.env} if
+        there is one, else the one embedded in the queue file.
 
         @return: a L{Deferred} firing with the L{Envelope}, or failing with
-            L{OSError} or L{EnvelopeFormatError}.
+            L{OSError} (C{FileNotFoundError} if the message is not in the
+            queue), L{EnvelopeFormatError}, or
+            L{mailappliance.queue.layout.CorruptTrailer} /
+            L{mailappliance.queue.layout.NoTrailer}.
         """
-        path = self.envelope_path(queue_id)
-
-        def read() -> Envelope:
-            with open(path, "rb") as f:
-                return Envelope.from_bytes(f.read())
-
-        return self.disk.run(read)
+        return self.disk.run(read_current_envelope, self.messages_dir, queue_id)
 
     # -- start-up ----------------------------------------------------------
 
@@ -242,9 +288,11 @@ class Spool:
         """
         Bring the queue directory to a clean state after a start or a
         crash, in the disk pool: create the folders, empty C{tmp/}, remove
-        bodies without an envelope, move unreadable envelopes (and their
-        bodies) and envelopes without a body to C{corrupt/}. Files of
-        messages this process is receiving right now are left alone.
+        version-1 bodies without an envelope, move unreadable envelopes
+        (and their bodies), envelopes without a body and queue files whose
+        trailer does not check out to C{corrupt/}. Both layouts are read
+        (module docstring). Files of messages this process is receiving
+        right now are left alone.
 
         The server must be the only process doing this: the command line
         reads the queue but never recovers it.
@@ -254,8 +302,9 @@ class Spool:
         """
         d = self.disk.run(self._recover_blocking)
 
-        def report(result: tuple[list[Envelope], list[_Event]]) -> list[Envelope]:
-            envelopes, events = result
+        def report(result: tuple[list[Envelope], list[_Event], set[str]]) -> list[Envelope]:
+            envelopes, events, with_envelope_files = result
+            self._envelope_files.update(with_envelope_files)
             for event in events:
                 stem = os.path.basename(event.name).split(".", 1)[0]
                 # The queue id first, when the file has one, so that
@@ -281,7 +330,7 @@ class Spool:
         d.addCallback(report)
         return d
 
-    def _recover_blocking(self) -> tuple[list[Envelope], list[_Event]]:
+    def _recover_blocking(self) -> tuple[list[Envelope], list[_Event], set[str]]:
         for sub in SUBDIRECTORIES:
             ensure_directory(os.path.join(self.queue_dir, sub))
         events: list[_Event] = []
@@ -297,15 +346,18 @@ class Spool:
             if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False)
         }
         envelopes: list[Envelope] = []
+        with_envelope_files: set[str] = set()
         moved = False
         for name in sorted(names):
             if name.endswith(ENVELOPE_SUFFIX):
+                # Version 1, or version 2 after an update: the .env rules.
                 stem = name[: -len(ENVELOPE_SUFFIX)]
                 if stem in self._live:
                     continue
                 envelope, problem = self._read_envelope(name, stem, stem in names)
                 if envelope is not None:
                     envelopes.append(envelope)
+                    with_envelope_files.add(stem)
                     continue
                 self._move_to_corrupt(name)
                 if stem in names:
@@ -313,14 +365,44 @@ class Spool:
                 moved = True
                 events.append(_Event("corrupt", os.path.join("messages", name), problem))
             elif name + ENVELOPE_SUFFIX not in names and name not in self._live:
-                _unlink_quietly(os.path.join(self.messages_dir, name))
-                events.append(_Event("discarded", os.path.join("messages", name), "body without envelope"))
+                envelope, problem = self._read_queue_file(name)
+                if envelope is not None:
+                    envelopes.append(envelope)
+                elif problem is None:
+                    _unlink_quietly(os.path.join(self.messages_dir, name))
+                    events.append(_Event("discarded", os.path.join("messages", name), "body without envelope"))
+                else:
+                    self._move_to_corrupt(name)
+                    moved = True
+                    events.append(_Event("corrupt", os.path.join("messages", name), problem))
         if moved:
             fsync_directory(self.corrupt_dir)
         if events:
             fsync_directory(self.messages_dir)
         envelopes.sort(key=lambda e: (e.arrival, e.queue_id))
-        return envelopes, events
+        return envelopes, events, with_envelope_files
+
+    def _read_queue_file(self, name: str) -> tuple[Envelope | None, str | None]:
+        """
+        Read a C{messages/<name>} that has no C{.env}.
+
+        @return: the embedded envelope and L{None}; or L{None} and L{None}
+            for a file without a trailer (a version-1 body without its
+            envelope: garbage); or L{None} and the reason it is corrupt.
+        """
+        try:
+            envelope = read_embedded_envelope(os.path.join(self.messages_dir, name))
+        except NoTrailer:
+            return None, None
+        except CorruptTrailer as e:
+            return None, f"unreadable queue file: {e}"
+        except EnvelopeFormatError as e:
+            return None, f"unreadable envelope: {e}"
+        except OSError as e:
+            return None, f"cannot read queue file: {e.strerror}"
+        if envelope.queue_id != name or not is_queue_id(name):
+            return None, f"envelope names queue id {envelope.queue_id!r}"
+        return envelope, None
 
     def _read_envelope(self, name: str, stem: str, has_body: bool) -> tuple[Envelope | None, str]:
         try:
@@ -343,6 +425,33 @@ class Spool:
                 break
             target = os.path.join(self.corrupt_dir, f"{name}.{n}")
         os.rename(os.path.join(self.messages_dir, name), target)
+
+
+def read_current_envelope(messages_dir: str, queue_id: str) -> Envelope:
+    """
+    Read a committed message's current envelope, in either layout: its
+    C{<qid>.env} if there is one, else the one embedded in C{<qid>}.
+    Blocking. Used by L{Spool.load} and the command line.
+
+    @param messages_dir: C{DATA_DIR/queue/messages}.
+    @param queue_id: the message's queue id (checked).
+    @return: the L{Envelope}; the body is the first C{size} bytes of
+        C{messages/<qid>}.
+    @raise ValueError: if C{queue_id} is not a queue id.
+    @raise OSError: C{FileNotFoundError} if neither file exists.
+    @raise EnvelopeFormatError: if the envelope does not parse.
+    @raise mailappliance.queue.layout.NoTrailer: a version-1 body alone.
+    @raise mailappliance.queue.layout.CorruptTrailer: a damaged file.
+    """
+    if not is_queue_id(queue_id):
+        raise ValueError(f"not a queue id: {queue_id!r}")
+    path = os.path.join(messages_dir, queue_id)
+    try:
+        with open(path + ENVELOPE_SUFFIX, "rb") as f:
+            return Envelope.from_bytes(f.read())
+    except FileNotFoundError:
+        pass
+    return read_embedded_envelope(path)
 
 
 def _scan(directory: str) -> list[os.DirEntry]:

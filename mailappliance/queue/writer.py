@@ -4,7 +4,8 @@ Receiving one message into the spool: L{SpoolWriter}, the
 L{IMessageWriter} that L{mailappliance.queue.spool.Spool.new_message}
 returns.
 
-The body is streamed to C{tmp/<qid>} in the disk pool, in chunks, one
+The body is streamed to C{tmp/<qid>} (the queue file of layout version 2,
+L{mailappliance.queue.layout}) in the disk pool, in chunks, one
 write job at a time so that the bytes land in order. Memory is bounded by
 backpressure: when more than L{HIGH_WATER} bytes are buffered or being
 written, L{SpoolWriter.write} returns a L{Deferred} the caller waits for
@@ -15,15 +16,17 @@ section 5: "Mail is accepted (250 after DATA) only once it is durable on
 disk"). It does, in this order:
 
   1. wait for every body write to finish;
-  2. write what is still buffered (for a small message, the whole body:
-     one disk job does all of steps 2 to 4), fsync the body, close it;
-  3. write C{tmp/<qid>.env}, fsync it;
-  4. rename the body to C{messages/<qid>}, then the envelope to
-     C{messages/<qid>.env}: the envelope's appearance is the commit point,
-     so a crash before it leaves a body without an envelope, which
-     recovery removes;
-  5. fsync C{messages/} (shared with other commits: group commit);
-  6. only then fire with the queue id.
+  2. append what is still buffered (for a small message, the whole body),
+     the envelope and its trailer, in one C{write} for a small message
+     (one disk job does steps 2 and 3); fsync the file, close it;
+  3. rename it to C{messages/<qid>}: the commit point. A crash before it
+     leaves only C{tmp/<qid>}, which recovery removes; after it the file
+     is complete, having been fsynced first;
+  4. fsync C{messages/} (shared with other commits: group commit);
+  5. only then fire with the queue id.
+
+A small message thus costs one file creation, one write, one file fsync,
+one rename and its share of one directory fsync.
 
 Any failure removes whatever was written and fails the L{Deferred} with the
 L{OSError}.
@@ -43,6 +46,7 @@ from zope.interface import implementer
 from mailappliance.disk import ensure_directory, write_all
 from mailappliance.interfaces import IMessageWriter
 from mailappliance.queue.envelope import Envelope
+from mailappliance.queue.layout import encode_tail
 
 if TYPE_CHECKING:
     from mailappliance.queue.spool import Spool
@@ -89,9 +93,7 @@ class SpoolWriter:
         self._spool = spool
         self._disk = spool.disk
         self._tmp_body = os.path.join(spool.tmp_dir, queue_id)
-        self._tmp_envelope = self._tmp_body + ".env"
         self._body = spool.body_path(queue_id)
-        self._envelope = spool.envelope_path(queue_id)
         self._state = _OPEN
         self._buffer: list[bytes] = []
         self._buffered = 0
@@ -171,7 +173,7 @@ class SpoolWriter:
         def finish(_: object) -> Deferred:
             if self._error is not None:
                 return fail(self._error)
-            finishing = self._disk.run(self._finish_blocking, envelope.to_bytes(), tail)
+            finishing = self._disk.run(self._finish_blocking, encode_tail(envelope), tail)
             finishing.addBoth(self._tail_written, len(tail))
             return finishing
 
@@ -294,11 +296,7 @@ class SpoolWriter:
     def _unpublish(self, reason: Failure) -> Deferred:
         # The directory fsync failed: the message may not survive a crash,
         # so it was not accepted; take it back out of messages/.
-        def unlink() -> None:
-            _unlink_quietly(self._envelope)
-            _unlink_quietly(self._body)
-
-        d = self._disk.run(unlink)
+        d = self._disk.run(_unlink_quietly, self._body)
         d.addErrback(lambda _: None)
         d.addCallback(lambda _: reason)
         return d
@@ -320,27 +318,17 @@ class SpoolWriter:
             self._fd = self._open_blocking()
         write_all(self._fd, chunk)
 
-    def _finish_blocking(self, envelope_bytes: bytes, tail: bytes = b"") -> None:
+    def _finish_blocking(self, envelope_tail: bytes, tail: bytes = b"") -> None:
+        # envelope_tail: the envelope and its trailer (layout.encode_tail);
+        # tail: body bytes still buffered, written in the same call.
         try:
             if self._fd is None:
                 self._fd = self._open_blocking()
-            if tail:
-                write_all(self._fd, tail)
+            write_all(self._fd, tail + envelope_tail if tail else envelope_tail)
             os.fsync(self._fd)
             fd, self._fd = self._fd, None
             os.close(fd)
-            fd = os.open(
-                self._tmp_envelope,
-                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-                BODY_MODE,
-            )
-            try:
-                write_all(fd, envelope_bytes)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
             os.rename(self._tmp_body, self._body)
-            os.rename(self._tmp_envelope, self._envelope)
         except BaseException:
             self._discard_blocking()
             raise
@@ -353,9 +341,6 @@ class SpoolWriter:
             except OSError as e:
                 if e.errno != errno.EBADF:
                     raise
-        # The envelope first: a body without an envelope is garbage by the
-        # layout's rules, an envelope without a body is not.
-        _unlink_quietly(self._envelope)
-        _unlink_quietly(self._tmp_envelope)
+        # Only this writer makes these files (no .env: that is update()'s).
         _unlink_quietly(self._body)
         _unlink_quietly(self._tmp_body)

@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailappliance.disk import SynchronousDiskPool
+from mailappliance.smtp.client_body import SpoolFile
 from mailappliance.smtp.client_cache import IdleConnection
 from mailappliance.smtp.client_outcome import (
     DELIVERED,
@@ -145,7 +146,9 @@ class OutboundMessage:
     @ivar recipients: the recipients to deliver to at this destination.
     @ivar body_path: the spool file (CRLF line ends); streamed, never read
         whole.
-    @ivar size: its size in bytes (for C{SIZE=}).
+    @ivar size: the body's size in bytes (for C{SIZE=}): exactly the first
+        C{size} bytes of C{body_path} are sent, never what follows them (the
+        envelope, in a queue file of layout version 2).
     @ivar eight_bit: C{BODY=8BITMIME} was declared.
     @ivar smtputf8: the message needs SMTPUTF8.
     @ivar queue_id: for the log lines.
@@ -229,7 +232,9 @@ class _Delivery:
                 last_problem = (problem, None)
         try:
             if fd is not None:
-                tried = yield self._try_hosts(fd)
+                # The session hands it to the BodyProducer, which stops at
+                # the body's end.
+                tried = yield self._try_hosts(SpoolFile(fd, self._message.size))
                 last_problem = tried or last_problem
         finally:
             if fd is not None:

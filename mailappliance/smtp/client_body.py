@@ -4,7 +4,8 @@ Streaming a spooled message body to the remote server after DATA.
 
 L{BodyProducer} reads the spool file in chunks through the disk pool (never
 on the reactor thread; one job per chunk, the end of the file found in the
-job that reads the last chunk), dot-stuffs them with a L{DotStuffer}, and writes
+job that reads the last chunk; for a L{SpoolFile}, at its C{length}: the
+envelope that follows the body in a queue file is never read), dot-stuffs them with a L{DotStuffer}, and writes
 them to the transport as a streaming producer: when the transport's buffer
 is full it pauses us and we read nothing more until it resumes us, so the
 memory used is bounded by one chunk plus the transport's buffer whatever
@@ -16,7 +17,9 @@ section 4.5.3.2.5 allows 3 minutes for each such wait ("data block").
 
 from __future__ import annotations
 
+import errno
 import os
+from dataclasses import dataclass
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
@@ -29,7 +32,25 @@ from mailappliance.smtp.client_protocol import ConnectionProblem
 BODY_CHUNK_SIZE = 64 * 1024
 
 
-def read_chunk(fd: int, size: int, offset: int) -> tuple[bytes, bool]:
+@dataclass(frozen=True)
+class SpoolFile:
+    """
+    An open queue file and the length of the message in it: the body is
+    its first C{length} bytes (a queue file of layout version 2 goes on
+    with the envelope, which must never go on the wire).
+
+    L{mailappliance.smtp.client.deliver} opens one and hands it, through
+    the session, to L{BodyProducer} in place of a bare descriptor.
+
+    @ivar fd: the descriptor, open for reading.
+    @ivar length: the body's length, the envelope's C{size}.
+    """
+
+    fd: int
+    length: int
+
+
+def read_chunk(fd: int, size: int, offset: int, end: int | None = None) -> tuple[bytes, bool]:
     """
     Read the next chunk of the spool file. Blocking: runs in the disk pool.
 
@@ -42,10 +63,21 @@ def read_chunk(fd: int, size: int, offset: int) -> tuple[bytes, bool]:
     @param fd: the file, open for reading.
     @param size: the most bytes to return.
     @param offset: where to read from.
+    @param end: where the message ends, or L{None} for the end of the
+        file. Reading stops there, without a read to prove it.
     @return: the bytes read (fewer than C{size} only at the end, possibly
-        none), and whether the end of the file was reached.
-    @raise OSError: if it cannot be read.
+        none), and whether the end of the message was reached.
+    @raise OSError: if it cannot be read, or (C{EIO}) if the file ends
+        before C{end}: a truncated message must not be sent as complete.
     """
+    if end is not None:
+        size = min(size, end - offset)
+        chunk = os.pread(fd, size, offset) if size > 0 else b""
+        if offset + len(chunk) == end:
+            return chunk, True
+        if len(chunk) < size:
+            raise OSError(errno.EIO, "queued message shorter than its envelope says")
+        return chunk, False
     chunk = os.pread(fd, size, offset)
     if len(chunk) == size:
         return chunk, False
@@ -63,9 +95,10 @@ class BodyProducer:
 
     @param disk: a L{mailappliance.disk.DiskPool} (or
         L{SynchronousDiskPool}) to read with.
-    @param fd: a file descriptor open for reading on the spool file; read
-        with C{pread} from offset 0, so one descriptor serves any number of
-        attempts; not closed here.
+    @param fd: a L{SpoolFile} (the body is its first C{length} bytes), or
+        a bare file descriptor open for reading on a file that is all body;
+        read with C{pread} from offset 0, so one descriptor serves any
+        number of attempts; not closed here.
     @param clock: an L{IReactorTime} for the data block time-out.
     @param block_timeout: seconds we may stay paused before giving up.
     @param chunk_size: bytes per read.
@@ -73,7 +106,10 @@ class BodyProducer:
 
     def __init__(self, disk, fd: int, clock, block_timeout: float, chunk_size: int = BODY_CHUNK_SIZE) -> None:
         self._disk = disk
-        self._fd = fd
+        if isinstance(fd, SpoolFile):
+            self._fd, self._end = fd.fd, fd.length
+        else:
+            self._fd, self._end = fd, None
         self._clock = clock
         self._block_timeout = block_timeout
         self._chunk_size = chunk_size
@@ -105,7 +141,7 @@ class BodyProducer:
             while True:
                 yield self._unpaused()
                 try:
-                    chunk, at_end = yield self._disk.run(read_chunk, self._fd, self._chunk_size, offset)
+                    chunk, at_end = yield self._disk.run(read_chunk, self._fd, self._chunk_size, offset, self._end)
                 except OSError as e:
                     raise ConnectionProblem(
                         f"cannot read the queued message: {e.strerror or e}", "4.3.0", retry_elsewhere=False

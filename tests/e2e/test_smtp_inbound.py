@@ -10,6 +10,8 @@ import socket
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from mailappliance.queue.ids import is_queue_id
+from mailappliance.queue.spool import read_current_envelope
 from tests.e2e.harness import ServerProcess, wait_until
 
 USERS = {"alice@example.test": "a", "bob@example.test": "b", "carol@example.test": "c"}
@@ -207,10 +209,11 @@ class InboundTests(SynchronousTestCase):
         client.quit()
         server.wait_for_messages("alice@example.test", 1)
         messages = os.path.join(server.data_dir, "queue", "messages")
-        envelopes = wait_until(lambda: [n for n in os.listdir(messages) if n.endswith(".env")], 10,
-                               what="an envelope in the queue")
-        with open(os.path.join(messages, envelopes[0]), "rb") as f:
-            envelope = f.read()
+        # The envelope is in the queue file (layout 2), or in <qid>.env
+        # once the message has been updated.
+        queued = wait_until(lambda: [n for n in os.listdir(messages) if is_queue_id(n)], 10,
+                            what="a message in the queue")
+        envelope = read_current_envelope(messages, queued[0]).to_bytes()
         self.assertIn(b'"target":"someone@remote.test"', envelope)
 
     def test_pipelined_transaction_in_one_write(self):

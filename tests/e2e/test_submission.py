@@ -14,6 +14,8 @@ import subprocess
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from mailappliance.queue.ids import is_queue_id
+from mailappliance.queue.spool import read_current_envelope
 from tests.e2e.harness import ServerProcess, require_client, wait_until
 
 ALICE = "alice@example.test"
@@ -195,10 +197,11 @@ class SubmissionTests(SynchronousTestCase):
         self.assertEqual(client.sendmail(ALICE, ["carol@remote.test"], b"Subject: out\r\n\r\nx\r\n"), {})
         client.quit()
         messages = os.path.join(server.data_dir, "queue", "messages")
-        envelopes = wait_until(lambda: [n for n in os.listdir(messages) if n.endswith(".env")], 10,
-                               what="an envelope in the queue")
-        with open(os.path.join(messages, envelopes[0]), "rb") as f:
-            envelope = json.loads(f.read())
+        # The envelope is in the queue file (layout 2), or in <qid>.env
+        # once the message has been updated.
+        queued = wait_until(lambda: [n for n in os.listdir(messages) if is_queue_id(n)], 10,
+                            what="a message in the queue")
+        envelope = json.loads(read_current_envelope(messages, queued[0]).to_bytes())
         [recipient] = envelope["recipients"]
         self.assertEqual((recipient["target"], recipient["state"]), ("carol@remote.test", "pending"))
         self.assertEqual(envelope["sender"], ALICE)
