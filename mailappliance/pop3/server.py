@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailappliance.dotstuff import MessageTransform
+from mailappliance.immediate import write_now
 from mailappliance.pop3 import commands
 from mailappliance.pop3.lines import (
     MAX_COMMAND_LINE,
@@ -298,7 +299,16 @@ class POP3Protocol(Protocol):
         Write one reply line (the CRLF is added).
         """
         if not self._disconnected:
-            self.transport.write(line + b"\r\n")
+            self._write(line + b"\r\n")
+
+    def _write(self, data: bytes) -> None:
+        # A reply the client is waiting for goes out at once; replies to
+        # pipelined commands (more input already here) are left to gather
+        # in the transport and go out together (RFC 2449 section 6.6).
+        if self._reader.buffered:
+            self.transport.write(data)
+        else:
+            write_now(self.transport, data)
 
     def send_lines(self, first: bytes, lines: list[bytes]) -> None:
         """
@@ -308,7 +318,7 @@ class POP3Protocol(Protocol):
         if self._disconnected:
             return
         body = [b"." + line if line.startswith(b".") else line for line in lines]
-        self.transport.writeSequence([part + b"\r\n" for part in [first, *body, b"."]])
+        self._write(b"".join([part + b"\r\n" for part in [first, *body, b"."]]))
 
     def close_after(self, line: bytes) -> None:
         """
@@ -554,7 +564,7 @@ class POP3Protocol(Protocol):
             if rest is not None:
                 # TOP has its lines: the rest of the file is not wanted.
                 self.factory.disk.run(rest.close).addErrback(lambda _: None)
-            self.transport.writeSequence((first, data, transform.finish()))
+            self._write(b"".join((first, data, transform.finish())))
             self._message_sent(None, index, body_lines is None)
             return None
         self.transport.writeSequence((first, data))

@@ -39,6 +39,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from mailappliance.episodes import FailureEpisodes
+from mailappliance.immediate import write_now
 from mailappliance.smtp import replies
 from mailappliance.smtp.auth import AuthFailureTracker, SMTPAuthHandlers
 from mailappliance.smtp.chunking import Chunk, SMTPChunkingHandlers
@@ -345,7 +346,12 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLS
         """
         if not self._connected:
             return
-        self.transport.write(reply.to_bytes())
+        if self._lines.buffered:
+            # Replies to pipelined commands gather in the transport and go
+            # out together (RFC 2920 section 3.2).
+            self.transport.write(reply.to_bytes())
+        else:
+            write_now(self.transport, reply.to_bytes())
         if reply.code >= 400:
             self._log_event(
                 LogLevel.info,
