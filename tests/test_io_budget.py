@@ -96,7 +96,7 @@ LARGE_MESSAGE_SIZE = 1024 * 1024
 LARGE_FEED_SIZE = 64 * 1024
 # The design's chunk sizes (queue.writer.CHUNK_SIZE, maildir.COPY_CHUNK_SIZE),
 # written out so that shrinking them shows here.
-SPOOL_WRITE_CHUNK = 256 * 1024
+SPOOL_WRITE_CHUNK = 128 * 1024
 MAILDIR_COPY_CHUNK = 64 * 1024
 CONCURRENT_MESSAGES = 20
 
@@ -349,7 +349,7 @@ class SMTPBudgetTests(BudgetMixin, SynchronousTestCase):
     def test_large_message_writes_in_chunks(self) -> None:
         """
         A 1 MiB message arriving in 64 KiB pieces is written to the spool
-        in chunks of 256 KiB (not per piece, not per line) and copied to
+        in chunks of 128 KiB (not per piece, not per line) and copied to
         the Maildir in chunks of 64 KiB; fsyncs stay at one per file.
         """
         self.send_message(SMALL_BODY_LINES)
