@@ -214,13 +214,15 @@ class FullDiskTests(SynchronousTestCase):
         self.addCleanup(subprocess.run, ["umount", "-l", server.data_dir])
         server.start()
         filler = os.path.join(server.data_dir, "filler")
-        with open(filler, "wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass
+        # Unbuffered, so that no write is left to fail again at close.
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while True:
+                os.write(fd, b"\0" * 65536)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
         message = b"Subject: big\r\n\r\n" + b"y" * 200000 + b"\r\n"
         client = smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30)
         for _ in range(2):
