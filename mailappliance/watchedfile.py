@@ -32,6 +32,30 @@ _NEVER_SEEN: Any = object()
 _UNREADABLE: Any = object()
 
 
+class FileLineError(Exception):
+    """
+    A watched file (users, aliases) has a mistake, or cannot be read.
+    C{str()} is one line, C{path:line: reason}, for logs and the command
+    line.
+
+    @ivar path: the file.
+    @ivar line: the 1-based line number of the mistake, or L{None} when the
+        whole file is at fault (it cannot be read).
+    @ivar reason: what is wrong, one line.
+    """
+
+    def __init__(self, path: str, line: int | None, reason: str) -> None:
+        super().__init__(path, line, reason)
+        self.path = path
+        self.line = line
+        self.reason = reason
+
+    def __str__(self) -> str:
+        if self.line is None:
+            return f"{self.path}: {self.reason}"
+        return f"{self.path}:{self.line}: {self.reason}"
+
+
 def signature_of(status: os.stat_result) -> tuple[int, int, int]:
     return (status.st_ino, status.st_size, status.st_mtime_ns)
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from mailappliance.accounts.hashing import MalformedHash, check_hash_format
 from mailappliance.address import AddressError, Mailbox, parse_mailbox
+from mailappliance.watchedfile import FileLineError
 
 # The address field ends at the first ':' outside an address literal
 # (C{[IPv6:...]} contains colons; nothing else in a mailbox can).
@@ -42,26 +43,11 @@ class AccountError(Exception):
     """
 
 
-class UsersFileError(AccountError):
+class UsersFileError(FileLineError, AccountError):
     """
-    The users file has a mistake, or cannot be read.
-
-    @ivar path: the file.
-    @ivar line: the 1-based line number of the mistake, or L{None} when the
-        whole file is at fault (it cannot be read).
-    @ivar reason: what is wrong, one line.
+    The users file has a mistake, or cannot be read (see
+    L{FileLineError} for its attributes).
     """
-
-    def __init__(self, path: str, line: int | None, reason: str) -> None:
-        super().__init__(path, line, reason)
-        self.path = path
-        self.line = line
-        self.reason = reason
-
-    def __str__(self) -> str:
-        if self.line is None:
-            return f"{self.path}: {self.reason}"
-        return f"{self.path}:{self.line}: {self.reason}"
 
 
 @dataclass(frozen=True)

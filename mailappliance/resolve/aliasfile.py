@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from mailappliance.address import AddressError, Mailbox, normalise_domain, parse_mailbox
+from mailappliance.watchedfile import FileLineError
 
 # The domain used to validate a bare local part with parse_mailbox; it is
 # never stored.
@@ -46,26 +47,11 @@ _PLACEHOLDER_DOMAIN = "localhost"
 _CONTINUATION_START = (" ", "\t")
 
 
-class AliasesFileError(Exception):
+class AliasesFileError(FileLineError):
     """
-    The aliases file cannot be used.
-
-    @ivar path: the file.
-    @ivar line: the 1-based line number of the mistake, or L{None} when the
-        whole file is at fault (it cannot be read).
-    @ivar reason: what is wrong, one line.
+    The aliases file cannot be used (see L{FileLineError} for its
+    attributes).
     """
-
-    def __init__(self, path: str, line: int | None, reason: str) -> None:
-        super().__init__(path, line, reason)
-        self.path = path
-        self.line = line
-        self.reason = reason
-
-    def __str__(self) -> str:
-        if self.line is None:
-            return f"{self.path}: {self.reason}"
-        return f"{self.path}:{self.line}: {self.reason}"
 
 
 @dataclass(frozen=True)
