@@ -46,6 +46,7 @@ from twisted.logger import LogLevel
 
 from mailappliance.smtp import replies
 from mailappliance.smtp.commands import BadChunkCommand, ChunkCommand, parse_bdat
+from mailappliance.smtp.data import has_bare_line_end
 from mailappliance.smtp.events import angle_path, quote
 from mailappliance.smtp.policy import SessionPolicy
 from mailappliance.smtp.receiver import MessageReceiver
@@ -106,8 +107,7 @@ class ChunkBodyReader:
         self._held_cr = end > start and chunk[end - 1] == _CR
         if self._held_cr:
             end -= 1
-        crlf = chunk.count(b"\r\n", start, end)
-        if chunk.count(b"\r", start, end) != crlf or chunk.count(b"\n", start, end) != crlf:
+        if has_bare_line_end(chunk, start, end):
             self.bare_line_end = True
 
 

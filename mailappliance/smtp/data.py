@@ -34,6 +34,19 @@ _STUFFED = b"\r\n."
 _CRLF = b"\r\n"
 
 
+def has_bare_line_end(data: bytes, start: int = 0, end: int | None = None) -> bool:
+    """
+    Whether C{data[start:end]} holds a CR not followed by LF or an LF not
+    preceded by CR, judged inside that range only (the caller makes sure
+    it neither starts with the LF of a CR before it nor ends between a CR
+    and its LF). Three C{bytes.count} passes, no per-line Python work.
+    """
+    if end is None:
+        end = len(data)
+    crlf = data.count(b"\r\n", start, end)
+    return data.count(b"\r", start, end) != crlf or data.count(b"\n", start, end) != crlf
+
+
 def _held_tail(buffer: bytes) -> int:
     """
     @return: the length of the longest proper prefix of L{END_OF_DATA} that
@@ -99,13 +112,11 @@ class DataReader:
             rest = None
         if not region:
             return b"", rest
-        if not self.bare_line_end:
-            crlf = region.count(_CRLF)
-            # The region never ends between a CR and its LF (a trailing CR
-            # is always held back), and never starts with the LF of a CR
-            # from the chunk before, so these counts are exact.
-            if region.count(b"\r") != crlf or region.count(b"\n") != crlf:
-                self.bare_line_end = True
+        # The region never ends between a CR and its LF (a trailing CR is
+        # always held back), and never starts with the LF of a CR from the
+        # chunk before, so the check is exact.
+        if not self.bare_line_end and has_bare_line_end(region):
+            self.bare_line_end = True
         if self.discarding:
             self._virtual = 0
             return b"", rest
