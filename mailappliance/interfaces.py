@@ -314,7 +314,7 @@ class ISpool(Interface):
 
 class ILocalDelivery(Interface):
     """
-    Delivers one queued message to one local mailbox.
+    Delivers one message to one local mailbox.
     """
 
     def deliver(mailbox, prefix, body_path, body_size=None):
@@ -330,6 +330,17 @@ class ILocalDelivery(Interface):
         @return: a L{Deferred} firing with the path of the delivered file
             once it is durable (file and directory fsynced), or failing with
             L{mailappliance.interfaces.DeliveryError}.
+        """
+
+    def deliver_data(mailbox, prefix, data):
+        """
+        Deliver a message held in memory (the queue manager's direct
+        delivery of a small message, before it is ever queued).
+
+        @param mailbox: as for L{deliver}.
+        @param prefix: as for L{deliver}.
+        @param data: the message (L{bytes}), byte for byte.
+        @return: as for L{deliver}.
         """
 
 

@@ -170,23 +170,52 @@ def deliver_file(maildir: str, prefix: bytes, source_path: str, hostname: str, b
     """
     source = os.open(source_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        fd, tmp, name = _create_tmp(maildir, hostname)
-        try:
-            try:
-                size = _copy(fd, prefix, source, body_size)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            final = os.path.join(maildir, "new", f"{name},S={size},W={size}")
-            os.rename(tmp, final)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        return _deliver(maildir, hostname, lambda fd: _copy(fd, prefix, source, body_size))
     finally:
         os.close(source)
+
+
+def deliver_data(maildir: str, prefix: bytes, data: bytes, hostname: str) -> str:
+    """
+    Deliver a message held in memory into an existing Maildir, as
+    L{deliver_file} does from a file: one C{write} of prefix and message,
+    fsync, rename into C{new/}. Blocking. For the queue manager's direct
+    delivery of a small message (L{mailappliance.queue.manager}).
+
+    @param maildir: the Maildir (with C{tmp/} and C{new/}).
+    @param prefix: bytes written before the message (header lines).
+    @param data: the message, byte for byte.
+    @param hostname: for the unique name.
+    @return: the path of the delivered file in C{new/}, fsynced; the
+        caller makes C{new/} durable.
+    @raise OSError: on any failure; no file is left in C{tmp/} or C{new/}.
+    """
+
+    def fill(fd: int) -> int:
+        write_all(fd, prefix + data)
+        return len(prefix) + len(data)
+
+    return _deliver(maildir, hostname, fill)
+
+
+def _deliver(maildir: str, hostname: str, fill: Callable[[int], int]) -> str:
+    # tmp/<unique>, filled by fill(fd) (which returns the size), fsynced,
+    # closed and renamed into new/; removed again on any failure.
+    fd, tmp, name = _create_tmp(maildir, hostname)
+    try:
+        try:
+            size = fill(fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        final = os.path.join(maildir, "new", f"{name},S={size},W={size}")
+        os.rename(tmp, final)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     return final
 
 
@@ -234,7 +263,7 @@ def _create_tmp(maildir: str, hostname: str) -> tuple[int, str, str]:
     raise AssertionError("unreachable")
 
 
-def classify_error(error: BaseException, body_path: str) -> DeliveryError:
+def classify_error(error: BaseException, body_path: str | None) -> DeliveryError:
     """
     Turn a delivery exception into a L{DeliveryError}.
 
@@ -244,20 +273,27 @@ def classify_error(error: BaseException, body_path: str) -> DeliveryError:
     C{EACCES}: the message stays queued and is tried again.
 
     @param error: what L{deliver_file} or L{ensure_maildir} raised.
-    @param body_path: the spooled body, to recognise its loss.
+    @param body_path: the spooled body, to recognise its loss (L{None}
+        for a message delivered from memory).
     """
     if isinstance(error, OSError):
         text = error.strerror or str(error)
         if error.filename:
             text = f"{text}: {error.filename}"
-        if error.errno == errno.ENOENT and error.filename == body_path:
+        if error.errno == errno.ENOENT and body_path is not None and error.filename == body_path:
             return DeliveryError(f"queued message body missing ({text})", permanent=True)
         return DeliveryError(f"cannot deliver to Maildir: {text}", permanent=error.errno in _PERMANENT_ERRNOS)
     return DeliveryError(f"cannot deliver to Maildir: {error!r}", permanent=False)
 
 
 def deliver_to_maildir(
-    maildir: str, prefix: bytes, source_path: str, hostname: str, known: bool, body_size: int | None = None
+    maildir: str,
+    prefix: bytes,
+    source_path: str | None,
+    hostname: str,
+    known: bool,
+    body_size: int | None = None,
+    data: bytes | None = None,
 ) -> str:
     """
     Deliver a message into a Maildir, making it first unless it is known
@@ -265,9 +301,10 @@ def deliver_to_maildir(
 
     @param maildir: the Maildir.
     @param prefix: as for L{deliver_file}.
-    @param source_path: as for L{deliver_file}.
+    @param source_path: as for L{deliver_file}; L{None} with C{data}.
     @param hostname: as for L{deliver_file}.
     @param body_size: as for L{deliver_file}.
+    @param data: the message itself (L{deliver_data}) instead of a file.
     @param known: L{True} if the Maildir was made or seen before: its
         folders are not checked first. If it has gone since (an
         administrator removed it: C{ENOENT} from C{tmp/} or C{new/}), it
@@ -276,16 +313,23 @@ def deliver_to_maildir(
     @raise OSError: as L{ensure_maildir} and L{deliver_file} raise; a
         missing source is never taken for a missing Maildir.
     """
+
+    def once() -> str:
+        if data is not None:
+            return deliver_data(maildir, prefix, data, hostname)
+        assert source_path is not None
+        return deliver_file(maildir, prefix, source_path, hostname, body_size)
+
     if not known:
         ensure_maildir(maildir)
-        return deliver_file(maildir, prefix, source_path, hostname, body_size)
+        return once()
     try:
-        return deliver_file(maildir, prefix, source_path, hostname, body_size)
+        return once()
     except FileNotFoundError as e:
-        if e.filename == source_path:
+        if data is None and e.filename == source_path:
             raise
     ensure_maildir(maildir)
-    return deliver_file(maildir, prefix, source_path, hostname, body_size)
+    return once()
 
 
 @implementer(ILocalDelivery)
@@ -325,6 +369,18 @@ class MaildirDelivery:
             may be read) and the failure is temporary: a retry delivers a
             second copy, never none.
         """
+        return self._deliver(mailbox, prefix, body_path, body_size, None)
+
+    def deliver_data(self, mailbox: Mailbox, prefix: bytes, data: bytes) -> Deferred:
+        """
+        See L{ILocalDelivery.deliver_data}: as L{deliver}, with the message
+        given in memory.
+        """
+        return self._deliver(mailbox, prefix, None, None, data)
+
+    def _deliver(
+        self, mailbox: Mailbox, prefix: bytes, body_path: str | None, body_size: int | None, data: bytes | None
+    ) -> Deferred:
         path = maildir_path(self.mail_root, mailbox)
         known = path in self._known
 
@@ -343,7 +399,7 @@ class MaildirDelivery:
                 return reason
             return Failure(classify_error(reason.value, body_path))
 
-        d = self.disk.run(deliver_to_maildir, path, prefix, body_path, self.hostname, known, body_size)
+        d = self.disk.run(deliver_to_maildir, path, prefix, body_path, self.hostname, known, body_size, data)
         d.addCallback(delivered)
         d.addErrback(failed)
         return d

@@ -16,21 +16,32 @@ What the design says (DESIGN.md "disk.py", L{mailappliance.queue.writer},
 L{mailappliance.maildir}, L{mailappliance.queue.spool}), for one message
 of a few KB to one local recipient:
 
+  - direct delivery (L{mailappliance.queue.manager}, "Direct delivery"):
+    the body is still in memory at the end of the data (it is buffered up
+    to L{mailappliance.queue.writer.CHUNK_SIZE}), so it goes straight into
+    the Maildir before the 250: the C{Return-Path:}/C{Delivered-To:}
+    prefix and the body in one C{write}, fsynced, renamed into C{new/};
+    C{new/} synced; no C{mkdir} or C{stat} of the Maildir's folders once
+    it has had a delivery; the queue is not touched;
+
+so 1 file creation, 1 write, 1 file fsync, 1 directory fsync, 1 rename
+and no unlink per message, none of them on the reactor thread.
+
+When the message is queued (a remote recipient, a larger body, or a
+direct delivery that failed):
+
   - spool (queue layout version 2, L{mailappliance.queue.layout}): one
     file created, C{tmp/<qid>}; the body, the envelope and its trailer in
-    one C{write} (the body is buffered up to
-    L{mailappliance.queue.writer.CHUNK_SIZE}), fsynced; one rename into
-    C{messages/}; C{messages/} synced;
-  - delivery: the C{Return-Path:}/C{Delivered-To:} prefix and the body
-    (in one C{write} below 64 KiB, L{mailappliance.maildir.COPY_CHUNK_SIZE}),
-    stopping at the body's length, fsynced, renamed into C{new/}; C{new/}
-    synced; no C{mkdir} or C{stat} of the Maildir's folders once it has
-    had a delivery;
+    one C{write}, fsynced; one rename into C{messages/}; C{messages/}
+    synced;
+  - delivery: as above, but copied from the queue file (in one C{write}
+    below 64 KiB, L{mailappliance.maildir.COPY_CHUNK_SIZE}), stopping at
+    the body's length;
   - removal: one unlink (a message never updated has no C{.env});
     C{messages/} synced;
 
 so 2 file creations, 2 writes, 2 file fsyncs, 3 directory fsyncs, 2
-renames and 1 unlink per message, none of them on the reactor thread.
+renames and 1 unlink per message.
 (Queue layout version 1 cost one more creation, write, file fsync, rename
 and unlink each: a separate envelope file.) Without concurrency every directory sync is
 its own fsync; with many sessions committing at once they share one
@@ -79,12 +90,24 @@ from mailappliance.smtp.testing import FakeResolver, SMTPHarness
 # (Queue layout version 2 -- one queue file with the envelope after the
 # body -- took out the envelope file: one creation, write, file fsync,
 # rename and unlink fewer than version 1's 3 / 3 / 3 / 2.)
-CREATIONS_PER_MESSAGE = {"queue body": 1, "maildir message": 1}
-WRITES_PER_MESSAGE = {"queue body": 1, "maildir message": 1}
-FILE_FSYNCS_PER_MESSAGE = {"queue body": 1, "maildir message": 1}
-DIRECTORY_FSYNCS_PER_MESSAGE = {"queue messages/": 2, "maildir new/": 1}
-RENAMES_PER_MESSAGE = 2
-UNLINKS_PER_MESSAGE = 1
+# (Direct delivery of small local-only messages took the queue out of
+# their path: 1 / 1 / 1 / 1 / 1 / 0 below instead of the queued budget.)
+QUEUED = {
+    "create": {"queue body": 1, "maildir message": 1},
+    "write": {"queue body": 1, "maildir message": 1},
+    "file fsync": {"queue body": 1, "maildir message": 1},
+    "directory fsync": {"queue messages/": 2, "maildir new/": 1},
+    "rename": 2,
+    "unlink": 1,
+}
+DIRECT = {
+    "create": {"maildir message": 1},
+    "write": {"maildir message": 1},
+    "file fsync": {"maildir message": 1},
+    "directory fsync": {"maildir new/": 1},
+    "rename": 1,
+    "unlink": 0,
+}
 # Calls that only look (stat) or make sure (mkdir of folders that exist)
 # per delivery: not part of the design. MaildirDelivery remembers the
 # Maildirs it has made sure of (it was 3 failing mkdirs and 4 stats per
@@ -316,13 +339,27 @@ class SMTPBudgetTests(BudgetMixin, SynchronousTestCase):
         session.send(b"QUIT\r\n")
         return reply
 
+    def assert_budget(self, budget: dict[str, Any]) -> None:
+        self.assertEqual(self.counter.total("create"), Counter(budget["create"]))
+        self.assertEqual(self.counter.total("write"), Counter(budget["write"]))
+        fsyncs = self.counter.total("fsync")
+        self.assertEqual(Counter({w: n for w, n in fsyncs.items() if not w.endswith("/")}),
+                         Counter(budget["file fsync"]))
+        self.assertEqual(Counter({w: n for w, n in fsyncs.items() if w.endswith("/")}),
+                         Counter(budget["directory fsync"]))
+        self.assertEqual(sum(self.counter.total("rename").values()), budget["rename"])
+        self.assertEqual(sum(self.counter.total("unlink").values()), budget["unlink"])
+        metadata = sum(self.counter.total("mkdir").values()) + sum(self.counter.total("stat").values())
+        self.assertLessEqual(metadata, MAX_METADATA_CALLS_PER_MESSAGE, self.counter.counts)
+        self.assert_none_outside_the_pool()
+
     def test_small_message(self) -> None:
         """
-        A 4 KB message sent line by line (one C{dataReceived} per line)
-        costs 2 file creations, 2 writes, 2 file fsyncs, 3 directory
-        fsyncs, 2 renames and 1 unlink, all in the disk pool: no per-line
-        write, no extra sync,
-        no mkdir or stat of the known Maildir.
+        A 4 KB message to a local recipient sent line by line (one
+        C{dataReceived} per line) is delivered directly: 1 file creation,
+        1 write, 1 file fsync, 1 directory fsync, 1 rename, no unlink, all
+        in the disk pool: no per-line write, no extra sync, no mkdir or
+        stat of the known Maildir, nothing in the queue.
         (The first message, which creates the Maildir, is not counted.)
         """
         self.assertTrue(self.send_message(SMALL_BODY_LINES).startswith(b"250"))
@@ -332,19 +369,25 @@ class SMTPBudgetTests(BudgetMixin, SynchronousTestCase):
 
         self.assertTrue(reply.startswith(b"250"), reply)
         self.assertEqual(len(self.maildir_new()), 2)
+        self.assertEqual(self.manager.queue_ids, [])
+        self.assert_budget(DIRECT)
+
+    def test_small_message_queued(self) -> None:
+        """
+        The same message through the queue (as when a direct delivery is
+        not possible) costs 2 file creations, 2 writes, 2 file fsyncs, 3
+        directory fsyncs, 2 renames and 1 unlink, and leaves the queue.
+        """
+        self.assertTrue(self.send_message(SMALL_BODY_LINES).startswith(b"250"))
+        self.spool.on_direct = None
+        self.counter.reset()
+
+        reply = self.send_message(SMALL_BODY_LINES)
+
+        self.assertTrue(reply.startswith(b"250"), reply)
+        self.assertEqual(len(self.maildir_new()), 2)
         self.assertEqual(self.manager.queue_ids, [], "the message left the queue")
-        self.assertEqual(self.counter.total("create"), Counter(CREATIONS_PER_MESSAGE))
-        self.assertEqual(self.counter.total("write"), Counter(WRITES_PER_MESSAGE))
-        fsyncs = self.counter.total("fsync")
-        self.assertEqual(Counter({w: n for w, n in fsyncs.items() if not w.endswith("/")}),
-                         Counter(FILE_FSYNCS_PER_MESSAGE))
-        self.assertEqual(Counter({w: n for w, n in fsyncs.items() if w.endswith("/")}),
-                         Counter(DIRECTORY_FSYNCS_PER_MESSAGE))
-        self.assertEqual(sum(self.counter.total("rename").values()), RENAMES_PER_MESSAGE)
-        self.assertEqual(sum(self.counter.total("unlink").values()), UNLINKS_PER_MESSAGE)
-        metadata = sum(self.counter.total("mkdir").values()) + sum(self.counter.total("stat").values())
-        self.assertLessEqual(metadata, MAX_METADATA_CALLS_PER_MESSAGE, self.counter.counts)
-        self.assert_none_outside_the_pool()
+        self.assert_budget(QUEUED)
 
     def test_large_message_writes_in_chunks(self) -> None:
         """
@@ -390,6 +433,7 @@ class GroupCommitTests(BudgetMixin, SynchronousTestCase):
         self.make_server(QueuedDiskPool)
         # Deliveries are tested on their own below.
         self.spool.on_commit = None
+        self.spool.on_direct = None
 
     def test_commits_share_directory_fsyncs(self) -> None:
         """
@@ -416,6 +460,34 @@ class GroupCommitTests(BudgetMixin, SynchronousTestCase):
         self.assertEqual(fsyncs["queue body"], CONCURRENT_MESSAGES)
         self.assertEqual(fsyncs["queue envelope"], 0)
         self.assertEqual(fsyncs["queue messages/"], 1)
+        self.assert_none_outside_the_pool()
+
+    def test_direct_deliveries_share_directory_fsyncs(self) -> None:
+        """
+        L{CONCURRENT_MESSAGES} messages delivered directly at the same
+        moment fsync each Maildir file once and C{new/} once in all, and
+        touch nothing in the queue.
+        """
+        self.spool.on_direct = self.manager.deliver_direct
+        alice = Mailbox("alice", "example.test")
+        self.delivery.deliver_data(alice, b"", b"Subject: first\r\n\r\n")
+        self.disk.run_all()
+        committed: list[str] = []
+        for n in range(CONCURRENT_MESSAGES):
+            writer = self.spool.new_message()
+            writer.write(b"Subject: %d\r\n\r\nbody\r\n" % n)
+            envelope = Envelope(queue_id=writer.queue_id, sender=None, recipients=(
+                Recipient(alice, alice, local=True),), arrival=self.clock.seconds(), size=0)
+            writer.commit(envelope).addCallback(committed.append)
+        self.counter.reset()
+
+        self.disk.run_all()
+
+        self.assertEqual(len(committed), CONCURRENT_MESSAGES)
+        self.assertEqual(len(self.maildir_new()), CONCURRENT_MESSAGES + 1)
+        fsyncs = self.counter.total("fsync")
+        self.assertEqual(fsyncs, Counter({"maildir message": CONCURRENT_MESSAGES, "maildir new/": 1}))
+        self.assertEqual(self.counter.total("create"), Counter({"maildir message": CONCURRENT_MESSAGES}))
         self.assert_none_outside_the_pool()
 
     def test_deliveries_share_directory_fsyncs(self) -> None:

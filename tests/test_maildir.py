@@ -447,6 +447,38 @@ class MaildirDeliveryTests(FilesystemTestCase):
         failure = self.failureResultOf(delivery.deliver(self.alice, b"", self.source(b"x")), DeliveryError)
         self.assertFalse(failure.value.permanent)
 
+    def test_deliver_data(self):
+        """
+        L{MaildirDelivery.deliver_data} delivers a message given in memory
+        as L{MaildirDelivery.deliver} does from a file: Maildir made, one
+        file in C{new/} with the prefix, sizes in the name, C{new/} synced.
+        """
+        final = self.successResultOf(self.delivery.deliver_data(self.alice, b"P: 1\r\n", b"hello\r\n"))
+        self.assertEqual(self.listing("new"), [os.path.basename(final)])
+        self.assertTrue(final.endswith(",S=13,W=13"), final)
+        self.assertEqual(self.listing("tmp"), [])
+        self.assertEqual(self.synced[-1], os.path.join(self.box, "new"))
+        with open(final, "rb") as f:
+            self.assertEqual(f.read(), b"P: 1\r\nhello\r\n")
+
+    def test_deliver_data_failures(self):
+        """
+        L{MaildirDelivery.deliver_data} fails as L{MaildirDelivery.deliver}
+        does: a full disk is temporary and leaves nothing in C{tmp/}; a
+        file in the way is permanent.
+        """
+        ensure_maildir(self.box)
+        self.patch(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))))
+        failure = self.failureResultOf(self.delivery.deliver_data(self.alice, b"", b"x"), DeliveryError)
+        self.assertFalse(failure.value.permanent)
+        self.assertEqual((self.listing("tmp"), self.listing("new")), ([], []))
+
+        bob = parse_mailbox("bob@example.test")
+        with open(os.path.join(self.root, "example.test", "bob"), "w"):
+            pass
+        failure = self.failureResultOf(self.delivery.deliver_data(bob, b"", b"x"), DeliveryError)
+        self.assertTrue(failure.value.permanent)
+
     def test_body_missing(self):
         """
         A spooled body that has disappeared is a permanent failure.
@@ -512,6 +544,20 @@ class RememberedMaildirTests(FilesystemTestCase):
         self.assertEqual(self.listing("new"), [os.path.basename(final)])
         self.assertEqual(sorted(os.listdir(self.box)), ["cur", "new", "tmp"])
         self.assertEqual(self.listing("tmp"), [])
+        with open(final, "rb") as f:
+            self.assertEqual(f.read(), b"again\r\n")
+
+    def test_maildir_removed_direct(self):
+        """
+        A delivery from memory to a remembered Maildir that was removed
+        makes it again (a missing file is never a missing source here).
+        """
+        self.deliver()
+        shutil.rmtree(self.box)
+
+        final = self.successResultOf(self.delivery.deliver_data(self.alice, b"", b"again\r\n"))
+
+        self.assertEqual(self.listing("new"), [os.path.basename(final)])
         with open(final, "rb") as f:
             self.assertEqual(f.read(), b"again\r\n")
 

@@ -22,6 +22,10 @@ from mailappliance.queue.manager import IRemoteDelivery, QueueManager, delivery_
 from mailappliance.queue.spool import Spool, read_current_envelope
 
 T0 = 1700000000.0
+
+
+def listing(path):
+    return sorted(os.listdir(path)) if os.path.isdir(path) else []
 BODY = b"Received: from client\r\nSubject: hi\r\n\r\n.leading dot\r\n\xe9\r\n"
 
 
@@ -52,6 +56,13 @@ class ScriptedDelivery:
             return fail(errors.pop(0))
         return self.real.deliver(mailbox, prefix, body_path, body_size)
 
+    def deliver_data(self, mailbox, prefix, data):
+        self.calls.append(("direct", mailbox.key))
+        errors = self.failures.get(mailbox.key)
+        if errors:
+            return fail(errors.pop(0))
+        return self.real.deliver_data(mailbox, prefix, data)
+
 
 @implementer(ILocalDelivery)
 class ManualDelivery:
@@ -66,6 +77,9 @@ class ManualDelivery:
         d = Deferred()
         self.pending.append((mailbox.key, d))
         return d
+
+    def deliver_data(self, mailbox, prefix, data):
+        return self.deliver(mailbox, prefix, None)
 
 
 class ManagerTestCase(SynchronousTestCase):
@@ -83,9 +97,17 @@ class ManagerTestCase(SynchronousTestCase):
         self.maildir = MaildirDelivery(self.mail_root, "mx.example.test", self.disk, self.syncer)
         self.spool = Spool(self.queue_dir, self.disk, self.syncer, self.clock, log=self.log)
 
-    def start(self, delivery=None, **kwargs):
+    def start(self, delivery=None, direct=False, **kwargs):
+        """
+        Start a manager. Unless C{direct}, the spool's C{on_direct} hook is
+        taken away again, so that messages go through the queue (what
+        most of these tests are about); L{DirectDeliveryTests} test it.
+        """
         self.manager = QueueManager(self.spool, delivery or self.maildir, self.clock, log=self.log, **kwargs)
         self.manager.startService()
+        self.assertEqual(self.spool.on_direct, self.manager.deliver_direct)
+        if not direct:
+            self.spool.on_direct = None
         self.addCleanup(lambda: self.manager.running and self.manager.stopService())
         return self.successResultOf(self.manager.recovered)
 
@@ -209,6 +231,151 @@ class LocalDeliveryTests(ManagerTestCase):
         qid = self.submit([rcpt("nobody@example.test", state=FAILED, last_error="x")])
         self.assertEqual(self.queued(), [])
         self.assertEqual(self.lines(qid)[-1], f"qid={qid} status=removed")
+
+
+class DirectDeliveryTests(ManagerTestCase):
+    """
+    L{QueueManager.deliver_direct}, the spool's C{on_direct} hook: a small
+    message for local recipients only goes into the Maildirs before the
+    commit fires, and into the queue only for what could not be
+    delivered.
+    """
+
+    def test_all_local(self):
+        """
+        Every target gets its copy (with the prefix) before the commit
+        fires; nothing is written to the queue; the log has one delivered
+        line per target and no queue lines; the deliveries count in the
+        status summary.
+        """
+        delivery = ScriptedDelivery(self.maildir)
+        self.start(delivery, direct=True)
+        targets = ["alice@example.test", "carol@example.test"]
+        qid = self.submit([rcpt(t) for t in targets])
+        for target in targets:
+            self.assertEqual(
+                self.delivered_files(target),
+                [b"Return-Path: <bob@example.test>\r\nDelivered-To: " + target.encode() + b"\r\n" + BODY],
+            )
+        self.assertEqual(delivery.calls, [("direct", t) for t in targets])
+        self.assertEqual(listing(self.spool.messages_dir) + listing(self.spool.tmp_dir), [])
+        self.assertEqual(self.manager.queue_ids, [])
+        lines = self.lines(qid)
+        self.assertEqual(len(lines), 2, lines)
+        for line, target in zip(lines, targets):
+            self.assertTrue(line.startswith(f"qid={qid} to=<{target}> status=delivered path={self.mail_root}/"), line)
+        self.assertEqual(self.manager.summary()["delivered_last_hour"], 2)
+
+    def test_same_target_once(self):
+        """
+        Recipients leading to one account get one copy.
+        """
+        delivery = ScriptedDelivery(self.maildir)
+        self.start(delivery, direct=True)
+        self.submit([rcpt("alice@example.test", original="team@example.test"),
+                     rcpt("Alice@example.test", original="boss@example.test")])
+        self.assertEqual(delivery.calls, [("direct", "alice@example.test")])
+        self.assertEqual(len(self.delivered_files("alice@example.test")), 1)
+        self.assertEqual(self.manager.queue_ids, [])
+
+    def test_not_before_commit(self):
+        """
+        The commit fires only once every direct delivery is durable.
+        """
+        delivery = ManualDelivery()
+        self.start(delivery, direct=True)
+        writer = self.spool.new_message()
+        writer.write(BODY)
+        committing = writer.commit(Envelope(queue_id=writer.queue_id, sender=None, arrival=T0, recipients=(
+            rcpt("alice@example.test"), rcpt("carol@example.test"))))
+        self.assertNoResult(committing)
+        delivery.pending[0][1].callback("path-a")
+        self.assertNoResult(committing)
+        delivery.pending[1][1].callback("path-c")
+        self.assertEqual(self.successResultOf(committing), writer.queue_id)
+        self.assertEqual(self.manager.queue_ids, [])
+
+    def test_remote_recipient_queued(self):
+        """
+        A message with a remote recipient is not delivered directly: the
+        queue delivers its local recipients.
+        """
+        delivery = ScriptedDelivery(self.maildir)
+        self.start(delivery, direct=True)
+        qid = self.submit([rcpt("alice@example.test"), rcpt("remote@far.test", local=False)])
+        self.assertEqual(delivery.calls, ["alice@example.test"])
+        self.assertEqual(self.manager.queue_ids, [qid])
+        self.assertEqual([r.state for r in self.stored(qid).recipients], [DELIVERED, PENDING])
+
+    def test_failed_recipient_queued(self):
+        """
+        Recipients that arrive failed need the queue (for the bounce): no
+        direct delivery.
+        """
+        delivery = ScriptedDelivery(self.maildir)
+        self.start(delivery, direct=True)
+        self.submit([rcpt("nobody@example.test", state=FAILED, last_error="x"), rcpt("alice@example.test")])
+        self.assertEqual(delivery.calls, ["alice@example.test"])
+
+    def test_partial_failure_queued(self):
+        """
+        When one target fails, the message is queued with the delivered
+        recipients recorded as delivered and the others pending; the
+        queue tries those again at once, and nobody gets two copies.
+        """
+        delivery = ScriptedDelivery(self.maildir, {"carol@example.test": [DeliveryError("disk full")]})
+        self.start(delivery, direct=True)
+        qid = self.submit([rcpt("alice@example.test"), rcpt("carol@example.test")])
+        self.assertEqual(delivery.calls, [("direct", "alice@example.test"), ("direct", "carol@example.test"),
+                                          "carol@example.test"])
+        self.assertEqual(len(self.delivered_files("alice@example.test")), 1)
+        self.assertEqual(len(self.delivered_files("carol@example.test")), 1)
+        self.assertEqual(self.queued(), [])
+        lines = self.lines(qid)
+        self.assertTrue(lines[0].startswith(f"qid={qid} to=<alice@example.test> status=delivered"), lines)
+        self.assertEqual(lines[1], f"qid={qid} from=<bob@example.test> size={len(BODY)} nrcpt=2 status=queued")
+        self.assertTrue(lines[2].startswith(f"qid={qid} to=<carol@example.test> status=delivered"), lines)
+        self.assertEqual(lines[3:], [f"qid={qid} status=removed"])
+        self.assertEqual(self.manager.summary()["delivered_last_hour"], 2)
+
+    def test_all_fail_queued(self):
+        """
+        When every target fails, the message is queued as it came and
+        retried by the queue like any other.
+        """
+        error = DeliveryError("disk full")
+        delivery = ScriptedDelivery(self.maildir, {"alice@example.test": [error, error]})
+        self.start(delivery, direct=True, retry_delay=30.0)
+        qid = self.submit([rcpt("alice@example.test")])
+        self.assertEqual(self.manager.queue_ids, [qid])
+        recipient = self.stored(qid).recipients[0]
+        self.assertEqual((recipient.state, recipient.attempts, recipient.last_error), (PENDING, 1, "disk full"))
+        self.clock.advance(30)
+        self.assertEqual(len(self.delivered_files("alice@example.test")), 1)
+        self.assertEqual(self.manager.queue_ids, [])
+
+    def test_unexpected_error(self):
+        """
+        An error that is not a L{DeliveryError} is logged with its
+        traceback and the message is queued.
+        """
+        delivery = ScriptedDelivery(self.maildir, {"alice@example.test": [ZeroDivisionError()]})
+        self.start(delivery, direct=True)
+        qid = self.submit([rcpt("alice@example.test")])
+        self.assertIn(f"qid={qid} to=<alice@example.test> status=error", self.events)
+        self.assertEqual(len(self.delivered_files("alice@example.test")), 1)
+        self.assertEqual(self.queued(), [])
+
+    def test_not_running(self):
+        """
+        A stopped manager takes its hook away; the hook itself declines
+        when the service is not running.
+        """
+        self.start(direct=True)
+        self.manager.stopService()
+        self.assertIsNone(self.spool.on_direct)
+        envelope = Envelope(queue_id="x", sender=None, arrival=T0, recipients=(rcpt("alice@example.test"),))
+        self.assertIsNone(self.manager.deliver_direct(envelope, BODY))
 
 
 class RemoteRecipientTests(ManagerTestCase):

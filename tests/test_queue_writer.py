@@ -7,7 +7,7 @@ Tests for L{mailappliance.queue.writer}: receiving a message into the spool
 import errno
 import os
 
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, fail, gatherResults, inlineCallbacks, succeed
 from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -16,7 +16,7 @@ from zope.interface.verify import verifyObject
 from mailappliance.address import parse_mailbox
 from mailappliance.disk import DirectorySyncer, DiskPool, SynchronousDiskPool
 from mailappliance.interfaces import IMessageWriter
-from mailappliance.queue.envelope import Envelope, Recipient
+from mailappliance.queue.envelope import DELIVERED, PENDING, Envelope, Recipient
 from mailappliance.queue.layout import encode_tail, read_embedded_envelope
 from mailappliance.queue.spool import Spool
 from mailappliance.queue.writer import CHUNK_SIZE, HIGH_WATER, LOW_WATER
@@ -206,6 +206,125 @@ class CommitTests(SpoolFixture, SynchronousTestCase):
         qid = self.successResultOf(self.spool.new_message().commit(make_envelope()))
         self.assertEqual(self.events[-1], f'qid={qid} status=error reason="on_commit failed"')
         self.assertEqual(listing(self.spool.messages_dir)[-1], qid)
+
+
+class DirectHookTests(SpoolFixture, SynchronousTestCase):
+    """
+    The spool's C{on_direct} hook: a message whose body is still in memory
+    at the commit is offered to it before anything is written.
+    """
+
+    def setUp(self):
+        self.make_spool()
+        self.successResultOf(self.spool.recover())
+        self.offered = []
+
+    def hook(self, outcome):
+        def on_direct(envelope, body):
+            self.offered.append((envelope, body))
+            return outcome(envelope) if callable(outcome) else outcome
+        self.spool.on_direct = on_direct
+
+    def test_delivered_to_all(self):
+        """
+        When the hook delivers every recipient, the commit fires with the
+        queue id and nothing reaches the queue (no file, no directory
+        sync, no C{on_commit}).
+        """
+        self.hook(lambda envelope: succeed(envelope.replace(recipients=tuple(
+            r.with_state(state=DELIVERED) for r in envelope.recipients))))
+        writer = self.spool.new_message()
+        writer.write(b"Subject: a\r\n")
+        writer.write(b"\r\nbody\r\n")
+        qid = self.successResultOf(writer.commit(make_envelope(recipients=("a@example.test", "b@example.test"))))
+        self.assertEqual(qid, writer.queue_id)
+        [(envelope, body)] = self.offered
+        self.assertEqual(body, b"Subject: a\r\n\r\nbody\r\n")
+        self.assertEqual((envelope.queue_id, envelope.size), (qid, len(body)))
+        self.assertEqual(self.queue_files(), {"tmp": [], "messages": [], "corrupt": []})
+        self.assertEqual((self.committed, self.dir_syncs), ([], []))
+        self.assertEqual(writer.outstanding, 0)
+        self.assertNotIn(qid, self.spool._live)
+
+    def test_partly_delivered(self):
+        """
+        When the hook delivers some recipients, the message is committed
+        to the queue with the envelope the hook returned.
+        """
+        def first_only(envelope):
+            first, *rest = envelope.recipients
+            return succeed(envelope.replace(recipients=(first.with_state(state=DELIVERED), *rest)))
+
+        self.hook(first_only)
+        writer = self.spool.new_message()
+        writer.write(b"body\r\n")
+        qid = self.successResultOf(writer.commit(make_envelope(recipients=("a@example.test", "b@example.test"))))
+        [stored] = self.committed
+        self.assertEqual([r.state for r in stored.recipients], [DELIVERED, PENDING])
+        self.assertEqual(read_embedded_envelope(self.spool.body_path(qid)), stored)
+        self.assertEqual(self.read_body(qid), b"body\r\n")
+        self.assertEqual(writer.outstanding, 0)
+
+    def test_declined(self):
+        """
+        A hook returning L{None} leaves the message to the queue.
+        """
+        self.hook(None)
+        writer = self.spool.new_message()
+        writer.write(b"body\r\n")
+        qid = self.successResultOf(writer.commit(make_envelope()))
+        self.assertEqual(len(self.offered), 1)
+        self.assertEqual(self.committed, [make_envelope(queue_id=qid, size=6)])
+
+    def test_hook_fails(self):
+        """
+        A hook that raises, or whose L{Deferred} fails, is logged and the
+        message is queued unchanged: a consumer's bug never loses mail.
+        """
+        def broken(envelope, body):
+            raise ZeroDivisionError()
+
+        self.spool.on_direct = broken
+        qid = self.successResultOf(self.spool.new_message().commit(make_envelope()))
+        self.assertEqual(self.events[-1], f'qid={qid} status=error reason="direct delivery failed; queued"')
+        self.assertEqual(listing(self.spool.messages_dir), [qid])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 0)
+
+        self.hook(fail(ZeroDivisionError()))
+        qid2 = self.successResultOf(self.spool.new_message().commit(make_envelope()))
+        self.assertEqual(self.events[-1], f'qid={qid2} status=error reason="direct delivery failed; queued"')
+        self.assertEqual(listing(self.spool.messages_dir), sorted([qid, qid2]))
+        self.assertEqual([e.queue_id for e in self.committed], [qid, qid2])
+
+    def test_body_not_in_memory(self):
+        """
+        A body that has been written to the queue file in part (larger
+        than a chunk) is not offered: it is queued.
+        """
+        self.hook(lambda envelope: self.fail("offered"))
+        writer = self.spool.new_message()
+        writer.write(b"x" * (CHUNK_SIZE + 1))
+        qid = self.successResultOf(writer.commit(make_envelope()))
+        self.assertEqual(self.offered, [])
+        self.assertEqual(listing(self.spool.messages_dir), [qid])
+
+    def test_queue_commit_after_direct_fails(self):
+        """
+        If the queue commit that follows a partial direct delivery fails,
+        the commit fails (the client is told to try again) and nothing is
+        left in the queue.
+        """
+        def first_only(envelope):
+            first, *rest = envelope.recipients
+            return succeed(envelope.replace(recipients=(first.with_state(state=DELIVERED), *rest)))
+
+        self.hook(first_only)
+        self.patch(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+        writer = self.spool.new_message()
+        writer.write(b"body\r\n")
+        failure = self.failureResultOf(writer.commit(make_envelope(recipients=("a@example.test", "b@example.test"))))
+        self.assertEqual(failure.value.errno, errno.EIO)
+        self.assertEqual(self.queue_files(), {"tmp": [], "messages": [], "corrupt": []})
 
 
 class JobCountTests(SpoolFixture, SynchronousTestCase):

@@ -131,6 +131,11 @@ class Spool:
         L{Envelope} once it is durable (the queue manager sets it, so that
         the SMTP server needs to know only the spool). Its exceptions are
         logged, not propagated: the message is already accepted.
+    @ivar on_direct: L{None}, or a callable C{(envelope, body) ->
+        Deferred | None} that may deliver a small message before it is
+        queued (the queue manager's
+        L{mailappliance.queue.manager.QueueManager.deliver_direct}); see
+        L{mailappliance.queue.writer.SpoolWriter.commit}.
     @ivar disk: the disk pool (C{run(f, *args) -> Deferred}).
     @ivar syncer: the L{mailappliance.disk.DirectorySyncer}.
     """
@@ -153,6 +158,7 @@ class Spool:
         self.clock = clock
         self.log = log if log is not None else _default_log
         self.on_commit: Any = None
+        self.on_direct: Any = None
         self._ids = QueueIdGenerator(clock)
         # Queue ids of writers of this process that have not finished:
         # recovery must not take their files for crash leftovers. Read
@@ -190,6 +196,11 @@ class Spool:
     def _commit_failed(self, queue_id: str, reason: Failure) -> None:
         self.log.error(
             "qid={qid} status=error reason={reason}", qid=queue_id, reason=_quote(f"commit failed: {reason.value}")
+        )
+
+    def _direct_failed(self, queue_id: str, reason: Failure) -> None:
+        self.log.failure(
+            "qid={qid} status=error reason=\"direct delivery failed; queued\"", reason, qid=queue_id
         )
 
     def _discard_failed(self, queue_id: str, reason: Failure) -> None:

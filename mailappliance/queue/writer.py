@@ -28,6 +28,13 @@ disk"). It does, in this order:
 A small message thus costs one file creation, one write, one file fsync,
 one rename and its share of one directory fsync.
 
+Before step 2, a message whose whole body is still in memory (nothing
+written yet: up to L{CHUNK_SIZE}) is offered to the spool's C{on_direct}
+hook, the queue manager's direct delivery: if it delivers every recipient
+durably, the commit fires with the queue id and nothing is written to the
+queue at all; otherwise steps 2 to 5 run with the envelope the hook
+returned (the recipients it delivered marked delivered).
+
 Any failure removes whatever was written and fails the L{Deferred} with the
 L{OSError}.
 """
@@ -171,6 +178,47 @@ class SpoolWriter:
                 tail = b"".join(self._buffer)
                 self._buffer = []
                 self._buffered = 0
+        if self._fd is None and not self._writing and not self._chunks and self._error is None:
+            # The whole body is in `tail`: it may be delivered directly.
+            direct = self._deliver_direct(envelope, tail)
+            if direct is not None:
+                return direct
+        return self._commit_queued(envelope, tail)
+
+    def _deliver_direct(self, envelope: Envelope, body: bytes) -> Deferred | None:
+        # The spool's on_direct hook (the queue manager) delivers what it
+        # can; a message it delivered to every recipient is done, anything
+        # else is queued with the outcomes so far.
+        hook = self._spool.on_direct
+        if hook is None:
+            return None
+        try:
+            d = hook(envelope, body)
+        except Exception:  # noqa: BLE001 -- a consumer bug must not lose the message: queue it
+            self._spool._direct_failed(self.queue_id, Failure())
+            return None
+        if d is None:
+            return None
+
+        def failed(reason: Failure) -> Envelope:
+            self._spool._direct_failed(self.queue_id, reason)
+            return envelope
+
+        def outcome(delivered: Envelope) -> Any:
+            if not delivered.done:
+                return self._commit_queued(delivered, body)
+            self._state = _DONE
+            self._outstanding -= len(body)
+            self._spool._writer_finished(self.queue_id)
+            return self.queue_id
+
+        d.addErrback(failed)
+        d.addCallback(outcome)
+        return d
+
+    def _commit_queued(self, envelope: Envelope, tail: bytes) -> Deferred:
+        # Steps 1 to 5 of the module docstring; `tail` is the body not yet
+        # handed to the disk pool.
         d = self._when_idle()
 
         def finish(_: object) -> Deferred:

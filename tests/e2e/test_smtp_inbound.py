@@ -117,6 +117,42 @@ class InboundTests(SynchronousTestCase):
         size = int(re.search(r",S=(\d+)", name).group(1))
         self.assertEqual(size, os.path.getsize(server.maildir_files("alice@example.test")[0]))
 
+    def test_delivered_directly_or_queued(self):
+        """
+        A message for local recipients only is in the Maildirs when the
+        250 comes (direct delivery, nothing queued). A recipient whose
+        Maildir cannot be made (a file in the way) sends the message
+        through the queue instead: the others keep their single copy, and
+        the sender gets one bounce naming the failed recipient.
+        """
+        server = self.start()
+        client = self.client(server)
+        client.sendmail("zed@remote.test", ["alice@example.test"], b"Subject: direct\r\n\r\nnow\r\n")
+        # No waiting: the copy is durable before the 250.
+        [path] = server.maildir_files("alice@example.test")
+        with open(path, "rb") as f:
+            self.assertIn(b"\r\n\r\nnow\r\n", f.read())
+        self.assertEqual(os.listdir(os.path.join(server.data_dir, "queue", "messages")), [])
+
+        carol = server.maildir("carol@example.test")
+        os.makedirs(os.path.dirname(carol), exist_ok=True)
+        with open(carol, "w") as f:
+            f.write("in the way\n")
+        refused = client.sendmail("bob@example.test", ["alice@example.test", "carol@example.test"],
+                                  b"Subject: half\r\n\r\nhalf\r\n")
+        self.assertEqual(refused, {})
+        client.quit()
+        [bounce] = server.wait_for_messages("bob@example.test", 1)
+        self.assertIn(b"carol@example.test", bounce)
+        self.assertIn(b"Not a directory", bounce)
+        self.assertEqual(len(server.maildir_files("alice@example.test")), 2)
+        log = server.wait_for_log("status=removed")
+        qid = re.search(r"qid=(\w+) to=<carol@example.test> status=failed", log).group(1)
+        self.assertIn(f"qid={qid} to=<alice@example.test> status=delivered", log)
+        messages = os.path.join(server.data_dir, "queue", "messages")
+        wait_until(lambda: os.listdir(messages) == [], 10, what="an empty queue")
+        self.assertEqual(len(server.maildir_files("alice@example.test")), 2)
+
     def test_no_headers_and_empty(self):
         """
         A message with no header section, and an empty one, arrive as sent.
