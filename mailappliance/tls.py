@@ -17,16 +17,12 @@ TLS 1.2 as the minimum (RFC 8996 retired 1.0 and 1.1).
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.ssl import CertificateOptions, TLSVersion
@@ -39,8 +35,6 @@ MINIMUM_TLS_VERSION = TLSVersion.TLSv1_2
 # PEM files bigger than this are not certificates or keys we should parse.
 MAX_PEM_FILE = 1024 * 1024
 
-# Validity of the certificates made by write_self_signed_certificate.
-SELF_SIGNED_VALIDITY = datetime.timedelta(days=30)
 
 
 class TLSConfigError(Exception):
@@ -210,50 +204,3 @@ def wrap_implicit_tls(factory: Any, server_tls: ServerTLS, clock: Any = None) ->
     @return: a factory to listen with.
     """
     return TLSMemoryBIOFactory(server_tls, False, factory, clock)
-
-
-def write_self_signed_certificate(directory: str, hostname: str = "localhost") -> tuple[str, str]:
-    """
-    For tests: write a self-signed certificate for C{hostname} (and
-    127.0.0.1, ::1) as C{cert.pem}, and its key as C{key.pem}, into
-    C{directory} (created if needed). The key is P-256 (quick to make).
-
-    @return: the paths of the certificate and the key.
-    """
-    os.makedirs(directory, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + SELF_SIGNED_VALIDITY)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName(hostname),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    x509.IPAddress(ipaddress.ip_address("::1")),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    certificate_path = os.path.join(directory, "cert.pem")
-    key_path = os.path.join(directory, "key.pem")
-    with open(certificate_path, "wb") as f:
-        f.write(certificate.public_bytes(serialization.Encoding.PEM))
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-    return certificate_path, key_path

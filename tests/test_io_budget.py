@@ -82,7 +82,7 @@ from mailappliance.queue.manager import QueueManager, delivery_prefix
 from mailappliance.queue.spool import Spool
 from mailappliance.smtp.policy import SMTPSettings
 from mailappliance.smtp.server import SMTPFactory
-from mailappliance.smtp.testing import FakeResolver, SMTPHarness
+from mailappliance.testing import FakeResolver, SMTPHarness
 
 # The budget of one small message to one local recipient (module docstring).
 # (The Maildir prefix shares the body's write since the Maildir ensure cache

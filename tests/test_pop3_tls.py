@@ -15,10 +15,10 @@ from twisted.test.iosim import FakeTransport, connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import directlyProvides, implementer
 
+from mailappliance.testing import write_certificate
 from mailappliance.tls import (
     ServerTLS,
     wrap_implicit_tls,
-    write_self_signed_certificate,
 )
 from tests.test_pop3_server import (
     ALICE,
@@ -132,7 +132,7 @@ class RecordingClient(Protocol):
 class TLSTestsMixin:
     def make_certificates(self):
         directory = self.mktemp()
-        cert_path, key_path = write_self_signed_certificate(directory, "localhost")
+        cert_path, key_path = write_certificate(directory, "localhost")
         with open(cert_path, "rb") as f:
             self.cert_pem = f.read()
         self.server_tls = ServerTLS.from_files(cert_path, key_path)

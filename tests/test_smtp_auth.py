@@ -16,7 +16,7 @@ from mailappliance.smtp.auth import (
     AuthFailureTracker,
 )
 from mailappliance.smtp.policy import SMTPSettings
-from mailappliance.smtp.testing import FakeChecker, SMTPHarness, TLSCapableTransport
+from mailappliance.testing import FakeChecker, SMTPHarness, TLSCapableTransport
 from tests.test_smtp_server import EHLO, HOST, OK, SENDER_OK, lines
 
 SUBMISSION = SMTPSettings(hostname=HOST, service="submission")

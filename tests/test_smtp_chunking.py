@@ -17,7 +17,7 @@ from mailappliance.queue.envelope import Envelope, Recipient
 from mailappliance.smtp.chunking import ChunkBodyReader
 from mailappliance.smtp.policy import SMTPSettings
 from mailappliance.smtp.server import MAX_ERRORS
-from mailappliance.smtp.testing import FakeChecker, SMTPHarness, TLSCapableTransport
+from mailappliance.testing import FakeChecker, SMTPHarness, TLSCapableTransport
 from tests.test_smtp_server import BYE, EHLO, HOST, NEED_MAIL, NEED_RCPT, OK, RCPT_OK, SENDER_OK, UNKNOWN_USER, lines
 
 ALICE = Mailbox("alice", "example.test")

@@ -5,7 +5,7 @@ sessions down on SIGTERM.
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailappliance.smtp.testing import SMTPHarness
+from mailappliance.testing import SMTPHarness
 
 
 class DrainTests(SynchronousTestCase):

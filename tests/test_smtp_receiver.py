@@ -13,7 +13,7 @@ from mailappliance.smtp import replies
 from mailappliance.smtp.chunking import ChunkBodyReader
 from mailappliance.smtp.headers import HeaderCompleter
 from mailappliance.smtp.receiver import MessageReceiver, commit_failure_reply
-from mailappliance.smtp.testing import FakeWriter
+from mailappliance.testing import FakeWriter
 
 
 class MessageReceiverTests(SynchronousTestCase):

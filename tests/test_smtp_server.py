@@ -18,7 +18,7 @@ from mailappliance.address import Mailbox
 from mailappliance.interfaces import AliasLoop, Resolved, TemporaryResolutionError
 from mailappliance.queue.envelope import Envelope, Recipient
 from mailappliance.smtp.policy import SMTPSettings
-from mailappliance.smtp.testing import SMTPHarness
+from mailappliance.testing import SMTPHarness
 
 HOST = "mx.example.test"
 ALICE = Mailbox("alice", "example.test")

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mailappliance.smtp.lines import MAX_COMMAND_LINE
 from mailappliance.smtp.policy import SMTPSettings
 from mailappliance.smtp.server import MAX_ERRORS, MAX_PENDING_INPUT
-from mailappliance.smtp.testing import SMTPHarness
+from mailappliance.testing import SMTPHarness
 from tests.test_smtp_server import BYE, EHLO, HOST, OK, RCPT_OK, SENDER_OK, START, UNKNOWN_USER, lines
 
 TRANSACTION = (

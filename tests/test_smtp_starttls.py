@@ -23,8 +23,13 @@ from zope.interface import directlyProvides, implementer
 
 from mailappliance.smtp.policy import SMTPSettings
 from mailappliance.smtp.starttls import can_start_tls, tls_active, tls_description
-from mailappliance.smtp.testing import FakeChecker, SMTPHarness, TLSCapableTransport
-from mailappliance.tls import ServerTLS, wrap_implicit_tls, write_self_signed_certificate
+from mailappliance.testing import (
+    FakeChecker,
+    SMTPHarness,
+    TLSCapableTransport,
+    write_certificate,
+)
+from mailappliance.tls import ServerTLS, wrap_implicit_tls
 from tests.test_smtp_server import EHLO, HOST, RCPT_OK, SENDER_OK, START, lines
 
 TLS_CONTEXT = object()
@@ -256,7 +261,7 @@ class Client(Protocol):
 class RealTLSTestsMixin:
     def make_certificates(self) -> None:
         directory = self.mktemp()  # type: ignore[attr-defined]
-        cert_path, key_path = write_self_signed_certificate(directory, "localhost")
+        cert_path, key_path = write_certificate(directory, "localhost")
         with open(cert_path, "rb") as f:
             self.cert_pem = f.read()
         self.server_tls = ServerTLS.from_files(cert_path, key_path)

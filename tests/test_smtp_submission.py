@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mailappliance.address import Mailbox
 from mailappliance.interfaces import AliasLoop, Resolved, TemporaryResolutionError
 from mailappliance.smtp.policy import SMTPSettings
-from mailappliance.smtp.testing import FakeChecker, SMTPHarness, TLSCapableTransport
+from mailappliance.testing import FakeChecker, SMTPHarness, TLSCapableTransport
 from tests.test_smtp_server import HOST, RCPT_OK, SENDER_OK, START, lines
 
 SUBMISSION = SMTPSettings(hostname=HOST, service="submission")

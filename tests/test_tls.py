@@ -20,11 +20,11 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from mailappliance.testing import write_certificate
 from mailappliance.tls import (
     ServerTLS,
     TLSConfigError,
     wrap_implicit_tls,
-    write_self_signed_certificate,
 )
 
 
@@ -46,7 +46,7 @@ def write(path: str, data: bytes) -> None:
 class ServerTLSTests(SynchronousTestCase):
     def setUp(self):
         self.directory = self.mktemp()
-        self.cert_path, self.key_path = write_self_signed_certificate(self.directory)
+        self.cert_path, self.key_path = write_certificate(self.directory)
 
     def test_from_files(self):
         """
@@ -65,7 +65,7 @@ class ServerTLSTests(SynchronousTestCase):
         Extra certificates after the first in the file are accepted (the
         intermediate chain).
         """
-        other_cert, _ = write_self_signed_certificate(self.mktemp(), "intermediate.test")
+        other_cert, _ = write_certificate(self.mktemp(), "intermediate.test")
         write(self.cert_path, read(self.cert_path) + read(other_cert))
         tls = ServerTLS.from_files(self.cert_path, self.key_path)
         self.assertEqual(served_certificate(tls), x509.load_pem_x509_certificates(read(self.cert_path))[0])
@@ -159,7 +159,7 @@ class ServerTLSTests(SynchronousTestCase):
 class ReloadTests(SynchronousTestCase):
     def setUp(self):
         self.directory = self.mktemp()
-        self.cert_path, self.key_path = write_self_signed_certificate(self.directory, "old.test")
+        self.cert_path, self.key_path = write_certificate(self.directory, "old.test")
         self.events = []
         self.tls = ServerTLS.from_files(
             self.cert_path, self.key_path, log=Logger(namespace="test", observer=self.events.append)
@@ -172,7 +172,7 @@ class ReloadTests(SynchronousTestCase):
         connection made before keeps the old one.
         """
         before = self.tls.serverConnectionForTLS(None)
-        write_self_signed_certificate(self.directory, "new.test")
+        write_certificate(self.directory, "new.test")
         self.tls.reload()
         new = served_certificate(self.tls)
         self.assertNotEqual(new, self.old)
@@ -199,9 +199,9 @@ class ReloadTests(SynchronousTestCase):
         A new certificate whose key is not in place yet (a renewal caught
         half-way) is refused; the old pair stays.
         """
-        write_self_signed_certificate(self.mktemp(), "other.test")
+        write_certificate(self.mktemp(), "other.test")
         other_dir = self.mktemp()
-        other_cert, _ = write_self_signed_certificate(other_dir, "new.test")
+        other_cert, _ = write_certificate(other_dir, "new.test")
         write(self.cert_path, read(other_cert))
         self.assertRaises(TLSConfigError, self.tls.reload)
         self.assertEqual(served_certificate(self.tls), self.old)
@@ -221,7 +221,7 @@ class ReloadTests(SynchronousTestCase):
                 calls.append(function.__name__)
                 return super().run(function, *args, **kwargs)
 
-        write_self_signed_certificate(self.directory, "new.test")
+        write_certificate(self.directory, "new.test")
         self.assertIs(self.successResultOf(self.tls.reload_in(RecordingPool())), True)
         self.assertEqual(calls, ["load_certificate_options"])
         self.assertEqual(served_certificate(self.tls).subject.rfc4514_string(), "CN=new.test")
@@ -238,7 +238,7 @@ class WrapImplicitTLSTests(SynchronousTestCase):
         L{wrap_implicit_tls} gives a server-side L{TLSMemoryBIOFactory}
         around the given factory, using the L{ServerTLS}.
         """
-        cert_path, key_path = write_self_signed_certificate(self.mktemp())
+        cert_path, key_path = write_certificate(self.mktemp())
         tls = ServerTLS.from_files(cert_path, key_path)
         inner = Factory.forProtocol(Protocol)
         wrapped = wrap_implicit_tls(inner, tls, clock=Clock())
@@ -259,7 +259,7 @@ class SelfSignedTests(SynchronousTestCase):
         The helper writes a certificate for the host name and loopback
         addresses, and a key readable by the owner only.
         """
-        cert_path, key_path = write_self_signed_certificate(self.mktemp(), "mail.example.test")
+        cert_path, key_path = write_certificate(self.mktemp(), "mail.example.test")
         certificate = x509.load_pem_x509_certificate(read(cert_path))
         names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         self.assertEqual(names.get_values_for_type(x509.DNSName), ["mail.example.test"])

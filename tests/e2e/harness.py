@@ -159,9 +159,9 @@ class ServerProcess:
             "",
         ]
         if tls:
-            from mailappliance.tls import write_self_signed_certificate
+            from mailappliance.testing import write_certificate
 
-            write_self_signed_certificate(os.path.join(self.base, "tls"))
+            write_certificate(os.path.join(self.base, "tls"))
             lines += ["[tls]", 'certificate = "tls/cert.pem"', 'key = "tls/key.pem"', ""]
         for service in services:
             port = self.ports[service] = free_port()

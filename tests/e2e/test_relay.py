@@ -14,7 +14,7 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailappliance.tls import write_self_signed_certificate
+from mailappliance.testing import write_certificate
 from tests.e2e.harness import HelperProcess, ServerProcess, wait_until
 
 ZONE = {
@@ -227,7 +227,7 @@ class RelayTests(RelayTestCase):
         AUTH.
         """
         certs = os.path.abspath(self.mktemp())
-        cert, key = write_self_signed_certificate(certs)
+        cert, key = write_certificate(certs)
         dns = self.dns()
         sink = self.sink("--starttls", cert, key, "--auth", "relayuser:relaypass")
         password = os.path.join(os.path.abspath(self.mktemp()))

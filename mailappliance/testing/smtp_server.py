@@ -6,9 +6,6 @@ they were given and can push back or fail on demand, a credentials
 checker, a transport that can (pretend to) start TLS, and
 L{SMTPHarness}, one session wired to them over a L{StringTransport} and a
 L{Clock}.
-
-(DESIGN.md puts the product's shared fakes in C{mailappliance/testing.py};
-these are the SMTP server's, kept beside it until that module exists.)
 """
 
 from __future__ import annotations
@@ -29,7 +26,13 @@ from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
 from mailappliance.address import Mailbox
-from mailappliance.interfaces import IMessageWriter, IRecipientResolver, ISpool, Resolved, UnknownAddress
+from mailappliance.interfaces import (
+    IMessageWriter,
+    IRecipientResolver,
+    ISpool,
+    Resolved,
+    UnknownAddress,
+)
 from mailappliance.smtp.policy import SMTPSettings
 from mailappliance.smtp.server import SMTPFactory
 
