@@ -218,7 +218,7 @@ class RelayTests(SynchronousTestCase):
         """
         pending = []
 
-        def slow(reactor, hosts, message, options, disk=None):
+        def slow(reactor, hosts, message, options, disk=None, cache=None):
             d = defer.Deferred()
             pending.append((d, message))
             return d

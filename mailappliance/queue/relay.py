@@ -101,9 +101,9 @@ class Relay:
     @param clock: C{seconds()} (Unix time); the reactor by default.
     @param smarthost: whether the router is a smarthost (one group, no
         per-destination limit, connections reused).
-    @param deliver: the SMTP client's C{deliver} (a seam for tests); with
-        a smarthost it is given C{cache=}, a
-        L{mailappliance.smtp.client_cache.SessionCache}.
+    @param deliver: the SMTP client's C{deliver} (a seam for tests); it
+        is given C{cache=}: with a smarthost a
+        L{mailappliance.smtp.client_cache.SessionCache}, else L{None}.
     """
 
     def __init__(self, reactor: Any, router: Any, options: Any, retry: RetryPolicy, disk: Any,
@@ -206,11 +206,8 @@ class Relay:
             smtputf8=envelope.smtputf8,
             queue_id=envelope.queue_id,
         )
-        if self.sessions is not None:
-            outcome = yield self._deliver(self.reactor, hosts, message, self.options, disk=self.disk,
-                                          cache=self.sessions)
-        else:
-            outcome = yield self._deliver(self.reactor, hosts, message, self.options, disk=self.disk)
+        outcome = yield self._deliver(self.reactor, hosts, message, self.options, disk=self.disk,
+                                      cache=self.sessions)
         updated = []
         for r in recipients:
             result = outcome.result_for(str(r.target))
