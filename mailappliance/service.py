@@ -33,10 +33,15 @@ from typing import Any
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    inlineCallbacks,
+    maybeDeferred,
+)
 from twisted.logger import Logger
 
-from mailappliance.config import Config
+from mailappliance.config.model import Config
 
 RELOAD_INTERVAL = 1.0
 # SIGTERM: how long SMTP transactions in flight may take to finish.
@@ -95,7 +100,11 @@ def load_accounts(config: Config, reactor: Any, disk: Any) -> Accounts:
     from mailappliance.interfaces import ResolverContext
     from mailappliance.resolve.aliasfile import AliasesFileError
     from mailappliance.resolve.chain import ResolverChain
-    from mailappliance.resolve.plugins import ResolverPluginError, load_resolvers, reloadables_of
+    from mailappliance.resolve.plugins import (
+        ResolverPluginError,
+        load_resolvers,
+        reloadables_of,
+    )
 
     users = UsersDatabase(config.accounts.users_file, disk)
     try:
@@ -390,7 +399,8 @@ class LiveConfiguration:
         @return: a L{Deferred} firing with the changed keys, each with
             whether it was applied.
         """
-        from mailappliance.config import ConfigError, load_config
+        from mailappliance.config.load import load_config
+        from mailappliance.config.model import ConfigError
 
         def refused(failure: Any) -> list:
             failure.trap(ConfigError)

@@ -17,7 +17,8 @@ import sys
 
 from twisted.python import usage
 
-from mailappliance.config import ConfigError, default_config_path, load_config
+from mailappliance.config.load import default_config_path, load_config
+from mailappliance.config.model import ConfigError
 
 
 class Options(usage.Options):

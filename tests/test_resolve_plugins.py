@@ -15,7 +15,7 @@ from zope.interface.verify import verifyObject
 
 import tests.resolver_plugins
 from mailappliance.address import Mailbox, parse_mailbox
-from mailappliance.config import load_config
+from mailappliance.config.load import load_config
 from mailappliance.disk import SynchronousDiskPool
 from mailappliance.interfaces import (
     Forward,
@@ -25,7 +25,11 @@ from mailappliance.interfaces import (
     ResolverContext,
 )
 from mailappliance.resolve import plugins as plugins_module
-from mailappliance.resolve.aliases import AliasesFileError, AliasesResolver, AliasesTable
+from mailappliance.resolve.aliases import (
+    AliasesFileError,
+    AliasesResolver,
+    AliasesTable,
+)
 from mailappliance.resolve.chain import ResolverChain
 from mailappliance.resolve.plugins import (
     BUILTIN_FACTORIES,

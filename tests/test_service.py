@@ -6,7 +6,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailappliance.config import load_config
+from mailappliance.config.load import load_config
 from mailappliance.disk import SynchronousDiskPool
 from mailappliance.queue.relay import RetryPolicy
 from mailappliance.service import LiveConfiguration, config_changes

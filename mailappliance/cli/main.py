@@ -16,7 +16,8 @@ import os
 import sys
 from typing import Callable, TextIO
 
-from mailappliance.config import ConfigError, default_config_path, load_config
+from mailappliance.config.load import default_config_path, load_config
+from mailappliance.config.model import ConfigError
 
 
 class CommandError(Exception):
