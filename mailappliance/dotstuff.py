@@ -26,7 +26,7 @@ Users:
   - outbound SMTP (L{mailappliance.smtp.client_body}) feeds the spooled
     message, which has CRLF line ends only (the server normalises DATA),
     to L{DotStuffer};
-  - POP3 (L{mailappliance.pop3.server}) feeds a Maildir file, which may
+  - POP3 (L{mailappliance.pop3.retrieval}) feeds a Maildir file, which may
     have bare LF line ends (other programs write those), to
     L{MessageTransform}: L{LineEndNormaliser}, for TOP
     L{HeaderAndBodyLines}, then the same L{DotStuffer}. L{wire_size} is

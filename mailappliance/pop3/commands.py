@@ -31,8 +31,10 @@ MAX_NUMBER_DIGITS = 9
 
 _DIGITS = re.compile(rb"[0-9]+")
 
+# The session states of RFC 1939; a session in UPDATE takes no commands.
 AUTHORIZATION = "AUTHORIZATION"
 TRANSACTION = "TRANSACTION"
+UPDATE = "UPDATE"
 
 Handler = Callable[[Any, bytes], None]
 

@@ -2,39 +2,41 @@
 """
 The POP3 service: RFC 1939 with CAPA, RESP-CODES and PIPELINING
 (RFC 2449), STLS (RFC 2595), AUTH PLAIN (RFC 5034, RFC 4616) and the
-response codes of RFC 3206.
+response codes of RFC 3206. This module is the session's core and its
+factory: the connection, the command loop, the timers, the replies.
 
 A session reads command lines with L{LineReader} and answers them strictly
 in order: while a command waits for something asynchronous (a password
 check, a failed-login delay, the disk pool, a message being streamed), the
 session is I{busy} and later lines wait in the reader's buffer (reading
 from the connection is paused when that buffer grows), then run once the
-reply has gone out. The mailbox side lives in L{mailappliance.pop3.mailbox}
-and runs in the disk pool; messages are read there one job per message,
-and read ahead in batches while earlier ones travel
-(L{mailappliance.pop3.readahead}); what is common to all sessions (limits,
-locks, login throttling) lives in L{POP3Factory}.
+reply has gone out. The commands are checked and answered by
+L{mailappliance.pop3.commands}; what takes more than a reply is in the
+mixins L{POP3Protocol} is composed of: login and the opening of the
+mailbox (L{mailappliance.pop3.login}), STLS (L{mailappliance.pop3.stls}),
+RETR and TOP (L{mailappliance.pop3.retrieval}), and QUIT with the UPDATE
+state (L{mailappliance.pop3.update}). The mailbox side lives in
+L{mailappliance.pop3.mailbox} and runs in the disk pool; messages are read
+there one job per message, and read ahead in batches while earlier ones
+travel (L{mailappliance.pop3.readahead}); what is common to all sessions
+(limits, locks, login throttling) lives in L{POP3Factory}.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-from twisted.cred.credentials import UsernamePassword
-from twisted.cred.error import LoginFailed, UnauthorizedLogin
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
-from twisted.internet.interfaces import INegotiated, ISSLTransport, ITLSTransport
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import INegotiated, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailappliance.dotstuff import MessageTransform
 from mailappliance.immediate import write_now
 from mailappliance.pop3 import commands
+from mailappliance.pop3.commands import AUTHORIZATION, TRANSACTION, UPDATE
 from mailappliance.pop3.lines import (
     MAX_COMMAND_LINE,
     MAX_SASL_LINE,
@@ -42,55 +44,29 @@ from mailappliance.pop3.lines import (
     LineReader,
 )
 from mailappliance.pop3.locks import PROCESS_MAILBOX_LOCKS, MailboxLocks
-from mailappliance.pop3.login import MAX_FAILURES_PER_SESSION, LoginThrottle
-from mailappliance.pop3.mailbox import (
-    MessageInfo,
-    MessageStart,
-    apply_update,
-    scan_mailbox,
-)
-from mailappliance.pop3.readahead import NOT_HELD, MessageReader
-from mailappliance.pop3.sasl import (
-    SASLCancelled,
-    SASLError,
-    decode_response,
-    parse_plain,
-)
+from mailappliance.pop3.login import LoginThrottle, POP3LoginHandlers
+from mailappliance.pop3.mailbox import MessageInfo
+from mailappliance.pop3.readahead import MessageReader
+from mailappliance.pop3.retrieval import POP3RetrievalHandlers
 from mailappliance.pop3.settings import POP3Settings, parse_peer_ip
-from mailappliance.pop3.transfer import MessageSender, TransferAborted
+from mailappliance.pop3.stls import POP3STLSHandler
+from mailappliance.pop3.transfer import MessageSender
+from mailappliance.pop3.update import POP3UpdateHandler
 
 # Stop reading from a client whose pipelined input waiting behind a busy
 # command exceeds this; resume once it has been worked through.
 MAX_PENDING_INPUT = 64 * 1024
 
-AUTHORIZATION = "AUTHORIZATION"
-TRANSACTION = "TRANSACTION"
-UPDATE = "UPDATE"
-
 _KEYWORD = re.compile(rb"[A-Za-z]{1,8}")
 
 
-def _printable(value: bytes | str) -> str:
-    """
-    A client-supplied value made safe for a key=value log line: spaces,
-    C{=}, control characters and undecodable bytes are escaped.
-    """
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "backslashreplace")
-    out = []
-    for c in value:
-        if c.isprintable() and c not in " =":
-            out.append(c)
-        elif ord(c) < 0x100:
-            out.append(f"\\x{ord(c):02x}")
-        else:
-            out.append(f"\\u{ord(c):04x}")
-    return "".join(out)
-
-
-class POP3Protocol(Protocol):
+class POP3Protocol(POP3LoginHandlers, POP3STLSHandler, POP3RetrievalHandlers, POP3UpdateHandler, Protocol):
     """
     One POP3 session. Created by L{POP3Factory}.
+
+    The commands that do more than reply at once are in the mixins:
+    L{POP3LoginHandlers}, L{POP3STLSHandler}, L{POP3RetrievalHandlers}
+    and L{POP3UpdateHandler}.
 
     @ivar state: L{AUTHORIZATION}, L{TRANSACTION} or L{UPDATE}.
     @ivar snapshot: the messages of the mailbox at login (message number
@@ -291,9 +267,6 @@ class POP3Protocol(Protocol):
             self._closing = True
             self.transport.loseConnection()
 
-    def _user_field(self) -> str:
-        return _printable(self._avatar) if self._avatar else "-"
-
     def send_line(self, line: bytes) -> None:
         """
         Write one reply line (the CRLF is added).
@@ -328,334 +301,6 @@ class POP3Protocol(Protocol):
         self._closing = True
         if not self._disconnected:
             self.transport.loseConnection()
-
-    # -- facts for the command handlers -------------------------------------
-
-    @property
-    def tls_active(self) -> bool:
-        return self._tls_active
-
-    def tls_available(self) -> bool:
-        """
-        @return: whether STLS can be offered now: TLS is configured, the
-            transport can start it and it is not active yet.
-        """
-        return (
-            self.factory.tls is not None
-            and not self._tls_active
-            and ITLSTransport.providedBy(self.transport)
-            and self.state == AUTHORIZATION
-        )
-
-    def plaintext_login_allowed(self) -> bool:
-        """
-        SPEC section 5: a password in the clear only over TLS or from the
-        trusted networks.
-        """
-        return self._tls_active or self.factory.settings.is_trusted(self._peer)
-
-    def refuse_plaintext(self) -> None:
-        if self.factory.tls is not None and ITLSTransport.providedBy(self.transport):
-            self.send_line(b"-ERR [AUTH] Plaintext login requires STLS")
-        else:
-            self.send_line(b"-ERR [AUTH] Plaintext login not allowed from this address")
-
-    # -- STLS ----------------------------------------------------------------
-
-    def start_tls(self) -> None:
-        """
-        Answer STLS and switch to TLS (RFC 2595 section 4): whatever the
-        client sent after the STLS line is dropped unread, and the login
-        state is reset.
-        """
-        self.send_line(b"+OK Begin TLS negotiation")
-        self._reader.clear()
-        self._user = None
-        self._tls_active = True
-        self.transport.startTLS(self.factory.tls)
-
-    # -- login ---------------------------------------------------------------
-
-    def set_user(self, name: bytes) -> None:
-        self._user = name
-
-    def take_user(self) -> bytes | None:
-        user, self._user = self._user, None
-        return user
-
-    def begin_sasl(self) -> None:
-        """
-        Ask for the PLAIN response (RFC 5034 section 4: an empty challenge).
-        """
-        self._sasl_pending = True
-        self.send_line(b"+ ")
-
-    def _sasl_response(self, line: bytes, initial: bool) -> None:
-        try:
-            credentials = parse_plain(decode_response(line, initial))
-        except SASLCancelled as e:
-            self.send_line(b"-ERR " + str(e).encode("ascii"))
-            return
-        except SASLError as e:
-            self.send_line(b"-ERR [AUTH] " + str(e).encode("ascii"))
-            return
-        self.authenticate(credentials.authcid, credentials.password, "PLAIN")
-
-    def sasl_initial_response(self, line: bytes) -> None:
-        self._sasl_response(line, initial=True)
-
-    def authenticate(self, name: bytes, password: bytes, method: str) -> None:
-        """
-        Check a login name and password, then open the mailbox; the reply
-        follows once both are done (or after the failure delay).
-        """
-        self._user = None
-        d = maybeDeferred(self.factory.checker.requestAvatarId, UsernamePassword(name, password))
-        d.addCallbacks(
-            self._authenticated,
-            self._authentication_failed,
-            callbackArgs=(name, method),
-            errbackArgs=(name, method),
-        )
-        self.block_on(d)
-
-    def _authentication_failed(self, reason: Failure, name: bytes, method: str) -> Deferred | None:
-        if self._disconnected:
-            return None
-        if not reason.check(UnauthorizedLogin, LoginFailed):
-            self._log.failure(
-                "service=pop3 event=login status=error user={user} peer={peer} method={method}",
-                reason,
-                user=_printable(name),
-                peer=self._peer_key,
-                method=method,
-            )
-            self.send_line(b"-ERR [SYS/TEMP] Authentication temporarily unavailable")
-            return None
-        self._login_failures += 1
-        delay = self.factory.throttle.record_failure(self._peer_key)
-        self._log.info(
-            "service=pop3 event=login status=failed user={user} peer={peer} method={method} delay={delay}",
-            user=_printable(name),
-            peer=self._peer_key,
-            method=method,
-            delay=delay,
-        )
-
-        def answer() -> None:
-            if self._login_failures >= MAX_FAILURES_PER_SESSION:
-                self.close_after(b"-ERR [AUTH] Authentication failed; closing connection")
-            else:
-                self.send_line(b"-ERR [AUTH] Authentication failed")
-
-        self._delay = deferLater(self._clock, delay, answer)
-        self._delay.addBoth(self._delay_over)
-        return self._delay
-
-    def _delay_over(self, result: Any) -> Any:
-        self._delay = None
-        return result
-
-    def _authenticated(self, avatar_id: Any, name: bytes, method: str) -> Deferred | None:
-        if self._disconnected:
-            return None
-        self.factory.throttle.record_success(self._peer_key)
-        avatar = avatar_id.decode("utf-8") if isinstance(avatar_id, bytes) else str(avatar_id)
-        mailbox = os.path.abspath(self.factory.mailbox_path(avatar))
-        if not self.factory.locks.acquire(mailbox, self):
-            self._log.info(
-                "service=pop3 event=login status=in-use user={user} peer={peer} method={method}",
-                user=_printable(avatar),
-                peer=self._peer_key,
-                method=method,
-            )
-            self.send_line(b"-ERR [IN-USE] Mailbox is in use by another session")
-            return None
-        self._avatar = avatar
-        self._mailbox = mailbox
-        d = self.factory.disk.run(scan_mailbox, mailbox)
-        d.addCallbacks(self._opened, self._open_failed, callbackArgs=(method,), errbackArgs=(method,))
-        return d
-
-    def _opened(self, snapshot: list[MessageInfo], method: str) -> None:
-        if self._disconnected:
-            self._release_lock()
-            return
-        self.snapshot = snapshot
-        self.state = TRANSACTION
-        self._reader_ahead = MessageReader(self.factory.disk, self._mailbox)
-        octets = sum(m.size for m in snapshot)
-        self._log.info(
-            "service=pop3 event=login status=ok user={user} peer={peer} method={method} tls={tls} messages={count}",
-            user=self._user_field(),
-            peer=self._peer_key,
-            method=method,
-            tls="yes" if self._tls_active else "no",
-            count=len(snapshot),
-        )
-        self.send_line(b"+OK Logged in, %d messages (%d octets)" % (len(snapshot), octets))
-
-    def _open_failed(self, reason: Failure, method: str) -> None:
-        if self._disconnected:
-            self._release_lock()
-            return
-        self._log.failure(
-            "service=pop3 event=login status=error user={user} peer={peer} method={method} reason=mailbox",
-            reason,
-            user=self._user_field(),
-            peer=self._peer_key,
-            method=method,
-        )
-        self._release_lock()
-        self._avatar = None
-        if not self._disconnected:
-            self.send_line(b"-ERR [SYS/TEMP] Cannot open the mailbox")
-
-    def _release_lock(self) -> None:
-        if self._mailbox is not None:
-            self.factory.locks.release(self._mailbox, self)
-            self._mailbox = None
-
-    # -- RETR and TOP --------------------------------------------------------
-
-    def send_message(self, index: int, body_lines: int | None) -> None:
-        """
-        Send message C{index} (RETR, or TOP with C{body_lines}): a message
-        that fits in its first read goes out in one write, a larger one is
-        streamed after its first chunk.
-        """
-        start = self._reader_ahead.take(index)
-        if start is NOT_HELD:
-            d = self._reader_ahead.read(index, self.snapshot[index])
-            d.addCallbacks(self._message_opened, self._message_open_failed, callbackArgs=(index, body_lines))
-            self.block_on(d)
-        elif isinstance(start, OSError):
-            self._message_open_failed(Failure(start))
-        else:
-            streaming = self._message_opened(start, index, body_lines)
-            if streaming is not None:
-                self.block_on(streaming)
-
-    def _message_open_failed(self, reason: Failure) -> None:
-        self._log.failure(
-            "service=pop3 event=read-error user={user} peer={peer}",
-            reason,
-            user=self._user_field(),
-            peer=self._peer_key,
-        )
-        self.send_line(b"-ERR [SYS/TEMP] Cannot read the message")
-
-    def _message_opened(self, start: MessageStart | None, index: int, body_lines: int | None) -> Deferred | None:
-        if start is None:
-            self.send_line(b"-ERR [SYS/PERM] Message %d no longer exists" % (index + 1,))
-            return None
-        rest = start.rest
-        if self._disconnected:
-            if rest is not None:
-                self.factory.disk.run(rest.close).addErrback(lambda _: None)
-            return None
-        if body_lines is None:
-            first = b"+OK %d octets\r\n" % (self.snapshot[index].size,)
-        else:
-            first = b"+OK Top of message follows\r\n"
-        transform = MessageTransform(body_lines)
-        data = transform.feed(start.data)
-        if rest is None or transform.complete:
-            if rest is not None:
-                # TOP has its lines: the rest of the file is not wanted.
-                self.factory.disk.run(rest.close).addErrback(lambda _: None)
-            self._write(b"".join((first, data, transform.finish())))
-            self._message_sent(None, index, body_lines is None)
-            return None
-        self.transport.writeSequence((first, data))
-        sender = self._sender = MessageSender(self.factory.disk, rest, transform, self.transport, self._touch)
-        self.transport.registerProducer(sender, True)
-        d = sender.start()
-        d.addBoth(self._stream_ended, index, body_lines is None)
-        return d
-
-    def _stream_ended(self, result: Any, index: int, whole: bool) -> None:
-        self._sender = None
-        if not self._disconnected:
-            self.transport.unregisterProducer()
-        if not isinstance(result, Failure):
-            self._message_sent(None, index, whole)
-            return
-        if result.check(TransferAborted) or self._disconnected:
-            return
-        # The +OK and part of the message are out: there is no way to
-        # tell the client but to drop the connection.
-        self._log.failure(
-            "service=pop3 event=read-error user={user} peer={peer}",
-            result,
-            user=self._user_field(),
-            peer=self._peer_key,
-        )
-        self._closing = True
-        self.transport.abortConnection()
-
-    def _message_sent(self, result: Any, index: int, whole: bool) -> None:
-        if whole:
-            self.retrieved.add(index)
-        if self._closing:
-            return
-        # Clients download in order: read the next messages while this one
-        # travels (see mailappliance.pop3.readahead).
-        self._reader_ahead.read_ahead(self._live_after(index))
-
-    def _live_after(self, index: int) -> Iterator[tuple[int, MessageInfo]]:
-        snapshot, deleted = self.snapshot, self.deleted
-        for following in range(index + 1, len(snapshot)):
-            if following not in deleted:
-                yield following, snapshot[following]
-
-    # -- QUIT and the UPDATE state -------------------------------------------
-
-    def quit(self) -> None:
-        """
-        QUIT: in TRANSACTION, enter UPDATE (RFC 1939 section 6), make the
-        changes in the disk pool, then answer and close.
-        """
-        if self.state != TRANSACTION:
-            self.close_after(b"+OK Bye")
-            return
-        self.state = UPDATE
-        self._closing = True
-        self._reader_ahead.close()
-        deleted = [self.snapshot[i] for i in sorted(self.deleted)]
-        retrieved = [self.snapshot[i] for i in sorted(self.retrieved - self.deleted)]
-        mailbox = self._mailbox
-        d = self.factory.disk.run(apply_update, mailbox, deleted, retrieved)
-        d.addCallbacks(self._updated, self._update_failed)
-        d.addBoth(self._update_finished)
-        # Not block_on: the session takes no further commands anyway, and the
-        # update must finish even if the connection goes away.
-
-    def _updated(self, result: Any) -> None:
-        self._log.info(
-            "service=pop3 event=logout user={user} peer={peer} retrieved={retrieved} deleted={deleted} failed={failed}",
-            user=self._user_field(),
-            peer=self._peer_key,
-            retrieved=len(self.retrieved),
-            deleted=result.deleted,
-            failed=result.failed,
-        )
-        if result.failed:
-            self.close_after(b"-ERR [SYS/TEMP] Some changes could not be made")
-        else:
-            self.close_after(b"+OK Bye")
-
-    def _update_failed(self, reason: Failure) -> None:
-        self._log.failure(
-            "service=pop3 event=logout status=error user={user} peer={peer}",
-            reason,
-            user=self._user_field(),
-            peer=self._peer_key,
-        )
-        self.close_after(b"-ERR [SYS/TEMP] Some changes could not be made")
-
-    def _update_finished(self, result: Any) -> None:
-        self._release_lock()
 
 
 class POP3Factory(Factory):
