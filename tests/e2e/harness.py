@@ -25,13 +25,26 @@ START_TIMEOUT = 30.0
 POLL_INTERVAL = 0.02
 
 
+# Ports free_port has handed out in this process: never handed out twice,
+# so two servers of one test run cannot be given the same port (the
+# kernel may well pick a port again once it is released).
+_handed_out: set[int] = set()
+# Starting attempts when a port was taken meanwhile by someone else.
+START_ATTEMPTS = 3
+
+
 def free_port() -> int:
     """
-    A TCP port on 127.0.0.1 that was free a moment ago.
+    A TCP port on 127.0.0.1 that was free a moment ago and that this
+    process has not handed out before.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = POLL_INTERVAL, what: str = "condition"):
@@ -139,6 +152,9 @@ class ServerProcess:
         self.hostname = hostname
         self.options = options or {}
         self.extra_env = env or {}
+        # Only a configuration made here may have its ports changed.
+        self._own_ports = config_text is None
+        self._started = False
         if config_text is None:
             config_text = self._config(services, local_domains, extra, tls)
         with open(self.config_path, "w") as f:
@@ -196,7 +212,37 @@ class ServerProcess:
         """
         Start the server and wait until every configured port accepts
         connections.
+
+        A free port is only free until twistd binds it: when the first
+        start fails because a port was taken meanwhile (by another test
+        run on the machine), the ports are chosen again and the start
+        tried again, up to L{START_ATTEMPTS} times.
         """
+        if self._started or not self._own_ports or not wait:
+            return self._start(wait)
+        for attempt in range(START_ATTEMPTS):
+            try:
+                return self._start(wait)
+            except AssertionError:
+                if attempt == START_ATTEMPTS - 1 or "Address already in use" not in self.log():
+                    raise
+            self._choose_new_ports(attempt)
+        raise AssertionError("unreachable")
+
+    def _choose_new_ports(self, attempt: int) -> None:
+        # The failed attempt's log is kept beside the new one.
+        self._log.close()
+        os.rename(self.log_path, f"{self.log_path}.{attempt}")
+        with open(self.config_path) as f:
+            text = f.read()
+        for name, old in list(self.ports.items()):
+            new = self.ports[name] = free_port()
+            text = text.replace(f"tcp:{old}:", f"tcp:{new}:")
+        with open(self.config_path, "w") as f:
+            f.write(text)
+
+    def _start(self, wait: bool) -> ServerProcess:
+        self._started = True
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             self.command(), cwd=self.base, env=self.env(), stdout=self._log, stderr=subprocess.STDOUT,
@@ -206,7 +252,15 @@ class ServerProcess:
         if wait:
             for name, port in self.ports.items():
                 wait_until(lambda: self._accepting(port), START_TIMEOUT, what=f"{name} on port {port}")
+                if self._own_ports:
+                    # Accepting is not enough: someone else may hold the port.
+                    wait_until(lambda: self._bound(port), START_TIMEOUT, what=f"{name} bound to port {port}")
         return self
+
+    def _bound(self, port: int) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"twistd exited with {self.process.returncode}:\n{self.log()}")
+        return f"listen=tcp:{port}:" in self.log()
 
     def _accepting(self, port: int) -> bool:
         if self.process.poll() is not None:
