@@ -74,27 +74,51 @@ def write_file_durably(path: str, data: bytes, mode: int = 0o600, sync_directory
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, ".%s.tmp.%d" % (os.path.basename(path), os.getpid()))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+
+    def fill(fd: int) -> None:
+        os.fchmod(fd, mode)
+        if owner is not None:
+            try:
+                os.fchown(fd, *owner)
+            except PermissionError:
+                pass
+        write_all(fd, data)
+
+    fill_and_rename(fd, tmp, fill, lambda _: path)
+    if sync_directory:
+        fsync_directory(directory)
+
+
+def fill_and_rename(fd: int, tmp: str, fill: Callable[[int], Any], final: Callable[[Any], str]) -> tuple[Any, str]:
+    """
+    The durable way to publish a new file: C{fill(fd)} writes it, then it
+    is fsynced, closed and renamed from C{tmp} to C{final(result)}. On any
+    failure C{fd} is closed, C{tmp} removed and the exception raised
+    again. The caller fsyncs the destination directory (or has it synced
+    with others). Blocking.
+
+    @param fd: the open file descriptor of C{tmp}; closed in every case.
+    @param tmp: the temporary file's path.
+    @param fill: writes the content; what it returns goes to C{final}.
+    @param final: gives the destination path from C{fill}'s result (a
+        Maildir name carries the size).
+    @return: C{fill}'s result and the destination path.
+    """
     try:
         try:
-            os.fchmod(fd, mode)
-            if owner is not None:
-                try:
-                    os.fchown(fd, *owner)
-                except PermissionError:
-                    pass
-            write_all(fd, data)
+            result = fill(fd)
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, path)
+        destination = final(result)
+        os.rename(tmp, destination)
     except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
-    if sync_directory:
-        fsync_directory(directory)
+    return result, destination
 
 
 def ensure_directory(path: str, mode: int = 0o700) -> None:

@@ -51,7 +51,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailappliance.address import Mailbox
-from mailappliance.disk import ensure_directory, fsync_directory, write_all
+from mailappliance.disk import ensure_directory, fill_and_rename, fsync_directory, write_all
 from mailappliance.interfaces import DeliveryError, ILocalDelivery
 
 MAILDIR_SUBDIRECTORIES = ("cur", "new", "tmp")
@@ -202,20 +202,7 @@ def _deliver(maildir: str, hostname: str, fill: Callable[[int], int]) -> str:
     # tmp/<unique>, filled by fill(fd) (which returns the size), fsynced,
     # closed and renamed into new/; removed again on any failure.
     fd, tmp, name = _create_tmp(maildir, hostname)
-    try:
-        try:
-            size = fill(fd)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        final = os.path.join(maildir, "new", f"{name},S={size},W={size}")
-        os.rename(tmp, final)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    _, final = fill_and_rename(fd, tmp, fill, lambda size: os.path.join(maildir, "new", f"{name},S={size},W={size}"))
     return final
 
 

@@ -29,6 +29,7 @@ from mailappliance.disk import (
     DiskPool,
     SynchronousDiskPool,
     ensure_directory,
+    fill_and_rename,
     fsync_directory,
     write_all,
     write_file_durably,
@@ -326,6 +327,49 @@ class WriteHelperTests(SynchronousTestCase):
             real_fsync(fd)
 
         self.patch(os, "fsync", fsync)
+
+    def test_fill_and_rename(self) -> None:
+        """
+        L{fill_and_rename} writes through C{fill}, fsyncs the file before
+        the rename, and names the destination from C{fill}'s result.
+        """
+        tmp = os.path.join(self.root, "tmp-file")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+        def fill(fd: int) -> int:
+            write_all(fd, b"content")
+            return 7
+
+        result, final = fill_and_rename(fd, tmp, fill, lambda size: os.path.join(self.root, f"done,S={size}"))
+
+        self.assertEqual((result, final), (7, os.path.join(self.root, "done,S=7")))
+        self.assertEqual(self.fsynced, [tmp])
+        self.assertEqual(sorted(os.listdir(self.root)), ["done,S=7"])
+        with open(final, "rb") as f:
+            self.assertEqual(f.read(), b"content")
+        self.assertRaises(OSError, os.fstat, fd)
+
+    def test_fill_and_rename_failure(self) -> None:
+        """
+        When C{fill} (or the fsync, or the rename) fails, the descriptor is
+        closed, the temporary file removed and the error raised.
+        """
+        for failing in ("fill", "rename"):
+            tmp = os.path.join(self.root, f"tmp-{failing}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+            def fill(fd: int, failing: str = failing) -> None:
+                write_all(fd, b"partial")
+                if failing == "fill":
+                    raise OSError(28, "No space left on device")
+
+            def final(_: object, failing: str = failing) -> str:
+                # A destination in a folder that does not exist: rename fails.
+                return os.path.join(self.root, "missing", "x") if failing == "rename" else self.fail("reached")
+
+            self.assertRaises(OSError, fill_and_rename, fd, tmp, fill, final)
+            self.assertEqual(os.listdir(self.root), [])
+            self.assertRaises(OSError, os.fstat, fd)
 
     def test_write_all_loops_over_short_writes(self) -> None:
         """

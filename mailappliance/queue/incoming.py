@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_queue_incoming -*-
+# -*- test-case-name: tests.test_cli_sendmail -*-
 """
 The drop folder C{DATA_DIR/queue/incoming/}: how C{mailappliance sendmail}
 hands mail to the server, even while the server is stopped.
@@ -38,7 +38,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mailappliance.address import AddressError, Mailbox, parse_mailbox
-from mailappliance.disk import fsync_directory, write_all
+from mailappliance.disk import fill_and_rename, fsync_directory, write_all
 
 DROP_VERSION = 1
 DROP_SUFFIX = ".msg"
@@ -84,21 +84,12 @@ def write_drop(incoming_dir: str, sender: Mailbox | None, recipients: list[Mailb
     name = f"{int(now * 1000):015d}-{secrets.token_hex(6)}{DROP_SUFFIX}"
     tmp = os.path.join(incoming_dir, "." + name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            write_all(fd, header + b"\r\n")
-            write_all(fd, message)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        final = os.path.join(incoming_dir, name)
-        os.rename(tmp, final)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+
+    def fill(fd: int) -> None:
+        write_all(fd, header + b"\r\n")
+        write_all(fd, message)
+
+    _, final = fill_and_rename(fd, tmp, fill, lambda _: os.path.join(incoming_dir, name))
     fsync_directory(incoming_dir)
     return final
 
