@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_interfaces -*-
+# -*- test-case-name: tests.test_resolve_plugins,tests.test_queue_manager,tests.test_maildir -*-
 """
 The seams of mailappliance: what is meant to be replaced or faked.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.e2e.test_startup -*-
 """
 The twistd side of the plug-in: options and C{makeService}.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_queue_inject -*-
+# -*- test-case-name: tests.test_queue_bounce,tests.test_cli_sendmail -*-
 """
 Putting a message into the queue from inside the server: delivery status
 notifications (L{mailappliance.queue.bounce}) and messages dropped by
