@@ -21,6 +21,7 @@ import os
 from typing import Any, Callable
 
 from twisted.application.internet import TimerService
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 
 STATUS_NAME = "status.json"
@@ -54,6 +55,7 @@ class StatusWriter(TimerService):
         self.queue = queue
         self.started = clock.seconds()
         self._busy = False
+        self._in_flight: Deferred | None = None
 
     def snapshot(self) -> dict:
         return {
@@ -66,13 +68,24 @@ class StatusWriter(TimerService):
         }
 
     def write(self):
+        """
+        Write the status file, unless a write is still in flight. Never
+        fails (a failure is logged), so the timer keeps going.
+        """
         if self._busy:
             return None
+        try:
+            data = json.dumps(self.snapshot()).encode()
+        except Exception:
+            _log.failure("event=status status=error")
+            return None
         self._busy = True
-        d = self.disk.run(_write, self.path, json.dumps(self.snapshot()).encode())
+        d = self.disk.run(_write, self.path, data)
+        self._in_flight = d
 
         def done(result):
             self._busy = False
+            self._in_flight = None
             return result
 
         d.addBoth(done)
@@ -80,10 +93,18 @@ class StatusWriter(TimerService):
         return d
 
     def stopService(self):
-        from twisted.internet.defer import DeferredList, maybeDeferred
-
+        """
+        Stop the timer and remove the file, after a write still in flight
+        (whose rename would otherwise bring the file back).
+        """
         stopping = maybeDeferred(super().stopService)
-        removing = self.disk.run(_unlink_quietly, self.path)
+        in_flight = self._in_flight
+        if in_flight is None:
+            removing = self.disk.run(_unlink_quietly, self.path)
+        else:
+            removing = Deferred()
+            in_flight.addBoth(lambda result: (removing.callback(None), result)[1])
+            removing.addCallback(lambda _: self.disk.run(_unlink_quietly, self.path))
         return DeferredList([stopping, removing], consumeErrors=True)
 
 

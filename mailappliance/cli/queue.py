@@ -120,7 +120,10 @@ def _via_server(config, command: str, ids: list[str], stdout) -> bool:
     if lock.acquire():
         lock.release()
         return False
-    path = write_command(config.queue_dir, command, ids)
+    try:
+        path = write_command(config.queue_dir, command, ids)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
     deadline = time.monotonic() + COMMAND_WAIT
     while os.path.exists(path):
         if time.monotonic() > deadline:

@@ -39,6 +39,9 @@ LOCK_NAME = "server.lock"
 CONTROL_DIR = "control"
 COMMAND_SUFFIX = ".cmd"
 COMMANDS = ("flush", "delete")
+# A command file is read up to this size (a queue id takes 19 bytes of
+# JSON: about 880,000 ids); write_command refuses a larger one.
+MAX_COMMAND_SIZE = 16 * 1024 * 1024
 
 _default_log = Logger(namespace="mailappliance.queue")
 
@@ -99,11 +102,13 @@ def write_command(queue_dir: str, command: str, ids: list[str]) -> str:
     """
     if command not in COMMANDS:
         raise ValueError(f"unknown command {command!r}")
+    data = json.dumps({"version": 1, "command": command, "ids": list(ids)}).encode()
+    if len(data) > MAX_COMMAND_SIZE:
+        raise ValueError(f"too many queue ids for one command ({len(ids)}); give fewer at a time")
     directory = os.path.join(queue_dir, CONTROL_DIR)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     name = f"{int(time.time() * 1000):015d}-{secrets.token_hex(6)}{COMMAND_SUFFIX}"
     tmp = os.path.join(directory, "." + name + ".tmp")
-    data = json.dumps({"version": 1, "command": command, "ids": list(ids)}).encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         write_all(fd, data)
@@ -126,7 +131,8 @@ def _read_commands(directory: str) -> list[tuple[str, dict | None]]:
         path = os.path.join(directory, name)
         try:
             with open(path, "rb") as f:
-                obj = json.loads(f.read(64 * 1024).decode("utf-8"))
+                data = f.read(MAX_COMMAND_SIZE + 1)
+            obj = json.loads(data.decode("utf-8")) if len(data) <= MAX_COMMAND_SIZE else None
         except FileNotFoundError:
             continue
         except (OSError, UnicodeDecodeError, ValueError):
@@ -150,6 +156,9 @@ class ControlFolder:
         self.manager = manager
         self.disk = disk
         self.log = log if log is not None else _default_log
+        # Entries that could not be removed: done (or ignored) once, then
+        # skipped, so that they neither run again nor hold up the others.
+        self._stuck: set[str] = set()
 
     @defer.inlineCallbacks
     def poll(self):
@@ -159,17 +168,26 @@ class ControlFolder:
         try:
             commands = yield self.disk.run(_read_commands, self.directory)
             for path, command in commands:
+                if path in self._stuck:
+                    continue
                 if command is None:
                     self.log.error("file={path} status=ignored reason=\"not a version-1 command\"", path=path)
                 else:
                     ids = [i for i in command["ids"] if is_queue_id(i)]
                     if command["command"] == "flush":
-                        done = self.manager.flush(ids or None)
+                        # No ids means every message; ids that are all
+                        # invalid mean none.
+                        done = self.manager.flush(ids or None) if ids or not command["ids"] else []
                     else:
                         done = yield self.manager.delete(ids)
                     self.log.info("event=admin command={command} ids={ids}", command=command["command"],
                                   ids=",".join(done) or "-")
-                yield self.disk.run(_unlink_quietly, path)
+                try:
+                    yield self.disk.run(_unlink_quietly, path)
+                except OSError:
+                    self._stuck.add(path)
+                    self.log.failure("file={path} status=error reason=\"cannot remove; skipped from now on\"",
+                                     path=path)
         except Exception:
             self.log.failure("event=admin status=error")
 
