@@ -297,15 +297,30 @@ class DirectDeliveryTests(ManagerTestCase):
 
     def test_remote_recipient_queued(self):
         """
-        A message with a remote recipient is not delivered directly: the
-        queue delivers its local recipients.
+        A message with local and remote recipients: the local copy is
+        delivered directly, and the message is queued with it recorded as
+        delivered, so the queue only relays (no local delivery, no
+        envelope update for it); the log says delivered, then queued.
         """
         delivery = ScriptedDelivery(self.maildir)
         self.start(delivery, direct=True)
         qid = self.submit([rcpt("alice@example.test"), rcpt("remote@far.test", local=False)])
-        self.assertEqual(delivery.calls, ["alice@example.test"])
+        self.assertEqual(delivery.calls, [("direct", "alice@example.test")])
+        self.assertEqual(len(self.delivered_files("alice@example.test")), 1)
         self.assertEqual(self.manager.queue_ids, [qid])
         self.assertEqual([r.state for r in self.stored(qid).recipients], [DELIVERED, PENDING])
+        self.assertFalse(os.path.exists(self.spool.envelope_path(qid)), "no envelope update")
+        lines = self.lines(qid)
+        self.assertTrue(lines[0].startswith(f"qid={qid} to=<alice@example.test> status=delivered"), lines)
+        self.assertEqual(lines[1], f"qid={qid} from=<bob@example.test> size={len(BODY)} nrcpt=2 status=queued")
+
+    def test_remote_only_declined(self):
+        """
+        A message with no local recipient is left to the queue.
+        """
+        self.start(direct=True)
+        envelope = Envelope(queue_id="x", sender=None, arrival=T0, recipients=(rcpt("r@far.test", local=False),))
+        self.assertIsNone(self.manager.deliver_direct(envelope, BODY))
 
     def test_failed_recipient_queued(self):
         """

@@ -23,22 +23,23 @@ On start-up L{Spool.recover} returns what a previous run left, and every
 pending recipient resumes at its persisted C{next_attempt}.
 
 Direct delivery (L{QueueManager.deliver_direct}, the spool's C{on_direct}
-hook): a message whose recipients are all local and pending, and whose
-body is still in memory when the client ends the data (up to
-L{mailappliance.queue.writer.CHUNK_SIZE}, so most mail), is written
-straight into each target's Maildir (file and C{new/} fsynced) before the
-250, and never enters the queue: one file creation and two fsyncs
-instead of two creations, five fsyncs and an unlink (the figures are in
+hook): the local copies of a message whose body is still in memory when
+the client ends the data (up to L{mailappliance.queue.writer.CHUNK_SIZE},
+so most mail) are written straight into each target's Maildir (file and
+C{new/} fsynced) before the 250. A message whose recipients are all
+local never enters the queue: one file creation and two fsyncs instead
+of two creations, five fsyncs and an unlink (the figures are in
 C{tests/test_io_budget.py}). It is as durable as a queued message (SPEC
-section 5: durable before the 250), and what it cannot deliver at once
-is queued as usual: the message is committed to the queue with the
-recipients already delivered marked so, and the others pending, tried
-again by the first round at once (so a failure is logged and retried
-like any queued delivery, and bounces come from the queue). A crash
-before the 250 may leave copies already delivered; the client sends the
-message again, a duplicate that RFC 5321 section 6.1 prefers to a loss.
-Anything else (a remote recipient, one that arrived failed, a larger
-body) goes through the queue.
+section 5: durable before the 250), and what is not delivered at once is
+queued as usual: the message is committed to the queue with the
+recipients already delivered marked so, and the others pending (remote
+ones, and local ones whose delivery failed, tried again by the first
+round at once; so a failure is logged and retried like any queued
+delivery, and bounces come from the queue). A crash before the 250 may
+leave copies already delivered; the client sends the message again, a
+duplicate that RFC 5321 section 6.1 prefers to a loss. A message with a
+recipient that arrived failed (owed a bounce), or with a larger body,
+goes wholly through the queue.
 
 The duplicate window: a Maildir delivery is durable before the envelope
 says so. If the process dies between the two (or the envelope update
@@ -246,15 +247,15 @@ class QueueManager(Service):
 
     def deliver_direct(self, envelope: Envelope, body: bytes) -> Deferred | None:
         """
-        Deliver a small message whose recipients are all local before it
-        is ever queued (the spool's C{on_direct} hook, called by
+        Deliver the local copies of a small message before it is queued
+        (the spool's C{on_direct} hook, called by
         L{mailappliance.queue.writer.SpoolWriter.commit} with the whole
         body in memory). See "Direct delivery" in the module docstring.
 
         @param envelope: the envelope about to be committed.
         @param body: the message.
         @return: L{None} if the message must go through the queue (the
-            service is not running, or a recipient is remote or not
+            service is not running, no recipient is local, or one is not
             pending); otherwise a L{Deferred} firing with the envelope in
             which every recipient delivered durably is C{DELIVERED}. The
             others are left as they were, for the queue to try again at
@@ -264,9 +265,13 @@ class QueueManager(Service):
             return None
         by_target: dict[str, list[int]] = {}
         for index, r in enumerate(envelope.recipients):
-            if r.state != PENDING or not r.local:
+            if r.state != PENDING:
+                # One that arrived failed is owed a bounce: the queue's.
                 return None
-            by_target.setdefault(r.target.key, []).append(index)
+            if r.local:
+                by_target.setdefault(r.target.key, []).append(index)
+        if not by_target:
+            return None
         qid = envelope.queue_id
         attempts = []
         for indexes in by_target.values():
