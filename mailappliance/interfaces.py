@@ -306,8 +306,11 @@ class ISpool(Interface):
     The queue's entry point for new messages.
     """
 
-    def new_message():
+    def new_message(expected=None):
         """
+        @param expected: C{(sender, recipients)} of the envelope the
+            message will be committed with, when known before the body
+            (SMTP knows them at DATA), or L{None}.
         @return: a new L{IMessageWriter}.
         """
 
@@ -341,6 +344,22 @@ class ILocalDelivery(Interface):
         @param prefix: as for L{deliver}.
         @param data: the message (L{bytes}), byte for byte.
         @return: as for L{deliver}.
+        """
+
+
+    def open_stream(mailbox, prefix):
+        """
+        Start delivering a message as it arrives (the direct delivery of a
+        message too large to hold in memory).
+
+        @param mailbox: as for L{deliver}.
+        @param prefix: as for L{deliver}.
+        @return: a stream with C{write_blocking(data)},
+            C{finish_blocking() -> path} and C{discard_blocking()} (called
+            in the disk pool, one at a time) and C{published(path) ->
+            Deferred} (on the reactor thread, after C{finish_blocking}:
+            fires with the path once the delivery is durable), as
+            L{mailappliance.maildir.MaildirStream}.
         """
 
 

@@ -358,6 +358,13 @@ class MaildirDelivery:
         """
         return self._deliver(mailbox, prefix, body_path, body_size, None)
 
+    def open_stream(self, mailbox: Mailbox, prefix: bytes) -> MaildirStream:
+        """
+        See L{ILocalDelivery.open_stream}: a message written into the
+        Maildir as it arrives.
+        """
+        return MaildirStream(self, mailbox, prefix)
+
     def deliver_data(self, mailbox: Mailbox, prefix: bytes, data: bytes) -> Deferred:
         """
         See L{ILocalDelivery.deliver_data}: as L{deliver}, with the message
@@ -371,15 +378,6 @@ class MaildirDelivery:
         path = maildir_path(self.mail_root, mailbox)
         known = path in self._known
 
-        def delivered(final: str) -> Deferred:
-            if not known:
-                if len(self._known) >= MAX_REMEMBERED_MAILDIRS:
-                    self._known.clear()
-                self._known.add(path)
-            d = self.syncer.sync(os.path.join(path, "new"))
-            d.addCallback(lambda _: final)
-            return d
-
         def failed(reason: Failure) -> Failure:
             self._known.discard(path)
             if reason.check(DeliveryError):
@@ -387,6 +385,102 @@ class MaildirDelivery:
             return Failure(classify_error(reason.value, body_path))
 
         d = self.disk.run(deliver_to_maildir, path, prefix, body_path, self.hostname, known, body_size, data)
-        d.addCallback(delivered)
+        d.addCallback(self._published, path)
         d.addErrback(failed)
         return d
+
+    def _published(self, final: str, path: str) -> Deferred:
+        # A file is in path's new/: remember the Maildir, make new/ durable.
+        if path not in self._known:
+            if len(self._known) >= MAX_REMEMBERED_MAILDIRS:
+                self._known.clear()
+            self._known.add(path)
+        d = self.syncer.sync(os.path.join(path, "new"))
+        d.addCallback(lambda _: final)
+        return d
+
+
+class MaildirStream:
+    """
+    A message written into a Maildir as it arrives (the direct delivery
+    of a message too large to hold in memory, L{mailappliance.queue.writer}):
+    C{tmp/<unique>} is created at the first write, with the prefix, and
+    published into C{new/} by L{finish_blocking} and L{published}, the same
+    steps as L{deliver_file}.
+
+    The C{_blocking} methods run in the disk pool, one at a time (the
+    writer's jobs are serial); L{published} on the reactor thread.
+
+    @ivar size: bytes written so far, prefix included.
+    """
+
+    def __init__(self, delivery: MaildirDelivery, mailbox: Mailbox, prefix: bytes) -> None:
+        self.mailbox = mailbox
+        self.size = 0
+        self._delivery = delivery
+        self._prefix = prefix
+        self._path = maildir_path(delivery.mail_root, mailbox)
+        self._known = self._path in delivery._known
+        self._fd: int | None = None
+        self._tmp: str | None = None
+        self._name = ""
+
+    def write_blocking(self, data: bytes) -> None:
+        """
+        Append to the message (the first call creates the file and writes
+        the prefix in the same C{write}).
+        """
+        if self._fd is None:
+            self._open_blocking()
+            data = self._prefix + data
+        write_all(self._fd, data)
+        self.size += len(data)
+
+    def _open_blocking(self) -> None:
+        if not self._known:
+            ensure_maildir(self._path)
+        try:
+            self._fd, self._tmp, self._name = _create_tmp(self._path, self._delivery.hostname)
+        except FileNotFoundError:
+            # Removed by an administrator since it was last seen.
+            ensure_maildir(self._path)
+            self._fd, self._tmp, self._name = _create_tmp(self._path, self._delivery.hostname)
+
+    def finish_blocking(self) -> str:
+        """
+        fsync the file, close it and rename it into C{new/}.
+
+        @return: the path in C{new/}. The caller makes C{new/} durable
+            (L{published}).
+        @raise OSError: on failure; nothing is left in C{tmp/} or C{new/}.
+        """
+        if self._fd is None:
+            self.write_blocking(b"")
+        assert self._fd is not None and self._tmp is not None
+        fd, self._fd = self._fd, None
+        tmp, self._tmp = self._tmp, None
+        _, final = fill_and_rename(fd, tmp, lambda fd: self.size,
+                                   lambda size: os.path.join(self._path, "new", f"{self._name},S={size},W={size}"))
+        return final
+
+    def discard_blocking(self) -> None:
+        """
+        Give the message up: close and remove C{tmp/<unique>}. Idempotent.
+        """
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+        if self._tmp is not None:
+            tmp, self._tmp = self._tmp, None
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+
+    def published(self, final: str) -> Deferred:
+        """
+        After L{finish_blocking}: make C{new/} durable (group commit).
+
+        @return: a L{Deferred} firing with C{final}.
+        """
+        return self._delivery._published(final, self._path)

@@ -27,8 +27,12 @@ of a few KB to one local recipient:
 so 1 file creation, 1 write, 1 file fsync, 1 directory fsync, 1 rename
 and no unlink per message, none of them on the reactor thread.
 
-When the message is queued (a remote recipient, a larger body, or a
-direct delivery that failed):
+A larger message for one local mailbox is written into the Maildir as it
+arrives, in chunks of L{mailappliance.queue.writer.CHUNK_SIZE}, with the
+same single creation, fsync, rename and sync of C{new/}.
+
+When the message is queued (a remote recipient, a larger body for several
+mailboxes, or a direct delivery that failed):
 
   - spool (queue layout version 2, L{mailappliance.queue.layout}): one
     file created, C{tmp/<qid>}; the body, the envelope and its trailer in
@@ -389,27 +393,56 @@ class SMTPBudgetTests(BudgetMixin, SynchronousTestCase):
         self.assertEqual(self.manager.queue_ids, [], "the message left the queue")
         self.assert_budget(QUEUED)
 
-    def test_large_message_writes_in_chunks(self) -> None:
+    def send_large_message(self) -> tuple[bytes, int]:
         """
-        A 1 MiB message arriving in 64 KiB pieces is written to the spool
-        in chunks of 128 KiB (not per piece, not per line) and copied to
-        the Maildir in chunks of 64 KiB; fsyncs stay at one per file.
+        After a first small message (which makes the Maildir), a 1 MiB
+        message arriving in 64 KiB pieces.
+
+        @return: the body and the delivered file's size.
         """
         self.send_message(SMALL_BODY_LINES)
         self.counter.reset()
         line = b"y" * 1022 + b"\r\n"
         body = line * (LARGE_MESSAGE_SIZE // len(line))
         pieces = [body[i:i + LARGE_FEED_SIZE] for i in range(0, len(body), LARGE_FEED_SIZE)]
-
         self.assertTrue(self.send_message(pieces).startswith(b"250"))
-
         delivered_size = max(int(n.split(",S=")[1].split(",")[0]) for n in self.maildir_new())
-        body_size = delivered_size - len(delivery_prefix(Mailbox("sender", "example.org"),
-                                                          Mailbox("alice", "example.test")))
+        prefix = delivery_prefix(Mailbox("sender", "example.org"), Mailbox("alice", "example.test"))
+        self.assertGreater(delivered_size - len(prefix), len(body))
+        return body, delivered_size
+
+    def test_large_message_writes_in_chunks(self) -> None:
+        """
+        A 1 MiB message for one local mailbox, arriving in 64 KiB pieces,
+        is written straight into the Maildir (direct delivery) in chunks of
+        128 KiB (not per piece, not per line), with one fsync, one rename,
+        one sync of C{new/}, and nothing in the queue.
+        """
+        body, _ = self.send_large_message()
+
         writes = self.counter.total("write")
         # The Received: header and the body: one write per CHUNK_SIZE
         # gathered (a chunk closes at the first feed that reaches it), the
-        # rest at the commit.
+        # rest at the commit; the prefix shares the first.
+        self.assertEqual(set(writes), {"maildir message"})
+        self.assertLessEqual(writes["maildir message"], len(body) // SPOOL_WRITE_CHUNK + 1)
+        self.assertGreaterEqual(writes["maildir message"], len(body) // (SPOOL_WRITE_CHUNK + LARGE_FEED_SIZE))
+        self.assertEqual(self.counter.total("fsync"), Counter({"maildir message": 1, "maildir new/": 1}))
+        self.assertEqual(self.counter.total("create"), Counter({"maildir message": 1}))
+        self.assertEqual(sum(self.counter.total("rename").values()), 1)
+        self.assertEqual(sum(self.counter.total("unlink").values()), 0)
+        self.assert_none_outside_the_pool()
+
+    def test_large_message_queued(self) -> None:
+        """
+        The same message through the queue (as for several mailboxes) is
+        written to the spool in chunks of 128 KiB and copied to the
+        Maildir in chunks of 64 KiB; fsyncs stay at one per file.
+        """
+        self.spool.on_stream = None
+        body, delivered_size = self.send_large_message()
+
+        writes = self.counter.total("write")
         self.assertLessEqual(writes["queue body"], len(body) // SPOOL_WRITE_CHUNK + 1)
         self.assertGreaterEqual(writes["queue body"], len(body) // (SPOOL_WRITE_CHUNK + LARGE_FEED_SIZE))
         # The envelope and trailer share the last body write.
@@ -417,7 +450,6 @@ class SMTPBudgetTests(BudgetMixin, SynchronousTestCase):
         # The prefix and the spooled message in COPY_CHUNK_SIZE writes (the
         # prefix fills the start of the first).
         self.assertEqual(writes["maildir message"], -(-delivered_size // MAILDIR_COPY_CHUNK))
-        self.assertGreater(body_size, len(body))
         fsyncs = self.counter.total("fsync")
         self.assertEqual((fsyncs["queue body"], fsyncs["queue envelope"], fsyncs["maildir message"]), (1, 0, 1))
         self.assert_none_outside_the_pool()

@@ -479,6 +479,53 @@ class MaildirDeliveryTests(FilesystemTestCase):
         failure = self.failureResultOf(self.delivery.deliver_data(bob, b"", b"x"), DeliveryError)
         self.assertTrue(failure.value.permanent)
 
+    def test_stream(self):
+        """
+        L{MaildirDelivery.open_stream}: the first write makes the Maildir
+        and C{tmp/<unique>} with the prefix; L{MaildirStream.finish_blocking}
+        renames it into C{new/} with its size; L{MaildirStream.published}
+        syncs C{new/} and fires with the path.
+        """
+        stream = self.delivery.open_stream(self.alice, b"P: 1\r\n")
+        stream.write_blocking(b"hello ")
+        self.assertEqual(len(self.listing("tmp")), 1)
+        stream.write_blocking(b"world\r\n")
+        final = stream.finish_blocking()
+        self.assertEqual(self.listing("tmp"), [])
+        self.assertEqual(self.listing("new"), [os.path.basename(final)])
+        self.assertTrue(final.endswith(",S=19,W=19"), final)
+        with open(final, "rb") as f:
+            self.assertEqual(f.read(), b"P: 1\r\nhello world\r\n")
+        self.assertEqual(self.successResultOf(stream.published(final)), final)
+        self.assertEqual(self.synced[-1], os.path.join(self.box, "new"))
+
+    def test_stream_empty_and_discard(self):
+        """
+        A stream finished without writes holds the prefix alone; a
+        discarded one leaves nothing, and discarding twice is harmless.
+        """
+        final = self.delivery.open_stream(self.alice, b"P: 1\r\n").finish_blocking()
+        with open(final, "rb") as f:
+            self.assertEqual(f.read(), b"P: 1\r\n")
+        stream = self.delivery.open_stream(self.alice, b"P: 2\r\n")
+        stream.write_blocking(b"partial")
+        stream.discard_blocking()
+        stream.discard_blocking()
+        self.assertEqual(self.listing("tmp"), [])
+        self.assertEqual(len(self.listing("new")), 1)
+
+    def test_stream_to_removed_maildir(self):
+        """
+        A stream to a remembered Maildir that was removed since makes it
+        again.
+        """
+        self.successResultOf(self.delivery.deliver_data(self.alice, b"", b"first\r\n"))
+        shutil.rmtree(self.box)
+        stream = self.delivery.open_stream(self.alice, b"")
+        stream.write_blocking(b"again\r\n")
+        final = stream.finish_blocking()
+        self.assertEqual(self.listing("new"), [os.path.basename(final)])
+
     def test_body_missing(self):
         """
         A spooled body that has disappeared is a permanent failure.

@@ -393,6 +393,54 @@ class DirectDeliveryTests(ManagerTestCase):
         self.assertIsNone(self.manager.deliver_direct(envelope, BODY))
 
 
+class StreamTests(ManagerTestCase):
+    """
+    L{QueueManager.stream_direct} and L{QueueManager.streamed}, the
+    spool's C{on_stream}/C{on_streamed} hooks for bodies too large to hold
+    in memory.
+    """
+
+    def test_one_local_mailbox_streamed(self):
+        """
+        A large body for one local mailbox (through any number of
+        recipients leading to it) is written into its Maildir as it
+        arrives: nothing is queued, the copy has the prefix, the log has
+        the delivered line and the delivery counts in the summary.
+        """
+        self.start(direct=True)
+        body = b"Subject: big\r\n\r\n" + b"z" * 300_000 + b"\r\n"
+        writer = self.spool.new_message(expected=(mb("bob@example.test"), (
+            rcpt("alice@example.test", original="team@example.test"), rcpt("Alice@example.test"))))
+        writer.write(body)
+        envelope = Envelope(queue_id=writer.queue_id, sender=mb("bob@example.test"), arrival=T0, recipients=(
+            rcpt("alice@example.test", original="team@example.test"), rcpt("Alice@example.test")))
+        qid = self.successResultOf(writer.commit(envelope))
+        self.assertEqual(self.delivered_files("alice@example.test"),
+                         [b"Return-Path: <bob@example.test>\r\nDelivered-To: alice@example.test\r\n" + body])
+        self.assertEqual(listing(self.spool.messages_dir) + listing(self.spool.tmp_dir), [])
+        [line] = self.lines(qid)
+        self.assertTrue(line.startswith(f"qid={qid} to=<alice@example.test> status=delivered path="), line)
+        self.assertEqual(self.manager.summary()["delivered_last_hour"], 2)
+
+    def test_not_streamed(self):
+        """
+        Several mailboxes, a remote or failed recipient, none at all, or a
+        stopped manager: no stream (the queue).
+        """
+        self.start(direct=True)
+        bob = mb("bob@example.test")
+        for recipients in [
+            (rcpt("alice@example.test"), rcpt("carol@example.test")),
+            (rcpt("alice@example.test"), rcpt("r@far.test", local=False)),
+            (rcpt("alice@example.test"), rcpt("x@example.test", state=FAILED, last_error="550")),
+            (),
+        ]:
+            self.assertIsNone(self.manager.stream_direct(bob, recipients), recipients)
+        self.manager.stopService()
+        self.assertIsNone(self.manager.stream_direct(bob, (rcpt("alice@example.test"),)))
+        self.assertEqual((self.spool.on_stream, self.spool.on_streamed), (None, None))
+
+
 class RemoteRecipientTests(ManagerTestCase):
     def test_remote_persist(self):
         """

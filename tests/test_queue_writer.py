@@ -327,6 +327,171 @@ class DirectHookTests(SpoolFixture, SynchronousTestCase):
         self.assertEqual(self.queue_files(), {"tmp": [], "messages": [], "corrupt": []})
 
 
+class RecordingStream:
+    """
+    A stream for the spool's C{on_stream} hook that records what it is
+    given (and can fail at a step).
+    """
+
+    def __init__(self, mailbox, fail_at=None):
+        self.mailbox = mailbox
+        self.data = b""
+        self.calls = []
+        self.fail_at = fail_at
+
+    def _step(self, name):
+        self.calls.append(name)
+        if name == self.fail_at:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def write_blocking(self, data):
+        self._step("write")
+        self.data += data
+
+    def finish_blocking(self):
+        self._step("finish")
+        return "/maildir/new/x"
+
+    def discard_blocking(self):
+        self.calls.append("discard")
+
+    def published(self, final):
+        self.calls.append("published")
+        return succeed(final)
+
+
+class StreamHookTests(SpoolFixture, SynchronousTestCase):
+    """
+    The spool's C{on_stream} hook: a body too large for memory, with its
+    envelope known at the start, may go to a stream instead of the queue.
+    """
+
+    def setUp(self):
+        self.make_spool()
+        self.successResultOf(self.spool.recover())
+        self.asked = []
+        self.streams = []
+        self.streamed = []
+        self.spool.on_streamed = lambda envelope, path: self.streamed.append((envelope.queue_id, path))
+
+    def hook(self, fail_at=None, decline=False):
+        def on_stream(sender, recipients):
+            self.asked.append((sender, recipients))
+            if decline:
+                return None
+            stream = RecordingStream(recipients[0].target, fail_at)
+            self.streams.append(stream)
+            return stream
+        self.spool.on_stream = on_stream
+
+    def expected_writer(self, envelope):
+        return self.spool.new_message(expected=(envelope.sender, envelope.recipients))
+
+    def test_large_body_streamed(self):
+        """
+        The hook is asked at the first chunk; the whole body goes to the
+        stream in order; the commit finishes and publishes it, tells
+        C{on_streamed} and fires with the queue id; the queue is never
+        touched.
+        """
+        self.hook()
+        envelope = make_envelope()
+        writer = self.expected_writer(envelope)
+        pieces = [bytes([65 + i]) * 100_000 for i in range(4)]
+        for piece in pieces:
+            writer.write(piece)
+        self.assertEqual(len(self.asked), 1)
+        qid = self.successResultOf(writer.commit(envelope))
+        [stream] = self.streams
+        self.assertEqual(stream.data, b"".join(pieces))
+        self.assertEqual(stream.calls[-2:], ["finish", "published"])
+        self.assertEqual(self.streamed, [(qid, "/maildir/new/x")])
+        self.assertEqual(self.queue_files(), {"tmp": [], "messages": [], "corrupt": []})
+        self.assertEqual((self.committed, self.dir_syncs), ([], []))
+        self.assertEqual(writer.outstanding, 0)
+
+    def test_small_body_not_streamed(self):
+        """
+        A body that fits in memory never asks the hook.
+        """
+        self.hook()
+        envelope = make_envelope()
+        writer = self.expected_writer(envelope)
+        writer.write(b"small\r\n")
+        self.successResultOf(writer.commit(envelope))
+        self.assertEqual(self.asked, [])
+
+    def test_declined_or_unknown_envelope_queued(self):
+        """
+        A hook that declines, or a writer made without the envelope to
+        come, keeps the queue path.
+        """
+        self.hook(decline=True)
+        envelope = make_envelope()
+        writer = self.expected_writer(envelope)
+        writer.write(b"x" * (CHUNK_SIZE + 1))
+        qid = self.successResultOf(writer.commit(envelope))
+        self.assertEqual(len(self.asked), 1)
+        self.assertEqual(listing(self.spool.messages_dir), [qid])
+        self.hook()
+        writer = self.spool.new_message()
+        writer.write(b"x" * (CHUNK_SIZE + 1))
+        qid2 = self.successResultOf(writer.commit(envelope))
+        self.assertEqual(len(self.asked), 1)
+        self.assertEqual(listing(self.spool.messages_dir), sorted([qid, qid2]))
+
+    def test_write_fails(self):
+        """
+        A failed write fails the commit (the client is told to try again)
+        and the stream is discarded; nothing is queued.
+        """
+        self.hook(fail_at="write")
+        envelope = make_envelope()
+        writer = self.expected_writer(envelope)
+        writer.write(b"x" * (CHUNK_SIZE + 1))
+        failure = self.failureResultOf(writer.commit(envelope))
+        self.assertEqual(failure.value.errno, errno.ENOSPC)
+        self.assertEqual(self.streams[0].calls, ["write", "discard"])
+        self.assertEqual((self.streamed, self.queue_files()["messages"]), ([], []))
+
+    def test_finish_fails(self):
+        """
+        A failed finish (fsync, rename) fails the commit and discards the
+        stream.
+        """
+        self.hook(fail_at="finish")
+        envelope = make_envelope()
+        writer = self.expected_writer(envelope)
+        writer.write(b"x" * (CHUNK_SIZE + 1))
+        self.failureResultOf(writer.commit(envelope), OSError)
+        self.assertEqual(self.streams[0].calls, ["write", "finish", "discard"])
+        self.assertEqual(self.streamed, [])
+
+    def test_recipients_changed(self):
+        """
+        An envelope whose recipients are not the stream's mailbox alone is
+        refused at the commit (the body is in the stream, not the queue).
+        """
+        self.hook()
+        writer = self.expected_writer(make_envelope())
+        writer.write(b"x" * (CHUNK_SIZE + 1))
+        failure = self.failureResultOf(writer.commit(make_envelope(recipients=("alice@example.test",
+                                                                               "bob@example.test"))))
+        self.assertIn("recipients changed", str(failure.value))
+        self.assertEqual(self.streams[0].calls, ["write", "discard"])
+
+    def test_abort(self):
+        """
+        An aborted message's stream is discarded.
+        """
+        self.hook()
+        writer = self.expected_writer(make_envelope())
+        writer.write(b"x" * (CHUNK_SIZE + 1))
+        writer.abort()
+        self.assertEqual(self.streams[0].calls, ["write", "discard"])
+        self.assertNotIn(writer.queue_id, self.spool._live)
+
+
 class JobCountTests(SpoolFixture, SynchronousTestCase):
     def test_small_message_one_job_before_directory_sync(self):
         """

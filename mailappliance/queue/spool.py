@@ -136,6 +136,12 @@ class Spool:
         queued (the queue manager's
         L{mailappliance.queue.manager.QueueManager.deliver_direct}); see
         L{mailappliance.queue.writer.SpoolWriter.commit}.
+    @ivar on_stream: L{None}, or a callable C{(sender, recipients) ->
+        stream | None} that may take a body too large to hold in memory
+        straight into a Maildir (the queue manager's
+        L{mailappliance.queue.manager.QueueManager.stream_direct}).
+    @ivar on_streamed: with C{on_stream}, a callable C{(envelope, path)}
+        told of each message delivered that way.
     @ivar disk: the disk pool (C{run(f, *args) -> Deferred}).
     @ivar syncer: the L{mailappliance.disk.DirectorySyncer}.
     """
@@ -159,6 +165,8 @@ class Spool:
         self.log = log if log is not None else _default_log
         self.on_commit: Any = None
         self.on_direct: Any = None
+        self.on_stream: Any = None
+        self.on_streamed: Any = None
         self._ids = QueueIdGenerator(clock)
         # Queue ids of writers of this process that have not finished:
         # recovery must not take their files for crash leftovers. Read
@@ -173,14 +181,24 @@ class Spool:
 
     # -- receiving ---------------------------------------------------------
 
-    def new_message(self) -> SpoolWriter:
+    def new_message(self, expected: tuple[Any, tuple] | None = None) -> SpoolWriter:
         """
+        @param expected: C{(sender, recipients)} of the envelope to come,
+            when known before the body (see L{SpoolWriter}).
         @return: a new L{SpoolWriter} (an L{IMessageWriter}) with a fresh
             queue id.
         """
         queue_id = self._ids.next_id()
         self._live.add(queue_id)
-        return SpoolWriter(self, queue_id)
+        return SpoolWriter(self, queue_id, expected)
+
+    def _streamed(self, envelope: Envelope, path: str) -> None:
+        if self.on_streamed is None:
+            return
+        try:
+            self.on_streamed(envelope, path)
+        except Exception:  # noqa: BLE001 -- the message is delivered; a consumer bug must not fail it
+            self.log.failure("qid={qid} status=error reason=\"on_streamed failed\"", qid=envelope.queue_id)
 
     def _writer_finished(self, queue_id: str) -> None:
         self._live.discard(queue_id)

@@ -28,6 +28,15 @@ disk"). It does, in this order:
 A small message thus costs one file creation, one write, one file fsync,
 one rename and its share of one directory fsync.
 
+A body too large to hold in memory (past L{CHUNK_SIZE}), for a message
+whose envelope was given at the start (C{expected}, as SMTP does), may
+instead go to a stream from the spool's C{on_stream} hook, the queue
+manager's direct delivery into the one Maildir it is for: the chunks are
+written there, and the commit finishes the stream (fsync, rename into
+C{new/}, sync of C{new/}) instead of steps 2 to 4. Any failure discards
+the stream and fails the commit: the body is nowhere else, so the client
+must send it again.
+
 Before step 2, a message whose whole body is still in memory (nothing
 written yet: up to L{CHUNK_SIZE}) is offered to the spool's C{on_direct}
 hook, the queue manager's direct delivery: if it delivers every recipient
@@ -52,7 +61,7 @@ from zope.interface import implementer
 
 from mailappliance.disk import ensure_directory, write_all
 from mailappliance.interfaces import IMessageWriter
-from mailappliance.queue.envelope import Envelope
+from mailappliance.queue.envelope import PENDING, Envelope
 from mailappliance.queue.layout import encode_tail
 
 if TYPE_CHECKING:
@@ -97,7 +106,13 @@ class SpoolWriter:
     @ivar size: body bytes given to L{write} so far.
     """
 
-    def __init__(self, spool: Spool, queue_id: str) -> None:
+    def __init__(self, spool: Spool, queue_id: str, expected: tuple[Any, tuple] | None = None) -> None:
+        """
+        @param expected: the envelope's sender and recipients, when known
+            before the body (SMTP knows them at DATA): a body too large to
+            hold in memory may then be written straight into its Maildir
+            (the spool's C{on_stream} hook).
+        """
         self.queue_id = queue_id
         self.size = 0
         self._spool = spool
@@ -116,6 +131,10 @@ class SpoolWriter:
         self._drain_waiters: list[Deferred] = []
         self._idle_waiters: list[Deferred] = []
         self._discarded: Deferred | None = None
+        self._expected = expected
+        # Decided at the first hand-off: None (not yet), False (the queue
+        # file), or the stream the body is written to instead.
+        self._stream: Any = None
 
     @property
     def outstanding(self) -> int:
@@ -178,6 +197,8 @@ class SpoolWriter:
                 tail = b"".join(self._buffer)
                 self._buffer = []
                 self._buffered = 0
+        if self._stream:
+            return self._commit_streamed(envelope, tail)
         if self._fd is None and not self._writing and not self._chunks and self._error is None:
             # The whole body is in `tail`: it may be delivered directly.
             direct = self._deliver_direct(envelope, tail)
@@ -216,6 +237,36 @@ class SpoolWriter:
         d.addCallback(outcome)
         return d
 
+    def _commit_streamed(self, envelope: Envelope, tail: bytes) -> Deferred:
+        # The body went to a Maildir stream: finish it (fsync, rename into
+        # new/, sync new/), then tell the spool's on_streamed hook. The
+        # envelope must be the one the stream was opened for.
+        stream = self._stream
+        if tail:
+            self._chunks.append(tail)
+            self._pump()
+        d = self._when_idle()
+
+        def finish(_: object) -> Deferred:
+            if self._error is not None:
+                return fail(self._error)
+            if not all(r.local and r.state == PENDING and r.target.key == stream.mailbox.key
+                       for r in envelope.recipients) or not envelope.recipients:
+                return fail(RuntimeError(f"{self.queue_id}: recipients changed after the body began"))
+            return self._disk.run(stream.finish_blocking)
+
+        def done(final: str) -> str:
+            self._state = _DONE
+            self._spool._writer_finished(self.queue_id)
+            self._spool._streamed(envelope, final)
+            return self.queue_id
+
+        d.addCallback(finish)
+        d.addErrback(self._discard_then_fail)
+        d.addCallback(stream.published)
+        d.addCallbacks(done, self._give_up)
+        return d
+
     def _commit_queued(self, envelope: Envelope, tail: bytes) -> Deferred:
         # Steps 1 to 5 of the module docstring; `tail` is the body not yet
         # handed to the disk pool.
@@ -233,29 +284,30 @@ class SpoolWriter:
             syncing.addErrback(self._unpublish)
             return syncing
 
-        def failed(reason: Failure) -> Deferred:
-            cleaning = self._disk.run(self._discard_blocking)
-            cleaning.addErrback(lambda _: None)
-            cleaning.addCallback(lambda _: reason)
-            return cleaning
-
         def done(_: object) -> str:
             self._state = _DONE
             self._spool._writer_finished(self.queue_id)
             self._spool._committed(envelope)
             return self.queue_id
 
-        def give_up(reason: Failure) -> Failure:
-            self._state = _DONE
-            self._spool._writer_finished(self.queue_id)
-            self._spool._commit_failed(self.queue_id, reason)
-            return reason
-
         d.addCallback(finish)
         d.addCallback(sync_directory)
-        d.addErrback(failed)
-        d.addCallbacks(done, give_up)
+        d.addErrback(self._discard_then_fail)
+        d.addCallbacks(done, self._give_up)
         return d
+
+    def _discard_then_fail(self, reason: Failure) -> Deferred:
+        # Remove whatever was written (queue file or stream), then fail.
+        cleaning = self._disk.run(self._discard_blocking)
+        cleaning.addErrback(lambda _: None)
+        cleaning.addCallback(lambda _: reason)
+        return cleaning
+
+    def _give_up(self, reason: Failure) -> Failure:
+        self._state = _DONE
+        self._spool._writer_finished(self.queue_id)
+        self._spool._commit_failed(self.queue_id, reason)
+        return reason
 
     def abort(self) -> None:
         """
@@ -282,11 +334,24 @@ class SpoolWriter:
     # -- writing ---------------------------------------------------------
 
     def _hand_off(self) -> None:
+        if self._stream is None:
+            self._stream = self._open_stream() or False
         chunk = b"".join(self._buffer)
         self._buffer = []
         self._buffered = 0
         self._chunks.append(chunk)
         self._pump()
+
+    def _open_stream(self) -> Any:
+        # The body will not fit in memory: may it go straight to a Maildir?
+        hook = self._spool.on_stream
+        if hook is None or self._expected is None:
+            return None
+        try:
+            return hook(*self._expected)
+        except Exception:  # noqa: BLE001 -- a consumer bug must not lose the message: queue it
+            self._spool._direct_failed(self.queue_id, Failure())
+            return None
 
     def _pump(self) -> None:
         if self._writing or not self._chunks:
@@ -365,6 +430,9 @@ class SpoolWriter:
             return os.open(self._tmp_body, flags, BODY_MODE)
 
     def _write_blocking(self, chunk: bytes) -> None:
+        if self._stream:
+            self._stream.write_blocking(chunk)
+            return
         if self._fd is None:
             self._fd = self._open_blocking()
         write_all(self._fd, chunk)
@@ -385,6 +453,9 @@ class SpoolWriter:
             raise
 
     def _discard_blocking(self) -> None:
+        if self._stream:
+            self._stream.discard_blocking()
+            return
         if self._fd is not None:
             fd, self._fd = self._fd, None
             try:

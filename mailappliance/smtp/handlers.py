@@ -285,7 +285,7 @@ class SMTPCommandHandlers:
             first; or C{451 4.3.0} if the spool cannot start a message.
         """
         try:
-            writer = self.factory.spool.new_message()
+            writer = self.factory.spool.new_message(expected=(transaction.sender, transaction.envelope_recipients()))
         except Exception:
             self._log.failure(
                 "service={service} event=error peer={peer} reason=spool-failed",

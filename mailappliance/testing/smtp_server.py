@@ -167,7 +167,7 @@ class FakeSpool:
         self.writers: list[FakeWriter] = []
         self.configure: Any = None
 
-    def new_message(self) -> FakeWriter:
+    def new_message(self, expected: Any = None) -> FakeWriter:
         writer = FakeWriter(f"Q{len(self.writers) + 1}")
         if self.configure is not None:
             self.configure(writer)

@@ -153,6 +153,34 @@ class InboundTests(SynchronousTestCase):
         wait_until(lambda: os.listdir(messages) == [], 10, what="an empty queue")
         self.assertEqual(len(server.maildir_files("alice@example.test")), 2)
 
+    def test_large_message_streamed_or_queued(self):
+        """
+        A 1 MiB message for one mailbox is written into it as it arrives:
+        in the Maildir byte for byte when the 250 comes, never in the
+        queue (no queue lines in the log). The same message for two
+        mailboxes goes through the queue, and each gets its copy.
+        """
+        server = self.start()
+        client = self.client(server)
+        line = b"0123456789" * 7 + b"abcdefgh\r\n"
+        body = b"Subject: big\r\n\r\n" + line * (1024 * 1024 // len(line))
+        client.sendmail("zed@remote.test", ["alice@example.test"], body)
+        [path] = server.maildir_files("alice@example.test")
+        with open(path, "rb") as f:
+            self.assertEqual(split_delivered(f.read())[1], body)
+        messages = os.path.join(server.data_dir, "queue", "messages")
+        self.assertEqual(os.listdir(messages), [])
+        qid = re.search(r"qid=(\w+) to=<alice@example.test> status=delivered", server.log()).group(1)
+        self.assertNotIn(f"qid={qid} from=", server.log())
+
+        client.sendmail("zed@remote.test", ["bob@example.test", "carol@example.test"], body)
+        client.quit()
+        for address in ("bob@example.test", "carol@example.test"):
+            [data] = server.wait_for_messages(address, 1)
+            self.assertEqual(split_delivered(data)[1], body)
+        self.assertIn(" status=queued", server.log())
+        wait_until(lambda: os.listdir(messages) == [], 10, what="an empty queue")
+
     def test_no_headers_and_empty(self):
         """
         A message with no header section, and an empty one, arrive as sent.
