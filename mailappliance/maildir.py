@@ -71,6 +71,12 @@ UNIQUE_NAME_ATTEMPTS = 5
 # stays queued. Anything else about the mailbox's path is permanent.
 _PERMANENT_ERRNOS = frozenset({errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG})
 
+# The Maildir rule (https://cr.yp.to/proto/maildir.html): a file in tmp/
+# untouched for 36 hours is the leftover of a delivery that died (a crash
+# in the middle of a large message) and is removed. A delivery in
+# progress writes its file at least every idle time-out (minutes).
+STALE_TMP_SECONDS = 36 * 3600
+
 _counter = itertools.count()
 _counter_lock = threading.Lock()
 
@@ -103,13 +109,15 @@ def maildir_path(mail_root: str, mailbox: Mailbox) -> str:
 def ensure_maildir(path: str) -> None:
     """
     Create a Maildir (and its parents) if missing, durably: each folder
-    created is made durable by fsyncing its parent. Blocking.
+    created is made durable by fsyncing its parent; leftovers in C{tmp/}
+    are removed (L{remove_stale_tmp}). Blocking.
 
     @param path: the Maildir.
     @raise OSError: if it cannot be created (C{NotADirectoryError} if a
         file is in the way).
     """
     ensure_directory(path, DIRECTORY_MODE)
+    remove_stale_tmp(path)
     created = False
     for sub in MAILDIR_SUBDIRECTORIES:
         try:
@@ -120,6 +128,33 @@ def ensure_maildir(path: str) -> None:
                 raise NotADirectoryError(errno.ENOTDIR, "not a directory", os.path.join(path, sub))
     if created:
         fsync_directory(path)
+
+
+def remove_stale_tmp(maildir: str, now: float | None = None) -> int:
+    """
+    Remove the files in C{tmp/} last modified more than
+    L{STALE_TMP_SECONDS} ago. Blocking. A missing folder, and a file that
+    vanishes meanwhile, are not errors.
+
+    @param maildir: the Maildir.
+    @param now: Unix time (the system clock by default).
+    @return: how many files were removed.
+    """
+    limit = (time.time() if now is None else now) - STALE_TMP_SECONDS
+    removed = 0
+    try:
+        with os.scandir(os.path.join(maildir, "tmp")) as it:
+            entries = list(it)
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < limit:
+                os.unlink(entry.path)
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
 
 
 def _escape_host(hostname: str) -> str:

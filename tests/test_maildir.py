@@ -18,11 +18,13 @@ from mailappliance.disk import DirectorySyncer, SynchronousDiskPool
 from mailappliance.interfaces import DeliveryError, ILocalDelivery
 from mailappliance.maildir import (
     COPY_CHUNK_SIZE,
+    STALE_TMP_SECONDS,
     MaildirDelivery,
     deliver_file,
     deliver_to_maildir,
     ensure_maildir,
     maildir_path,
+    remove_stale_tmp,
     unique_name,
 )
 
@@ -138,6 +140,36 @@ class FilesystemTestCase(SynchronousTestCase):
 
     def listing(self, sub):
         return sorted(os.listdir(os.path.join(self.box, sub)))
+
+
+class StaleTmpTests(FilesystemTestCase):
+    def test_removes_only_stale_files(self):
+        """
+        L{remove_stale_tmp} removes the files in C{tmp/} untouched for
+        more than 36 hours, keeps younger ones and folders, and says how
+        many it removed; L{ensure_maildir} runs it.
+        """
+        ensure_maildir(self.box)
+        tmp = os.path.join(self.box, "tmp")
+        now = 1_800_000_000.0
+        for name, age in (("old", STALE_TMP_SECONDS + 60), ("young", STALE_TMP_SECONDS - 60)):
+            path = os.path.join(tmp, name)
+            with open(path, "wb") as f:
+                f.write(b"partial")
+            os.utime(path, (now - age, now - age))
+        os.mkdir(os.path.join(tmp, "folder"))
+        os.utime(os.path.join(tmp, "folder"), (0, 0))
+        self.assertEqual(remove_stale_tmp(self.box, now), 1)
+        self.assertEqual(self.listing("tmp"), ["folder", "young"])
+        os.utime(os.path.join(tmp, "young"), (0, 0))
+        ensure_maildir(self.box)
+        self.assertEqual(self.listing("tmp"), ["folder"])
+
+    def test_missing_folder(self):
+        """
+        A Maildir without C{tmp/} (or none at all) is not an error.
+        """
+        self.assertEqual(remove_stale_tmp(self.box), 0)
 
 
 class EnsureMaildirTests(FilesystemTestCase):

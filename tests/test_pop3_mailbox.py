@@ -82,6 +82,17 @@ class ScanTests(SynchronousTestCase):
         put(self.mailbox, "new", "1.M1P1Q1.h", b"a\r\n")
         self.assertEqual([m.unique for m in scan_mailbox(self.mailbox)], ["1.M1P1Q1.h"])
 
+    def test_stale_tmp_removed(self):
+        """
+        The snapshot removes leftovers in C{tmp/} older than 36 hours (a
+        delivery that died), and leaves a young file (one in progress).
+        """
+        put(self.mailbox, "tmp", "old", b"partial")
+        put(self.mailbox, "tmp", "young", b"partial")
+        os.utime(os.path.join(self.mailbox, "tmp", "old"), (1, 1))
+        self.assertEqual(scan_mailbox(self.mailbox), [])
+        self.assertEqual(os.listdir(os.path.join(self.mailbox, "tmp")), ["young"])
+
     def test_order_and_sizes(self):
         """
         Oldest first by the time in the name (seconds, then microseconds);

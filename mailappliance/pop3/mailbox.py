@@ -27,6 +27,7 @@ from typing import BinaryIO
 
 from mailappliance.disk import fsync_directory
 from mailappliance.dotstuff import wire_size
+from mailappliance.maildir import remove_stale_tmp
 
 # RFC 1939 section 7 (UIDL): a unique-id is 1 to 70 characters in the
 # range 0x21 to 0x7E.
@@ -128,10 +129,14 @@ def scan_mailbox(mailbox: str) -> list[MessageInfo]:
     rename by another reader caught half-way), the copy in C{cur/} wins.
     A file that vanishes during the scan is left out.
 
+    Leftovers of deliveries that died are removed from C{tmp/} on the way
+    (L{mailappliance.maildir.remove_stale_tmp}).
+
     @param mailbox: the Maildir folder.
     @return: the messages in POP3 order (message number = index + 1).
     @raise OSError: if a folder exists but cannot be read.
     """
+    remove_stale_tmp(mailbox)
     found: dict[str, MessageInfo] = {}
     for sub in ("cur", "new"):
         for entry in _entries(os.path.join(mailbox, sub)):
