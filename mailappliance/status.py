@@ -54,7 +54,7 @@ class StatusWriter(TimerService):
         self.sessions = sessions
         self.queue = queue
         self.started = clock.seconds()
-        self._busy = False
+        # The write in the disk pool, if any: at most one at a time.
         self._in_flight: Deferred | None = None
 
     def snapshot(self) -> dict:
@@ -72,19 +72,16 @@ class StatusWriter(TimerService):
         Write the status file, unless a write is still in flight. Never
         fails (a failure is logged), so the timer keeps going.
         """
-        if self._busy:
+        if self._in_flight is not None:
             return None
         try:
             data = json.dumps(self.snapshot()).encode()
         except Exception:
             _log.failure("event=status status=error")
             return None
-        self._busy = True
-        d = self.disk.run(_write, self.path, data)
-        self._in_flight = d
+        d = self._in_flight = self.disk.run(_write, self.path, data)
 
         def done(result):
-            self._busy = False
             self._in_flight = None
             return result
 

@@ -328,13 +328,13 @@ class QueueManager(Service):
         """
         now = self.clock.seconds()
         target = envelope.recipients[0].target
-        self._delivered_direct(path, envelope.queue_id, target, [])
+        self._log_delivered(envelope.queue_id, target, path)
         for _ in envelope.recipients:
             self.history.append((now, DELIVERED))
         self._forget_old_history(now)
 
     def _delivered_direct(self, path: str, qid: str, target: Any, indexes: list[int]) -> list[int]:
-        self.log.info("qid={qid} to=<{to}> status=delivered path={path}", qid=qid, to=str(target), path=path)
+        self._log_delivered(qid, target, path)
         return indexes
 
     def _direct_failed(self, reason: Failure, qid: str, target: Any) -> list[int]:
@@ -492,7 +492,7 @@ class QueueManager(Service):
         d = self._local_slots.run(self.local_delivery.deliver, target, prefix, body_path, envelope.size)
 
         def delivered(path: str) -> list[tuple[int, Recipient]]:
-            self.log.info("qid={qid} to=<{to}> status=delivered path={path}", qid=qid, to=str(target), path=path)
+            self._log_delivered(qid, target, path)
             return [
                 (i, _attempted(envelope.recipients[i], state=DELIVERED, last_error="", next_attempt=0.0))
                 for i in indexes
@@ -648,6 +648,9 @@ class QueueManager(Service):
         message.timer = self.clock.callLater(delay, self._run, qid)
 
     # -- logging -----------------------------------------------------------
+
+    def _log_delivered(self, qid: str, target: Any, path: str) -> None:
+        self.log.info("qid={qid} to=<{to}> status=delivered path={path}", qid=qid, to=str(target), path=path)
 
     def _log_deferred(self, qid: str, target: Any, reason: str) -> None:
         self.log.info(
