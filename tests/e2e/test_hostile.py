@@ -87,8 +87,8 @@ class HostileInputTests(SynchronousTestCase):
 
 
 class FloodTests(SynchronousTestCase):
-    def start(self, **options):
-        smtp = ('max_connections = 8\nmax_connections_per_ip = 3\nidle_timeout = "2s"\n'
+    def start(self, idle_timeout="2s", **options):
+        smtp = (f'max_connections = 8\nmax_connections_per_ip = 3\nidle_timeout = "{idle_timeout}"\n'
                 + options.get("smtp", ""))
         return ServerProcess(self, services=("smtp", "pop3"), users=USERS,
                              options={"smtp": smtp, "pop3": 'idle_timeout = "2s"'}).start()
@@ -99,7 +99,9 @@ class FloodTests(SynchronousTestCase):
         address only), more addresses fill the service's cap (421 for
         everyone); the idle time-out frees them all, and service resumes.
         """
-        server = self.start()
+        # Long enough that the flood below is refused before the held
+        # connections time out, even on a slow, busy machine.
+        server = self.start(idle_timeout="6s")
         port = server.ports["smtp"]
         held = []
         for _ in range(3):
@@ -121,7 +123,7 @@ class FloodTests(SynchronousTestCase):
         self.assertEqual(set(refused), {b"421 4.7.0"})
         for s in flood:
             s.close()
-        # The idle time-out (2 s) closes every held connection with 421 4.4.2.
+        # The idle time-out closes every held connection with 421 4.4.2.
         closing = [read_line(s) for s in held]
         self.assertTrue(all(line.startswith(b"421 4.4.2") for line in closing), closing)
         for s in held:
