@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -141,6 +142,34 @@ def ensure_directory(path: str, mode: int = 0o700) -> None:
         except FileExistsError:
             continue
         fsync_directory(os.path.dirname(directory))
+
+
+def remove_old_files(directory: str, age: float, now: float | None = None,
+                     wanted: Callable[[str], bool] | None = None) -> list[str]:
+    """
+    Remove the regular files of C{directory} last modified more than
+    C{age} seconds ago: what a writer that died left behind. Blocking. A
+    missing directory, and a file that vanishes meanwhile, are not errors.
+
+    @param now: Unix time (the system clock by default).
+    @param wanted: which names to consider (all by default).
+    @return: the paths removed.
+    """
+    limit = (time.time() if now is None else now) - age
+    removed = []
+    try:
+        with os.scandir(directory) as it:
+            entries = [entry for entry in it if wanted is None or wanted(entry.name)]
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < limit:
+                os.unlink(entry.path)
+                removed.append(entry.path)
+        except FileNotFoundError:
+            continue
+    return removed
 
 
 class DiskPool(Service):

@@ -51,7 +51,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailappliance.address import Mailbox
-from mailappliance.disk import ensure_directory, fill_and_rename, fsync_directory, write_all
+from mailappliance.disk import ensure_directory, fill_and_rename, fsync_directory, remove_old_files, write_all
 from mailappliance.interfaces import DeliveryError, ILocalDelivery
 
 MAILDIR_SUBDIRECTORIES = ("cur", "new", "tmp")
@@ -140,21 +140,7 @@ def remove_stale_tmp(maildir: str, now: float | None = None) -> int:
     @param now: Unix time (the system clock by default).
     @return: how many files were removed.
     """
-    limit = (time.time() if now is None else now) - STALE_TMP_SECONDS
-    removed = 0
-    try:
-        with os.scandir(os.path.join(maildir, "tmp")) as it:
-            entries = list(it)
-    except FileNotFoundError:
-        return 0
-    for entry in entries:
-        try:
-            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < limit:
-                os.unlink(entry.path)
-                removed += 1
-        except FileNotFoundError:
-            continue
-    return removed
+    return len(remove_old_files(os.path.join(maildir, "tmp"), STALE_TMP_SECONDS, now))
 
 
 def _escape_host(hostname: str) -> str:

@@ -12,7 +12,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from mailappliance.address import parse_mailbox
 from mailappliance.cli.main import CommandError, main
 from mailappliance.cli.sendmail import parse_arguments, read_message, recipients_from_headers
-from mailappliance.queue.incoming import DropFormatError, list_drops, parse_drop, write_drop
+from mailappliance.queue.incoming import (
+    STALE_TEMPORARY_AGE,
+    DropFormatError,
+    list_drops,
+    parse_drop,
+    scan_drops,
+    write_drop,
+)
 
 
 class ArgumentTests(SynchronousTestCase):
@@ -77,6 +84,25 @@ class DropTests(SynchronousTestCase):
         drop = parse_drop(FilePath(path).getContent())
         self.assertEqual((drop.sender, [str(r) for r in drop.recipients], drop.message),
                          (None, ["a@x.test"], b"Subject: x\r\n\r\nbody\r\n"))
+
+    def test_stale_temporary_files_removed(self):
+        """
+        L{scan_drops} removes a drop's hidden temporary file untouched for
+        over an hour (a sendmail that died while writing it) and lists the
+        complete drops; a younger temporary file (a sendmail writing now)
+        and other files are left alone.
+        """
+        folder = FilePath(self.mktemp())
+        folder.makedirs()
+        now = 1700000000.0
+        path = write_drop(folder.path, None, [parse_mailbox("a@x.test")], b"\r\n", user="root", uid=0, now=now)
+        for name, age in ((".1-a.msg.tmp", STALE_TEMPORARY_AGE + 1), (".2-b.msg.tmp", STALE_TEMPORARY_AGE - 60),
+                          (".other.tmp", 10 * STALE_TEMPORARY_AGE)):
+            folder.child(name).setContent(b"partial")
+            os.utime(folder.child(name).path, (now - age, now - age))
+        names, removed = scan_drops(folder.path, now)
+        self.assertEqual((names, removed), ([os.path.basename(path)], [folder.child(".1-a.msg.tmp").path]))
+        self.assertEqual(sorted(os.listdir(folder.path)), [".2-b.msg.tmp", ".other.tmp", os.path.basename(path)])
 
     def test_bad_drops(self):
         for data in (b"", b"no header", b'{"version": 2}\r\n', b'{"version": 1}\r\n',

@@ -31,6 +31,7 @@ from mailappliance.disk import (
     ensure_directory,
     fill_and_rename,
     fsync_directory,
+    remove_old_files,
     write_all,
     write_file_durably,
 )
@@ -497,6 +498,34 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+class RemoveOldFilesTests(SynchronousTestCase):
+    def test_old_files_removed(self):
+        """
+        L{remove_old_files} removes the regular files last modified more
+        than C{age} seconds before C{now}, among the names C{wanted}
+        accepts, and returns their paths; younger files, unwanted names,
+        folders and symbolic links stay.
+        """
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(folder, "old-folder"))
+        os.symlink("/nonexistent", os.path.join(folder, "old-link"))
+        now = 1700000000.0
+        for name, age in (("old", 100), ("young", 98), ("old-skipped", 100)):
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(b"x")
+            os.utime(os.path.join(folder, name), (now - age, now - age))
+        os.utime(os.path.join(folder, "old-folder"), (now - 100, now - 100))
+        removed = remove_old_files(folder, 99, now, lambda name: name != "old-skipped")
+        self.assertEqual(removed, [os.path.join(folder, "old")])
+        self.assertEqual(sorted(os.listdir(folder)), ["old-folder", "old-link", "old-skipped", "young"])
+
+    def test_missing_folder(self):
+        """
+        A missing folder is not an error: nothing is removed.
+        """
+        self.assertEqual(remove_old_files(os.path.abspath(self.mktemp()), 1), [])
 
 
 class ManualDiskPool:

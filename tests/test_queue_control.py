@@ -24,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mailappliance.disk import SynchronousDiskPool
 from mailappliance.queue import control
 from mailappliance.queue.control import (
+    STALE_TEMPORARY_AGE,
     ControlFolder,
     ServerLock,
     server_running,
@@ -33,7 +34,7 @@ from mailappliance.queue.control import (
 QID_A = "0000000000000AAA"
 QID_B = "0000000000000BBB"
 QID_C = "0000000000000CCC"
-COMMAND_NAME = re.compile(r"\A[0-9]{15}-[0-9a-f]{12}\.cmd\Z")
+COMMAND_NAME = re.compile(r"\A[0-9]{20}-[0-9a-f]{12}\.cmd\Z")
 
 
 def flock_free(path: str) -> bool:
@@ -216,12 +217,22 @@ class WriteCommandTests(SynchronousTestCase):
 
     def test_name_from_clock(self):
         """
-        The name starts with the time in milliseconds, 15 digits, so that
-        names sort in the order commands were written.
+        The name starts with the time in nanoseconds, 20 digits, so that
+        names sort in the order commands were written, even two written in
+        the same millisecond.
         """
-        self.patch(control, "time", SimpleNamespace(time=lambda: 1700000000.1234))
-        path = write_command(self.queue_dir, "flush", [])
-        self.assertTrue(os.path.basename(path).startswith("001700000000123-"), path)
+        now = [1700000000123456789]
+
+        def time_ns():
+            now[0] += 1
+            return now[0]
+
+        self.patch(control, "time", SimpleNamespace(time_ns=time_ns))
+        first = write_command(self.queue_dir, "flush", [])
+        second = write_command(self.queue_dir, "delete", [QID_A])
+        self.assertTrue(os.path.basename(first).startswith("01700000000123456790-"), first)
+        self.assertTrue(os.path.basename(second).startswith("01700000000123456791-"), second)
+        self.assertLess(os.path.basename(first), os.path.basename(second))
 
     def test_too_large(self):
         """
@@ -285,12 +296,15 @@ class ControlFolderTests(SynchronousTestCase):
         self.events = []
         log = Logger(namespace="test", observer=self.events.append)
         self.folder = ControlFolder(self.queue_dir, self.manager, SynchronousDiskPool(), log)
-        self.clock_ms = 1700000000000
-        self.patch(control, "time", SimpleNamespace(time=self.tick))
+        self.clock_ns = 1700000000000000000
+        self.patch(control, "time", SimpleNamespace(time=self.now, time_ns=self.tick))
 
     def tick(self):
-        self.clock_ms += 1
-        return self.clock_ms / 1000
+        self.clock_ns += 1
+        return self.clock_ns
+
+    def now(self):
+        return self.clock_ns / 1e9
 
     def put(self, name, data):
         os.makedirs(self.directory, exist_ok=True)
@@ -431,6 +445,27 @@ class ControlFolderTests(SynchronousTestCase):
         self.assertEqual((self.manager.calls, self.events), ([], []))
         self.assertEqual(sorted(os.listdir(self.directory)),
                          [".0001-x.cmd", ".0001-x.cmd.tmp", "0001-x.cmd.tmp", "README"])
+
+    def test_stale_temporary_files_removed(self):
+        """
+        A command's hidden temporary file older than an hour (a CLI that
+        died while writing it) is removed and logged; a younger one (a CLI
+        writing now) and other hidden files are left alone, and nothing is
+        run.
+        """
+        data = json.dumps({"version": 1, "command": "flush", "ids": []}).encode()
+        stale = self.put(".00000000000000000001-ab.cmd.tmp", data)
+        young = self.put(".00000000000000000002-cd.cmd.tmp", data)
+        other = self.put(".notes.tmp", data)
+        now = self.now()
+        os.utime(stale, (now - STALE_TEMPORARY_AGE - 1, now - STALE_TEMPORARY_AGE - 1))
+        os.utime(young, (now - STALE_TEMPORARY_AGE + 60, now - STALE_TEMPORARY_AGE + 60))
+        os.utime(other, (now - 10 * STALE_TEMPORARY_AGE, now - 10 * STALE_TEMPORARY_AGE))
+        self.poll()
+        self.assertEqual(sorted(os.listdir(self.directory)), [".00000000000000000002-cd.cmd.tmp", ".notes.tmp"])
+        self.assertEqual(self.manager.calls, [])
+        self.assertEqual(self.logged(), [
+            (LogLevel.info, f'file={stale} status=removed reason="temporary file of a command never finished"')])
 
     def test_manager_failure_retried(self):
         """

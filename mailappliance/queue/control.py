@@ -13,7 +13,10 @@ Steering the queue from the command line, with the server running or not.
     carries the command out through the queue manager and removes the
     file, which is how the CLI knows it was done. Format, version 1: one
     JSON object C{{"version": 1, "command": "flush"|"delete", "ids": [...]}}
-    (an empty C{ids} for flush means every message).
+    (an empty C{ids} for flush means every message). Names start with the
+    time in nanoseconds, so commands run in the order they were written.
+    A hidden temporary file older than L{STALE_TEMPORARY_AGE} is what a CLI
+    that died while writing left behind; the server removes it.
   - While no server runs, the CLI works on the files itself (see
     L{mailappliance.cli.queue}), holding the same lock so that a server
     cannot start in the middle.
@@ -32,7 +35,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from mailappliance.disk import fsync_directory, write_all
+from mailappliance.disk import fsync_directory, remove_old_files, write_all
 from mailappliance.queue.ids import is_queue_id
 
 LOCK_NAME = "server.lock"
@@ -42,6 +45,10 @@ COMMANDS = ("flush", "delete")
 # A command file is read up to this size (a queue id takes 19 bytes of
 # JSON: about 880,000 ids); write_command refuses a larger one.
 MAX_COMMAND_SIZE = 16 * 1024 * 1024
+# Writing a command takes milliseconds; a temporary file this old belongs
+# to a CLI that died.
+STALE_TEMPORARY_AGE = 3600
+TEMPORARY_SUFFIX = ".tmp"
 
 _default_log = Logger(namespace="mailappliance.queue")
 
@@ -107,8 +114,8 @@ def write_command(queue_dir: str, command: str, ids: list[str]) -> str:
         raise ValueError(f"too many queue ids for one command ({len(ids)}); give fewer at a time")
     directory = os.path.join(queue_dir, CONTROL_DIR)
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    name = f"{int(time.time() * 1000):015d}-{secrets.token_hex(6)}{COMMAND_SUFFIX}"
-    tmp = os.path.join(directory, "." + name + ".tmp")
+    name = f"{time.time_ns():020d}-{secrets.token_hex(6)}{COMMAND_SUFFIX}"
+    tmp = os.path.join(directory, "." + name + TEMPORARY_SUFFIX)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         write_all(fd, data)
@@ -121,11 +128,21 @@ def write_command(queue_dir: str, command: str, ids: list[str]) -> str:
     return path
 
 
-def _read_commands(directory: str) -> list[tuple[str, dict | None]]:
+def _is_temporary(name: str) -> bool:
+    return name.startswith(".") and name.endswith(COMMAND_SUFFIX + TEMPORARY_SUFFIX)
+
+
+def _read_commands(directory: str) -> tuple[list[tuple[str, dict | None]], list[str]]:
+    """
+    The waiting commands, oldest first, each with its parsed content (or
+    L{None} when it is not a valid version-1 command), and the stale
+    temporary files removed on the way (blocking).
+    """
+    removed = remove_old_files(directory, STALE_TEMPORARY_AGE, time.time(), _is_temporary)
     try:
         names = sorted(n for n in os.listdir(directory) if n.endswith(COMMAND_SUFFIX) and not n.startswith("."))
     except FileNotFoundError:
-        return []
+        return [], removed
     result = []
     for name in names:
         path = os.path.join(directory, name)
@@ -141,7 +158,7 @@ def _read_commands(directory: str) -> list[tuple[str, dict | None]]:
                 or not isinstance(obj.get("ids"), list) or not all(isinstance(i, str) for i in obj["ids"]):
             obj = None
         result.append((path, obj))
-    return result
+    return result, removed
 
 
 class ControlFolder:
@@ -166,7 +183,10 @@ class ControlFolder:
         Run every waiting command, then remove its file. Never fails.
         """
         try:
-            commands = yield self.disk.run(_read_commands, self.directory)
+            commands, removed = yield self.disk.run(_read_commands, self.directory)
+            for path in removed:
+                self.log.info("file={path} status=removed reason=\"temporary file of a command never finished\"",
+                              path=path)
             for path, command in commands:
                 if path in self._stuck:
                     continue

@@ -22,7 +22,9 @@ drop file. Recipients that cannot be resolved are queued as failed, so the
 sender gets a bounce, as with any other mail. A crash between the commit
 and the removal queues the message twice (the duplicate window of this
 path). A drop that cannot be read as version 1 is moved to
-C{queue/corrupt/} with a log line.
+C{queue/corrupt/} with a log line. A hidden temporary file older than
+L{STALE_TEMPORARY_AGE} is what a C{sendmail} that died while writing left
+behind; the server removes it.
 """
 
 from __future__ import annotations
@@ -38,11 +40,15 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mailappliance.address import AddressError, Mailbox, parse_mailbox
-from mailappliance.disk import fill_and_rename, fsync_directory, write_all
+from mailappliance.disk import fill_and_rename, fsync_directory, remove_old_files, write_all
 
 DROP_VERSION = 1
 DROP_SUFFIX = ".msg"
 MAX_DROP_HEADER = 1024 * 1024
+TEMPORARY_SUFFIX = ".tmp"
+# write_drop writes the message it holds in one go: a temporary file this
+# old belongs to a sendmail that died.
+STALE_TEMPORARY_AGE = 3600
 
 _default_log = Logger(namespace="mailappliance.queue")
 
@@ -82,7 +88,7 @@ def write_drop(incoming_dir: str, sender: Mailbox | None, recipients: list[Mailb
         "time": now,
     }, ensure_ascii=False).encode("utf-8")
     name = f"{int(now * 1000):015d}-{secrets.token_hex(6)}{DROP_SUFFIX}"
-    tmp = os.path.join(incoming_dir, "." + name + ".tmp")
+    tmp = os.path.join(incoming_dir, "." + name + TEMPORARY_SUFFIX)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
 
     def fill(fd: int) -> None:
@@ -133,6 +139,22 @@ def list_drops(incoming_dir: str) -> list[str]:
     return sorted(n for n in names if n.endswith(DROP_SUFFIX) and not n.startswith("."))
 
 
+def _is_temporary(name: str) -> bool:
+    return name.startswith(".") and name.endswith(DROP_SUFFIX + TEMPORARY_SUFFIX)
+
+
+def scan_drops(incoming_dir: str, now: float | None = None) -> tuple[list[str], list[str]]:
+    """
+    Remove the stale temporary files (see the module docstring), then list
+    the drops (blocking).
+
+    @return: the names of the complete drops waiting, oldest first, and the
+        paths of the temporary files removed.
+    """
+    removed = remove_old_files(incoming_dir, STALE_TEMPORARY_AGE, now, _is_temporary)
+    return list_drops(incoming_dir), removed
+
+
 def _read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
@@ -165,7 +187,10 @@ class DropFolder:
         self._busy = True
         imported = 0
         try:
-            names = yield self.disk.run(list_drops, self.incoming_dir)
+            names, removed = yield self.disk.run(scan_drops, self.incoming_dir)
+            for path in removed:
+                self.log.info("file=incoming/{name} status=removed reason=\"temporary file of a sendmail never finished\"",
+                              name=os.path.basename(path))
             for name in names:
                 path = os.path.join(self.incoming_dir, name)
                 try:
