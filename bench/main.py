@@ -27,6 +27,7 @@ import tempfile
 import time
 
 from bench.dovecot import Dovecot
+from bench.floor import measure_floor
 from bench.postfix import Postfix
 from bench.processes import BenchError, Registry
 from bench.profiling import Profiler
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"work folder {workdir}; {arguments.reps} repetitions, interleaved; figures are median [min-max]")
     if arguments.scale != 1.0:
         print(f"counts scaled by {arguments.scale:g}: a trial run, not the issue's workloads")
+    print(f"disk floor: {measure_floor(os.path.join(workdir, 'floor')).describe()}")
     sys.stdout.flush()
 
     sink = None
