@@ -51,7 +51,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailappliance.address import Mailbox
-from mailappliance.disk import ensure_directory, fill_and_rename, fsync_directory, remove_old_files, write_all
+from mailappliance.disk import (
+    ensure_directory,
+    fill_and_rename,
+    fsync_directory,
+    remove_old_files,
+    write_all,
+)
 from mailappliance.interfaces import DeliveryError, ILocalDelivery
 
 MAILDIR_SUBDIRECTORIES = ("cur", "new", "tmp")
@@ -201,7 +207,7 @@ def deliver_data(maildir: str, prefix: bytes, data: bytes, hostname: str) -> str
     Deliver a message held in memory into an existing Maildir, as
     L{deliver_file} does from a file: one C{write} of prefix and message,
     fsync, rename into C{new/}. Blocking. For the queue manager's direct
-    delivery of a small message (L{mailappliance.queue.manager}).
+    delivery of a small message (L{mailappliance.queue.direct}).
 
     @param maildir: the Maildir (with C{tmp/} and C{new/}).
     @param prefix: bytes written before the message (header lines).

@@ -16,7 +16,7 @@ What the design says (DESIGN.md "disk.py", L{mailappliance.queue.writer},
 L{mailappliance.maildir}, L{mailappliance.queue.spool}), for one message
 of a few KB to one local recipient:
 
-  - direct delivery (L{mailappliance.queue.manager}, "Direct delivery"):
+  - direct delivery (L{mailappliance.queue.direct}, "Direct delivery"):
     the body is still in memory at the end of the data (it is buffered up
     to L{mailappliance.queue.writer.CHUNK_SIZE}), so it goes straight into
     the Maildir before the 250: the C{Return-Path:}/C{Delivered-To:}
@@ -82,7 +82,8 @@ from mailappliance.pop3.locks import MailboxLocks
 from mailappliance.pop3.server import POP3Factory
 from mailappliance.pop3.settings import POP3Settings
 from mailappliance.queue.envelope import Envelope, Recipient
-from mailappliance.queue.manager import QueueManager, delivery_prefix
+from mailappliance.queue.manager import QueueManager
+from mailappliance.queue.rounds import delivery_prefix
 from mailappliance.queue.spool import Spool
 from mailappliance.smtp.policy import SMTPSettings
 from mailappliance.smtp.server import SMTPFactory

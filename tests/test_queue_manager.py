@@ -18,7 +18,8 @@ from mailappliance.disk import DirectorySyncer, SynchronousDiskPool
 from mailappliance.interfaces import DeliveryError, ILocalDelivery
 from mailappliance.maildir import MaildirDelivery, maildir_path
 from mailappliance.queue.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipient
-from mailappliance.queue.manager import IRemoteDelivery, QueueManager, delivery_prefix
+from mailappliance.queue.manager import IRemoteDelivery, QueueManager
+from mailappliance.queue.rounds import delivery_prefix
 from mailappliance.queue.spool import Spool, read_current_envelope
 
 T0 = 1700000000.0

@@ -1,0 +1,77 @@
+# -*- test-case-name: tests.test_queue_manager -*-
+"""
+The outcomes of the queue manager's deliveries, kept in one place for its
+rounds (L{mailappliance.queue.rounds}) and its direct delivery
+(L{mailappliance.queue.direct}) alike: how an attempt is recorded on a
+recipient, the log lines of a recipient's outcome (one event each,
+key=value, with the queue id; the whole list is in
+L{mailappliance.queue.manager}), and the history of the last hour that
+C{mailappliance status} counts.
+
+L{OutcomeLog} is a mixin of L{mailappliance.queue.manager.QueueManager}.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from twisted.logger import Logger
+
+from mailappliance.queue.envelope import Recipient
+
+# Outcomes remembered for "mailappliance status" (deliveries and bounces
+# over the last hour).
+HISTORY_SECONDS = 3600.0
+
+
+def quote(text: str) -> str:
+    """
+    Quote a logged value that may hold spaces: C{"..."} with backslash,
+    quote and line ends escaped.
+    """
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "\\r").replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def after_attempt(recipient: Recipient, **changes: Any) -> Recipient:
+    """
+    @return: C{recipient} after one more delivery attempt, with C{changes}
+        (as for L{Recipient.with_state}).
+    """
+    return recipient.with_state(attempts=recipient.attempts + 1, **changes)
+
+
+class OutcomeLog:
+    """
+    The outcome log lines and the history of the queue manager, a mixin of
+    L{mailappliance.queue.manager.QueueManager}.
+
+    Uses the manager's C{log}, C{retry_delay} and C{history} (the
+    outcomes of the last L{HISTORY_SECONDS}, as C{(time, state)}).
+    """
+
+    log: Logger
+    retry_delay: float
+    history: deque[tuple[float, str]]
+
+    def _forget_old_history(self, now: float) -> None:
+        while self.history and self.history[0][0] < now - HISTORY_SECONDS:
+            self.history.popleft()
+
+    def _log_delivered(self, qid: str, target: Any, path: str) -> None:
+        self.log.info("qid={qid} to=<{to}> status=delivered path={path}", qid=qid, to=str(target), path=path)
+
+    def _log_deferred(self, qid: str, target: Any, reason: str) -> None:
+        self.log.info(
+            "qid={qid} to=<{to}> status=deferred reason={reason} delay={delay:g}",
+            qid=qid,
+            to=str(target),
+            reason=quote(reason),
+            delay=self.retry_delay,
+        )
+
+    def _log_failed(self, qid: str, target: Any, reason: str) -> None:
+        self.log.warn(  # noqa: G010 -- twisted.logger.Logger has no warning()
+            "qid={qid} to=<{to}> status=failed reason={reason}", qid=qid, to=str(target), reason=quote(reason)
+        )

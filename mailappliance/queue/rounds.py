@@ -1,0 +1,300 @@
+# -*- test-case-name: tests.test_queue_manager,tests.test_queue_bounce -*-
+"""
+The rounds of the queue manager: how it delivers a queued message and
+records the outcomes, and when it tries again.
+
+What it does with a message (one I{round} at a time per message, so the
+same recipient is never delivered twice at once):
+
+  - every pending local recipient that is due (C{next_attempt} reached) is
+    delivered through L{ILocalDelivery} with a C{Return-Path:} and
+    C{Delivered-To:} prefix (SPEC section 5); recipients of one message
+    with the same target get one delivery;
+  - the outcomes are recorded in the envelope and written durably
+    (L{Spool.update}) once all deliveries of the round are done: delivered,
+    failed (a permanent L{DeliveryError}; bounces come with a later issue),
+    or retried after C{retry_delay} (a temporary one);
+  - a message whose recipients are all delivered or failed is removed;
+  - remote recipients (C{local=False}) are handed to the optional
+    L{IRemoteDelivery} (the relay); without one they stay pending and
+    persisted, with one log line per recipient and message.
+
+The duplicate window: a Maildir delivery is durable before the envelope
+says so. If the process dies between the two (or the envelope update
+fails), that recipient is delivered again after the restart. RFC 5321
+section 6.1 accepts duplicates in preference to losses; the window is one
+round (the time to write one envelope).
+
+L{DeliveryRounds} is a mixin of
+L{mailappliance.queue.manager.QueueManager}.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable
+
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    DeferredSemaphore,
+    maybeDeferred,
+    succeed,
+)
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mailappliance.interfaces import DeliveryError
+from mailappliance.queue.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipient
+from mailappliance.queue.outcomes import after_attempt, quote
+
+
+def delivery_prefix(sender: Any, target: Any) -> bytes:
+    """
+    The header lines put in front of a locally delivered copy (SPEC
+    section 5): C{Return-Path:} (RFC 5322 section 3.6.7, the envelope
+    sender, C{<>} for the null sender) and C{Delivered-To:} (the account
+    delivered to). Addresses are written as UTF-8 (RFC 6532).
+
+    @param sender: the envelope sender (L{Mailbox}) or L{None}.
+    @param target: the recipient's target (L{Mailbox}).
+    @return: the lines, with CRLF line ends.
+    """
+    return_path = f"<{sender}>" if sender is not None else "<>"
+    return f"Return-Path: {return_path}\r\nDelivered-To: {target}\r\n".encode()
+
+
+class DeliveryRounds:
+    """
+    The rounds of the queue manager, a mixin of
+    L{mailappliance.queue.manager.QueueManager}.
+
+    Uses the manager's C{spool}, C{local_delivery}, C{remote_delivery},
+    C{notifier}, C{clock}, C{log}, C{retry_delay}, C{running}, C{history},
+    C{_local_slots} (the limit on local deliveries in flight) and
+    C{_messages} (its state for each queued message, by queue id); and its
+    methods C{_forget_old_history}, C{_log_delivered}, C{_log_deferred},
+    C{_log_failed}.
+    """
+
+    spool: Any
+    local_delivery: Any
+    remote_delivery: Any
+    notifier: Any
+    clock: Any
+    log: Logger
+    retry_delay: float
+    running: bool
+    history: deque[tuple[float, str]]
+    _local_slots: DeferredSemaphore
+    _messages: dict[str, Any]
+    _forget_old_history: Callable[[float], None]
+    _log_delivered: Callable[[str, Any, str], None]
+    _log_deferred: Callable[[str, Any, str], None]
+    _log_failed: Callable[[str, Any, str], None]
+
+    def _due(self, recipient: Recipient, now: float) -> bool:
+        if recipient.state != PENDING or recipient.next_attempt > now:
+            return False
+        return recipient.local or self.remote_delivery is not None
+
+    def _run(self, qid: str) -> None:
+        message = self._messages.get(qid)
+        if message is None or not self.running:
+            return
+        if message.active:
+            message.again = True
+            return
+        if message.timer is not None and message.timer.active():
+            message.timer.cancel()
+        message.timer = None
+        message.active = True
+        envelope = message.envelope
+        now = self.clock.seconds()
+        body_path = self.spool.body_path(qid)
+        attempts: list[Deferred] = []
+
+        by_target: dict[str, list[int]] = {}
+        remote: list[int] = []
+        for index, r in enumerate(envelope.recipients):
+            if self._due(r, now):
+                if r.local:
+                    by_target.setdefault(r.target.key, []).append(index)
+                else:
+                    remote.append(index)
+        for indexes in by_target.values():
+            attempts.append(self._deliver_local(envelope, indexes, body_path))
+        if remote:
+            attempts.append(self._deliver_remote(envelope, remote, body_path))
+
+        d = DeferredList(attempts)
+        d.addCallback(self._round_done, qid, bool(attempts))
+
+    def _deliver_local(self, envelope: Envelope, indexes: list[int], body_path: str) -> Deferred:
+        qid = envelope.queue_id
+        target = envelope.recipients[indexes[0]].target
+        prefix = delivery_prefix(envelope.sender, target)
+        # The body is the first envelope.size bytes of the queue file
+        # (layout version 2 appends the envelope to it).
+        d = self._local_slots.run(self.local_delivery.deliver, target, prefix, body_path, envelope.size)
+
+        def delivered(path: str) -> list[tuple[int, Recipient]]:
+            self._log_delivered(qid, target, path)
+            return [
+                (i, after_attempt(envelope.recipients[i], state=DELIVERED, last_error="", next_attempt=0.0))
+                for i in indexes
+            ]
+
+        def failed(reason: Failure) -> list[tuple[int, Recipient]]:
+            if reason.check(DeliveryError):
+                error = reason.value
+            else:
+                self.log.failure("qid={qid} to=<{to}> status=error", reason, qid=qid, to=str(target))
+                error = DeliveryError(f"local delivery error: {reason.getErrorMessage()}")
+            if error.permanent:
+                self._log_failed(qid, target, error.reason)
+                changes: dict[str, Any] = {"state": FAILED, "last_error": error.reason}
+            else:
+                self._log_deferred(qid, target, error.reason)
+                changes = {"last_error": error.reason, "next_attempt": self.clock.seconds() + self.retry_delay}
+            return [(i, after_attempt(envelope.recipients[i], **changes)) for i in indexes]
+
+        d.addCallbacks(delivered, failed)
+        return d
+
+    def _deliver_remote(self, envelope: Envelope, indexes: list[int], body_path: str) -> Deferred:
+        qid = envelope.queue_id
+        recipients = tuple(envelope.recipients[i] for i in indexes)
+        d = maybeDeferred(self.remote_delivery.deliver, envelope, recipients, body_path)
+
+        def done(results: Any) -> list[tuple[int, Recipient]]:
+            results = list(results)
+            if len(results) != len(indexes):
+                raise ValueError(f"remote delivery returned {len(results)} results for {len(indexes)} recipients")
+            return list(zip(indexes, results))
+
+        def failed(reason: Failure) -> list[tuple[int, Recipient]]:
+            self.log.failure("qid={qid} status=error reason=\"remote delivery failed\"", reason, qid=qid)
+            retry = self.clock.seconds() + self.retry_delay
+            return [
+                (i, after_attempt(r, last_error=reason.getErrorMessage(), next_attempt=retry))
+                for i, r in zip(indexes, recipients)
+            ]
+
+        d.addCallback(done)
+        d.addErrback(failed)
+        return d
+
+    def _round_done(self, results: list[tuple[bool, Any]], qid: str, attempted: bool) -> None:
+        message = self._messages.get(qid)
+        if message is None:
+            # Deleted by the administrator during the round.
+            return
+        recipients = list(message.envelope.recipients)
+        now = self.clock.seconds()
+        for _, updates in results:
+            for index, recipient in updates:
+                if recipients[index].state == PENDING and recipient.state != PENDING:
+                    self.history.append((now, recipient.state))
+                recipients[index] = recipient
+        self._forget_old_history(now)
+        message.envelope = message.envelope.replace(recipients=tuple(recipients))
+        message.dirty = message.dirty or attempted
+        if self.notifier is not None:
+            d = maybeDeferred(self.notifier.after_round, message.envelope)
+        else:
+            d = succeed(message.envelope)
+        d.addCallback(self._persist, qid)
+        d.addErrback(lambda reason: self.log.failure("qid={qid} status=error", reason, qid=qid))
+        d.addCallback(lambda _: self._round_finished(qid))
+
+    def _owes_notice(self, envelope: Envelope) -> bool:
+        return self.notifier is not None and self.notifier.owes_notice(envelope)
+
+    def _persist(self, envelope: Envelope, qid: str) -> Deferred:
+        message = self._messages.get(qid)
+        if message is None:
+            return succeed(None)
+        if envelope is not message.envelope:
+            message.envelope = envelope
+            message.dirty = True
+        if envelope.done and not self._owes_notice(envelope):
+            d = self.spool.remove(qid)
+            d.addCallbacks(self._removed, self._persist_failed, callbackArgs=(qid,), errbackArgs=(qid, "remove"))
+        elif message.dirty:
+            d = self.spool.update(envelope)
+            d.addCallbacks(self._updated, self._persist_failed, callbackArgs=(qid,), errbackArgs=(qid, "update"))
+        else:
+            d = succeed(None)
+        return d
+
+    def _updated(self, _: object, qid: str) -> None:
+        message = self._messages.get(qid)
+        if message is not None:
+            message.dirty = False
+
+    def _removed(self, _: object, qid: str) -> None:
+        message = self._messages.pop(qid, None)
+        self.log.info("qid={qid} status=removed", qid=qid)
+        if message is not None:
+            fire_waiters(message.finished)
+
+    def _persist_failed(self, reason: Failure, qid: str, what: str) -> None:
+        # The outcomes stay in memory (no duplicate delivery in this run)
+        # and the write is tried again after retry_delay; a crash meanwhile
+        # means redelivery, as for the window described above.
+        if what == "update" and reason.check(FileNotFoundError):
+            # Removed by someone else (the administrator's "queue delete").
+            message = self._messages.pop(qid, None)
+            self.log.info("qid={qid} status=removed reason={reason}", qid=qid, reason=quote("no longer in the queue"))
+            if message is not None:
+                fire_waiters(message.finished)
+            return
+        message = self._messages.get(qid)
+        if message is not None:
+            message.dirty = True
+        self.log.error(
+            "qid={qid} status=error reason={reason}",
+            qid=qid,
+            reason=quote(f"envelope {what} failed: {reason.getErrorMessage()}"),
+        )
+
+    def _round_finished(self, qid: str) -> None:
+        message = self._messages.get(qid)
+        if message is None:
+            return
+        message.active = False
+        finished, message.finished = message.finished, []
+        fire_waiters(finished)
+        if not self.running:
+            return
+        if message.again:
+            message.again = False
+            self._run(qid)
+        else:
+            self._schedule(qid)
+
+    def _schedule(self, qid: str) -> None:
+        message = self._messages[qid]
+        now = self.clock.seconds()
+        times = [
+            r.next_attempt
+            for r in message.envelope.recipients
+            if r.state == PENDING and (r.local or self.remote_delivery is not None)
+        ]
+        if message.dirty or message.envelope.done or self._owes_notice(message.envelope):
+            # A failed update, removal or notice, to be tried again.
+            times.append(now + self.retry_delay)
+        if not times:
+            return
+        delay = max(0.0, min(times) - now)
+        message.timer = self.clock.callLater(delay, self._run, qid)
+
+
+def fire_waiters(waiters: list[Deferred]) -> None:
+    """
+    Fire each of C{waiters} (those waiting for a message's round to end)
+    with L{None}.
+    """
+    for waiter in waiters:
+        waiter.callback(None)
