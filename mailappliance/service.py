@@ -243,7 +243,7 @@ class Listener(Service):
 class Drainer(Service):
     """
     On stop, lets the SMTP sessions finish the transactions in flight, for
-    at most C{grace} seconds (L{mailappliance.smtp.server.SMTPFactory.drain}).
+    at most C{grace} seconds (L{mailappliance.smtp.factory.SMTPFactory.drain}).
     """
 
     def __init__(self, factories: list, grace: float) -> None:
@@ -543,7 +543,7 @@ def _smtp_factory(config: Config, service: str, accounts: Accounts, spool: Any, 
     the session policy's decision.
     """
     from mailappliance.accounts.checker import AccountsChecker
-    from mailappliance.smtp.server import SMTPFactory
+    from mailappliance.smtp.factory import SMTPFactory
 
     settings = smtp_settings(config, service)
     return SMTPFactory(settings, accounts.chain, spool, reactor, tls=tls, checker=AccountsChecker(accounts.users))

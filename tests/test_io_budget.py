@@ -85,8 +85,8 @@ from mailappliance.queue.envelope import Envelope, Recipient
 from mailappliance.queue.manager import QueueManager
 from mailappliance.queue.rounds import delivery_prefix
 from mailappliance.queue.spool import Spool
+from mailappliance.smtp.factory import SMTPFactory
 from mailappliance.smtp.policy import SMTPSettings
-from mailappliance.smtp.server import SMTPFactory
 from mailappliance.testing import FakeResolver, SMTPHarness
 
 # The budget of one small message to one local recipient (module docstring).

@@ -1,5 +1,5 @@
 """
-Tests for L{mailappliance.smtp.server.SMTPFactory.drain}: shutting the
+Tests for L{mailappliance.smtp.factory.SMTPFactory.drain}: shutting the
 sessions down on SIGTERM.
 """
 

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_smtp_server,tests.test_smtp_server_flow -*-
 """
 The ESMTP server protocol (RFC 5321) of both SMTP services, C{smtp} and
-C{submission}, and its factory.
+C{submission}: one session. What the sessions of a service share is kept
+by their factory, L{mailappliance.smtp.factory.SMTPFactory}.
 
 Everything a session may do is decided by its
 L{mailappliance.smtp.policy.SessionPolicy}; what each command does is in
@@ -30,26 +31,29 @@ of the command parser, with the longer line limit of RFC 4954 section 4.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from mailappliance.episodes import FailureEpisodes
 from mailappliance.immediate import write_now
 from mailappliance.smtp import replies
-from mailappliance.smtp.auth import AuthFailureTracker, SMTPAuthHandlers
+from mailappliance.smtp.auth import SMTPAuthHandlers
 from mailappliance.smtp.chunking import Chunk, SMTPChunkingHandlers
 from mailappliance.smtp.commands import CommandRefused, is_http_request, parse_command
 from mailappliance.smtp.events import log_event, quote
 from mailappliance.smtp.handlers import SMTPCommandHandlers
-from mailappliance.smtp.lines import MAX_AUTH_LINE, OVERLONG, CommandLineReader, limit_for_command
+from mailappliance.smtp.lines import (
+    MAX_AUTH_LINE,
+    OVERLONG,
+    CommandLineReader,
+    limit_for_command,
+)
 from mailappliance.smtp.policy import (
     TOO_MANY_CONNECTIONS,
-    ConnectionLimiter,
     SessionFacts,
     SessionPolicy,
     SMTPSettings,
@@ -59,6 +63,9 @@ from mailappliance.smtp.receiver import MessageReceiver
 from mailappliance.smtp.replies import Reply
 from mailappliance.smtp.starttls import SMTPStartTLSHandler, can_start_tls, tls_active
 from mailappliance.smtp.transaction import Transaction
+
+if TYPE_CHECKING:
+    from mailappliance.smtp.factory import SMTPFactory
 
 # Replies of code 500 and above a session may earn before it is closed
 # with 421 (as Postfix's smtpd_hard_error_limit): a client that keeps
@@ -71,16 +78,11 @@ MAX_ERRORS = 10
 # bound).
 MAX_PENDING_INPUT = 64 * 1024
 
-# How often a drain looks whether its sessions are gone.
-DRAIN_POLL = 0.05
-
 # Verbs of RFC 5321 and its extensions that this server knows but does not
 # offer (502 rather than 500, RFC 5321 section 4.2.4).
 NOT_IMPLEMENTED_VERBS = frozenset(
     {"ETRN", "TURN", "ATRN", "SEND", "SOML", "SAML", "VERB", "XCLIENT", "XFORWARD"}
 )
-
-_default_log = Logger(namespace="mailappliance.smtp")
 
 
 class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLSHandler, SMTPAuthHandlers, Protocol):
@@ -187,7 +189,8 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLS
     def shut_down(self) -> None:
         """
         The service is stopping: close now if idle, else after the reply
-        that ends the transaction in flight (see L{SMTPFactory.drain}).
+        that ends the transaction in flight (see
+        L{mailappliance.smtp.factory.SMTPFactory.drain}).
         """
         if not self.busy and not self._closing:
             self._send(replies.shutting_down(self.policy.hostname))
@@ -493,108 +496,3 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLS
 
     def _log_event(self, level: LogLevel, **fields: str | None) -> None:
         log_event(self._log, level, self._settings.service, **fields)
-
-
-class SMTPFactory(ServerFactory):
-    """
-    Makes the sessions of one SMTP service and keeps what they share.
-
-    @ivar settings: the service's L{SMTPSettings}.
-    @ivar resolver: the L{mailappliance.interfaces.IRecipientResolver}.
-    @ivar spool: the L{mailappliance.interfaces.ISpool}.
-    @ivar clock: an L{IReactorTime} (time-outs, arrival times).
-    @ivar log: the L{Logger} of the sessions.
-    @ivar connections: the L{ConnectionLimiter} of the service.
-    @ivar tls: the L{IOpenSSLServerConnectionCreator} for STARTTLS, or
-        L{None}.
-    @ivar checker: the L{ICredentialsChecker} for AUTH, or L{None}.
-    @ivar auth_failures: the L{AuthFailureTracker} of the service.
-    """
-
-    protocol = SMTPServerProtocol  # type: ignore[assignment]
-
-    def __init__(
-        self,
-        settings: SMTPSettings,
-        resolver: object,
-        spool: object,
-        clock: IReactorTime,
-        log: Logger | None = None,
-        tls: object = None,
-        checker: object = None,
-    ) -> None:
-        """
-        @param settings: the service's L{SMTPSettings}.
-        @param resolver: the L{mailappliance.interfaces.IRecipientResolver}.
-        @param spool: the L{mailappliance.interfaces.ISpool}.
-        @param clock: an L{IReactorTime}.
-        @param log: where the sessions log; a module logger by default.
-        @param tls: an L{IOpenSSLServerConnectionCreator} (a
-            L{mailappliance.tls.ServerTLS}) to offer STARTTLS with, or
-            L{None} for no STARTTLS.
-        @param checker: an L{ICredentialsChecker} of L{IUsernamePassword}
-            whose avatar ids are lower-case addresses (an
-            L{mailappliance.accounts.checker.AccountsChecker}), or L{None}
-            for no AUTH. Where AUTH is offered is the policy's decision.
-        """
-        self.settings = settings
-        self.resolver = resolver
-        self.spool = spool
-        self.clock = clock
-        self.log = log if log is not None else _default_log
-        self.tls = tls
-        self.checker = checker
-        self.connections = ConnectionLimiter(settings.max_connections, settings.max_connections_per_ip)
-        self.auth_failures = AuthFailureTracker(clock)
-        self.sessions: set[SMTPServerProtocol] = set()
-        self.draining = False
-        self.storage = FailureEpisodes(self.log)
-
-    def drain(self, grace: float) -> Deferred:
-        """
-        Shut the sessions down for a stop (SIGTERM): idle ones get
-        C{421 4.3.2} at once; one in the middle of a transaction may finish
-        it (its message acknowledged or refused as usual) and is closed
-        right after; whatever is left after C{grace} seconds is dropped.
-
-        @return: a L{Deferred} firing when no session is left.
-        """
-        self.draining = True
-        done: Deferred = Deferred()
-        if not self.sessions:
-            done.callback(None)
-            return done
-        for session in list(self.sessions):
-            session.shut_down()
-
-        def check() -> None:
-            if done.called:
-                return
-            if not self.sessions:
-                timer.cancel()
-                poll.stop()
-                done.callback(None)
-
-        def give_up() -> None:
-            for session in list(self.sessions):
-                session.abort_session()
-            self.sessions.clear()
-            if poll.running:
-                poll.stop()
-            if not done.called:
-                done.callback(None)
-
-        from twisted.internet.task import LoopingCall
-
-        poll = LoopingCall(check)
-        poll.clock = self.clock
-        poll.start(DRAIN_POLL, now=False)
-        timer = self.clock.callLater(grace, give_up)
-        return done
-
-    def buildProtocol(self, addr: object) -> SMTPServerProtocol:
-        """
-        @return: a new session; the connection limits are applied when it
-            is connected (so that it can say why it refuses).
-        """
-        return SMTPServerProtocol(self)

@@ -33,8 +33,8 @@ from mailappliance.interfaces import (
     Resolved,
     UnknownAddress,
 )
+from mailappliance.smtp.factory import SMTPFactory
 from mailappliance.smtp.policy import SMTPSettings
-from mailappliance.smtp.server import SMTPFactory
 
 
 @implementer(IRecipientResolver)
