@@ -39,7 +39,6 @@ def write_now(transport: Any, data: bytes) -> None:
         and getattr(transport, "connected", False)
         and not getattr(transport, "disconnecting", True)
         and not getattr(transport, "TLS", True)
-        and getattr(transport, "producer", True) is None
         and not getattr(transport, "dataBuffer", True)
         and not getattr(transport, "_tempDataBuffer", True)
     ):

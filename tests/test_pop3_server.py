@@ -30,6 +30,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from mailappliance.disk import SynchronousDiskPool
+from mailappliance.flow import CLOSE_TIMEOUT
 from mailappliance.pop3 import server as server_module
 from mailappliance.pop3.locks import MailboxLocks
 from mailappliance.pop3.server import POP3Factory
@@ -427,7 +428,7 @@ class TransactionTests(SynchronousTestCase):
                 (b"RETR 2\r\n", b"+OK 27 octets\r\n" + MSG2_WIRE + b".\r\n"),
             ],
         )
-        self.assertIsNone(self.client.transport.producer)
+        self.assertIsNone(self.client.transport.producer.attached)
 
     def test_top(self):
         """
@@ -1124,6 +1125,28 @@ class LimitsTests(SynchronousTestCase):
         self.assertEqual(client.send(b"USER " + b"a" * 249 + b"\r\n"), b"-ERR Line too long\r\n")
         self.assertEqual(client.send(b"CAPA\r\n"), CAPA_PLAIN)
 
+    def test_output_backpressure(self):
+        """
+        While the transport holds more than it can send (it paused the
+        session's output), no further command is answered and reading
+        stops once the waiting input passes its limit, so a client that
+        sends commands but never reads cannot make the server buffer
+        replies without end; when the transport drains, the commands
+        waiting are answered in order.
+        """
+        h = Harness(self)
+        client = h.connect()
+        flow = client.transport.producer
+        flow.pauseProducing()
+        self.assertEqual(client.send(b"CAPA\r\nNOOP\r\n"), b"")
+        self.assertEqual(client.transport.producerState, "producing")
+        client.send(b"CAPA\r\n" * (server_module.MAX_PENDING_INPUT // 6 + 1))
+        self.assertEqual(client.output(), b"")
+        self.assertEqual(client.transport.producerState, "paused")
+        flow.resumeProducing()
+        self.assertTrue(client.output().startswith(CAPA_PLAIN + b"-ERR Not logged in\r\n" + CAPA_PLAIN))
+        self.assertEqual(client.transport.producerState, "producing")
+
     def test_endless_line(self):
         """
         An endless line costs no memory and gets one -ERR when it ends.
@@ -1165,8 +1188,8 @@ class LimitsTests(SynchronousTestCase):
 
     def test_idle_timeout(self):
         """
-        A session idle for idle_timeout gets -ERR and is closed; input
-        resets the timer.
+        A session idle for idle_timeout is closed without a reply (RFC
+        1939 section 3); input resets the timer.
         """
         h = Harness(self, idle_timeout=600)
         client = h.connect()
@@ -1174,10 +1197,31 @@ class LimitsTests(SynchronousTestCase):
         client.send(b"CAPA\r\n")
         h.clock.advance(599)
         self.assertFalse(client.transport.disconnecting)
+        client.output()
         h.clock.advance(1)
-        self.assertEqual(client.output(), b"-ERR Disconnected for inactivity\r\n")
+        self.assertEqual(client.output(), b"")
         self.assertTrue(client.transport.disconnecting)
         client.drop()
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_idle_timeout_client_not_reading(self):
+        """
+        A session closed at its idle time-out whose connection does not go
+        (a client that reads nothing, or never ends its TLS handshake) is
+        aborted L{CLOSE_TIMEOUT} seconds later, and its place in the
+        connection limits is freed.
+        """
+        h = Harness(self, idle_timeout=600)
+        client = h.connect()
+        h.clock.advance(600)
+        self.assertTrue(client.transport.disconnecting)
+        self.assertFalse(client.transport.aborted)
+        h.clock.advance(CLOSE_TIMEOUT - 1)
+        self.assertFalse(client.transport.aborted)
+        h.clock.advance(1)
+        self.assertTrue(client.transport.aborted)
+        client.drop()
+        self.assertEqual(h.factory.connections, 0)
         self.assertEqual(h.clock.getDelayedCalls(), [])
 
     def test_idle_timeout_while_streaming(self):

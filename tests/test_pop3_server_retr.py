@@ -56,7 +56,7 @@ class SynchronousRetrievalTests(SynchronousTestCase):
         self.assertEqual(LARGE[READ_CHUNK : READ_CHUNK + 2], b".\n")
         output = self.client.send(b"RETR 4\r\n")
         self.assertEqual(output, b"+OK %d octets\r\n" % (len(LARGE_WIRE) - 2,) + LARGE_WIRE + b".\r\n")
-        self.assertIsNone(self.client.transport.producer)
+        self.assertIsNone(self.client.transport.producer.attached)
         self.client.send(b"QUIT\r\n")
         self.assertEqual(self.h.listing()["cur"], ["1001.M1P1Q1.host:2,", LARGE_NAME + ":2,S"])
 
@@ -69,7 +69,7 @@ class SynchronousRetrievalTests(SynchronousTestCase):
             self.client.send(b"TOP 4 1\r\n"),
             b"+OK Top of message follows\r\nSubject: large\r\n\r\n" + LARGE_LINE.replace(b"\n", b"\r\n") + b".\r\n",
         )
-        self.assertIsNone(self.client.transport.producer)
+        self.assertIsNone(self.client.transport.producer.attached)
 
     def test_in_order_then_out_of_order(self):
         """

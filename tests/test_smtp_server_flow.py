@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from mailappliance.flow import CLOSE_TIMEOUT
 from mailappliance.smtp.lines import MAX_COMMAND_LINE
 from mailappliance.smtp.policy import SMTPSettings
 from mailappliance.smtp.server import MAX_ERRORS, MAX_PENDING_INPUT
@@ -180,6 +181,30 @@ class LineLengthTests(SynchronousTestCase):
                          lines("500 5.5.2 Error: line too long"))
 
 
+class OutputBackpressureTests(SynchronousTestCase):
+    def test_client_not_reading(self) -> None:
+        """
+        While the transport holds more than it can send (it paused the
+        session's output), no further command is answered and reading
+        stops once the waiting input passes its limit, so a client that
+        sends commands but never reads cannot make the server buffer
+        replies without end; when the transport drains, the commands
+        waiting are answered in order.
+        """
+        session = SMTPHarness()
+        session.send(b"EHLO c\r\n")
+        flow = session.transport.producer
+        flow.pauseProducing()
+        self.assertEqual(session.send(b"NOOP\r\nRSET\r\n"), b"")
+        self.assertEqual(session.transport.producerState, "producing")
+        session.send(b"NOOP\r\n" * (MAX_PENDING_INPUT // 6 + 1))
+        self.assertEqual(session.output(), b"")
+        self.assertEqual(session.transport.producerState, "paused")
+        flow.resumeProducing()
+        self.assertEqual(session.output(), lines(*["250 2.0.0 Ok"] * (MAX_PENDING_INPUT // 6 + 3)))
+        self.assertEqual(session.transport.producerState, "producing")
+
+
 class TimeoutTests(SynchronousTestCase):
     def test_idle_timeout(self) -> None:
         """
@@ -196,6 +221,24 @@ class TimeoutTests(SynchronousTestCase):
         self.assertEqual(session.output(), lines(f"421 4.4.2 {HOST} Error: timeout exceeded"))
         self.assertTrue(session.closed)
         session.lose()
+        self.assertEqual(session.clock.getDelayedCalls(), [])
+
+    def test_close_deadline(self) -> None:
+        """
+        A session closed at its idle time-out whose connection does not go
+        (a client that reads nothing, or never ends its TLS handshake) is
+        aborted L{CLOSE_TIMEOUT} seconds later, and its place in the
+        connection limits is freed.
+        """
+        session = SMTPHarness(settings=SMTPSettings(hostname=HOST, idle_timeout=60))
+        session.clock.advance(60)
+        self.assertTrue(session.closed)
+        session.clock.advance(CLOSE_TIMEOUT - 1)
+        self.assertFalse(session.transport.disconnected)
+        session.clock.advance(1)
+        self.assertTrue(session.transport.disconnected)
+        session.lose()
+        self.assertEqual(session.factory.connections.total, 0)
         self.assertEqual(session.clock.getDelayedCalls(), [])
 
     def test_no_timeout_while_server_busy(self) -> None:

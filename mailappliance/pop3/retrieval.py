@@ -8,8 +8,8 @@ L{mailappliance.pop3.readahead.MessageReader}: held already if it was
 read ahead, else read now in the disk pool (and the session is busy until
 it arrives). A message that fits in its first read goes out in one write;
 for a larger one the first chunk is written and the rest streamed by a
-L{mailappliance.pop3.transfer.MessageSender} registered as the
-transport's producer. Once a message is sent, the following ones are read
+L{mailappliance.pop3.transfer.MessageSender}, paused and resumed with
+the transport through the session's L{mailappliance.flow.OutputFlow}. Once a message is sent, the following ones are read
 ahead. A message sent whole by RETR counts as retrieved, for the UPDATE
 at QUIT (L{mailappliance.pop3.update}).
 """
@@ -36,7 +36,7 @@ class POP3RetrievalHandlers:
 
     Uses the protocol's C{factory} (C{disk}), C{transport}, C{snapshot},
     C{deleted}, C{retrieved}, C{_log}, C{_peer_key}, C{_closing},
-    C{_disconnected}, C{_reader_ahead} (made at login), and its methods
+    C{_disconnected}, C{_reader_ahead} (made at login), C{_flow}, and its methods
     C{send_line}, C{_write}, C{block_on}, C{_touch} and C{_user_field}.
 
     @ivar _sender: the L{MessageSender} streaming a message, if any.
@@ -53,6 +53,7 @@ class POP3RetrievalHandlers:
     _disconnected: bool
     _reader_ahead: MessageReader | None
     _sender: MessageSender | None
+    _flow: Any
     send_line: Callable[[bytes], None]
     _write: Callable[[bytes], None]
     block_on: Callable[[Deferred], None]
@@ -110,15 +111,14 @@ class POP3RetrievalHandlers:
             return None
         self.transport.writeSequence((first, data))
         sender = self._sender = MessageSender(self.factory.disk, rest, transform, self.transport, self._touch)
-        self.transport.registerProducer(sender, True)
+        self._flow.attach(sender)
         d = sender.start()
         d.addBoth(self._stream_ended, index, body_lines is None)
         return d
 
     def _stream_ended(self, result: Any, index: int, whole: bool) -> None:
         self._sender = None
-        if not self._disconnected:
-            self.transport.unregisterProducer()
+        self._flow.detach()
         if not isinstance(result, Failure):
             self._message_sent(None, index, whole)
             return

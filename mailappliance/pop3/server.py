@@ -34,6 +34,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mailappliance.flow import OutputFlow
 from mailappliance.immediate import write_now
 from mailappliance.pop3 import commands
 from mailappliance.pop3.commands import AUTHORIZATION, TRANSACTION, UPDATE
@@ -95,6 +96,7 @@ class POP3Protocol(POP3LoginHandlers, POP3STLSHandler, POP3RetrievalHandlers, PO
         self._idle_call: Any = None
         self._delay: Deferred | None = None
         self._sender: MessageSender | None = None
+        self._flow: OutputFlow | None = None
         self._tls_active = False
         self._user: bytes | None = None
         self._sasl_pending = False
@@ -119,11 +121,13 @@ class POP3Protocol(POP3LoginHandlers, POP3STLSHandler, POP3RetrievalHandlers, PO
                 set_no_delay(True)
             except OSError:
                 pass
+        self._flow = OutputFlow(self.transport, self._clock, self._output_changed)
+        self._flow.start()
         if not self.factory.connection_opened(self._peer_key):
             self._log.info("service=pop3 event=refused peer={peer} reason=too-many-connections", peer=self._peer_key)
             self._closing = True
             self.send_line(b"-ERR [SYS/TEMP] Too many connections, try again later")
-            self.transport.loseConnection()
+            self._flow.close()
             return
         self._counted = True
         self._idle_call = self._clock.callLater(self.factory.settings.idle_timeout, self._idle_expired)
@@ -133,6 +137,8 @@ class POP3Protocol(POP3LoginHandlers, POP3STLSHandler, POP3RetrievalHandlers, PO
         self._disconnected = True
         self._closing = True
         self._reader.clear()
+        if self._flow is not None:
+            self._flow.connection_lost()
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.cancel()
         if self._delay is not None:
@@ -180,11 +186,12 @@ class POP3Protocol(POP3LoginHandlers, POP3STLSHandler, POP3RetrievalHandlers, PO
             return
         if self._sender is not None:
             # A client that stopped reading a message: its buffer is full,
-            # so no reply could reach it.
+            # so nothing more could reach it.
             self.transport.abortConnection()
             return
-        self.send_line(b"-ERR Disconnected for inactivity")
-        self.transport.loseConnection()
+        # RFC 1939 section 3: close "without removing any messages or
+        # sending any response".
+        self._flow.close()
 
     def _line_limit(self, start: bytes) -> int:
         # RFC 5034 section 4 lets a SASL response be longer than a command
@@ -201,7 +208,7 @@ class POP3Protocol(POP3LoginHandlers, POP3STLSHandler, POP3RetrievalHandlers, PO
             return
         self._processing = True
         try:
-            while not (self._busy or self._closing):
+            while not (self._busy or self._closing or self._flow.blocked):
                 line = self._reader.next_line()
                 if line is None:
                     break
@@ -211,9 +218,19 @@ class POP3Protocol(POP3LoginHandlers, POP3STLSHandler, POP3RetrievalHandlers, PO
                     self._internal_error(Failure())
         finally:
             self._processing = False
-        if self._input_paused and not (self._busy or self._closing) and self._reader.buffered <= MAX_PENDING_INPUT:
+        if (
+            self._input_paused
+            and not (self._busy or self._closing or self._flow.blocked)
+            and self._reader.buffered <= MAX_PENDING_INPUT
+        ):
             self._input_paused = False
             self.transport.resumeProducing()
+
+    def _output_changed(self) -> None:
+        # The transport's send buffer went over its limit or drained: hold
+        # or go on answering (see mailappliance.flow).
+        if not (self._flow.blocked or self._disconnected):
+            self._process()
 
     def _handle_line(self, line: bytes | object) -> None:
         if line is OVERLONG:
@@ -265,7 +282,7 @@ class POP3Protocol(POP3LoginHandlers, POP3STLSHandler, POP3RetrievalHandlers, PO
         if not self._disconnected:
             self.send_line(b"-ERR [SYS/TEMP] Internal server error")
             self._closing = True
-            self.transport.loseConnection()
+            self._flow.close()
 
     def send_line(self, line: bytes) -> None:
         """
@@ -300,7 +317,7 @@ class POP3Protocol(POP3LoginHandlers, POP3STLSHandler, POP3RetrievalHandlers, PO
         self.send_line(line)
         self._closing = True
         if not self._disconnected:
-            self.transport.loseConnection()
+            self._flow.close()
 
 
 class POP3Factory(Factory):

@@ -39,6 +39,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from mailappliance.flow import OutputFlow
 from mailappliance.immediate import write_now
 from mailappliance.smtp import replies
 from mailappliance.smtp.auth import SMTPAuthHandlers
@@ -115,6 +116,7 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLS
         self._connected = False
         self._admitted = False
         self._timer: Any = None
+        self._flow: OutputFlow | None = None
         self._helo: str | None = None
         self._esmtp = False
         self._transaction: Transaction | None = None
@@ -138,6 +140,8 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLS
 
     def connectionMade(self) -> None:
         self._connected = True
+        self._flow = OutputFlow(self.transport, self._clock, self._output_changed)
+        self._flow.start()
         no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if no_delay is not None:
             # Replies are small and the client waits for each one (or for
@@ -208,6 +212,8 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLS
         self.factory.sessions.discard(self)
         self._connected = False
         self._closing = True
+        if self._flow is not None:
+            self._flow.connection_lost()
         self._disarm_timer()
         self._lines.clear()
         if self._receiver is not None:
@@ -253,7 +259,7 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLS
         Act on held input, in order, until it runs out or a decision is
         pending.
         """
-        while not self._closing and self._waiting is None:
+        while not self._closing and self._waiting is None and not self._flow.blocked:
             if self._receiver is not None:
                 chunk = self._lines.take_all()
                 if not chunk:
@@ -274,13 +280,16 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLS
     def _flow_control(self) -> None:
         """
         Pause the transport while a decision is pending and either the disk
-        asked for it or too much input is held; resume otherwise.
+        asked for it or too much input is held, or while the client does
+        not read its replies and too much input is held; resume otherwise.
         """
         pause = (
             self._connected
             and not self._closing
-            and self._waiting is not None
-            and (self._waiting_for_disk or self._lines.buffered > MAX_PENDING_INPUT)
+            and (
+                (self._waiting is not None and self._waiting_for_disk)
+                or ((self._waiting is not None or self._flow.blocked) and self._lines.buffered > MAX_PENDING_INPUT)
+            )
         )
         if pause and not self._paused:
             self._paused = True
@@ -289,6 +298,18 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLS
             self._paused = False
             if self._connected:
                 self.transport.resumeProducing()
+
+    def _output_changed(self) -> None:
+        """
+        The transport's send buffer went over its limit or drained (see
+        L{mailappliance.flow}): hold the commands or go on answering them.
+        """
+        if self._closing or self._flow.blocked:
+            return
+        try:
+            self._process()
+        except Exception:
+            self._crashed(Failure())
 
     def _respond(self, result: Reply | Deferred | None) -> None:
         """
@@ -385,7 +406,7 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLS
         if self._paused:
             self._paused = False
             self.transport.resumeProducing()
-        self.transport.loseConnection()
+        self._flow.close()
 
     def _crashed(self, reason: Failure) -> None:
         """

@@ -188,6 +188,111 @@ class FloodTests(SynchronousTestCase):
         user.quit()
 
 
+def _rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _flood_without_reading(port, source, command, seconds=3.0, total=3_000_000):
+    """
+    Connect from C{source} with a small receive buffer, read the greeting,
+    then send C{command} repeatedly (up to C{total} bytes, for at most
+    C{seconds}) without reading a single reply.
+
+    @return: the socket (still open) and the bytes the server took.
+    """
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.bind((source, 0))
+    s.settimeout(20)
+    s.connect(("127.0.0.1", port))
+    read_line(s)
+    s.setblocking(False)
+    block = command * (65536 // len(command))
+    sent = 0
+    deadline = time.monotonic() + seconds
+    while sent < total and time.monotonic() < deadline:
+        try:
+            sent += s.send(block)
+        except BlockingIOError:
+            # The server stopped reading: what it does not read, it does
+            # not answer.
+            time.sleep(0.01)
+    return s, sent
+
+
+def _closed_by_server(s):
+    s.setblocking(True)
+    s.settimeout(0.2)
+    try:
+        while True:
+            if not s.recv(65536):
+                return True
+    except socket.timeout:
+        return False
+    except OSError:
+        return True
+
+
+class NonReadingClientTests(SynchronousTestCase):
+    def test_clients_that_do_not_read(self):
+        """
+        Clients that send commands but never read the replies (cheap
+        commands with large replies: POP3 CAPA, SMTP EHLO) do not make the
+        server buffer the replies (its memory stays about where it was);
+        they, and clients that never do their TLS handshake (implicit TLS,
+        STLS, STARTTLS), are closed at the idle time-out plus at most
+        mailappliance.flow.CLOSE_TIMEOUT, so their places in the connection
+        limits are freed and the service goes on.
+        """
+        server = ServerProcess(
+            self, services=("smtp", "pop3"), users=USERS, tls=True,
+            options={"smtp": 'max_connections_per_ip = 3\nidle_timeout = "2s"', "pop3": 'idle_timeout = "2s"'},
+        ).start()
+        pid = server.process.pid
+        before = _rss_kib(pid)
+        held = []
+        for port, command in ((server.ports["pop3"], b"CAPA\r\n"), (server.ports["smtp"], b"EHLO x\r\n")):
+            s, sent = _flood_without_reading(port, "127.0.0.2", command)
+            held.append(s)
+            self.assertGreater(sent, 100_000)
+        # The server may still be working through what it took: watch its
+        # memory for a while.
+        peak = before
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            peak = max(peak, _rss_kib(pid))
+            time.sleep(0.05)
+        grown = peak - before
+        self.assertLess(grown, 30 * 1024, f"the server grew by {grown} KiB")
+        for name in ("pop3_tls", "smtp_tls"):
+            held.append(connect_from(server.ports[name], "127.0.0.3"))
+        stls = connect_from(server.ports["pop3"], "127.0.0.3")
+        read_line(stls)
+        stls.sendall(b"STLS\r\n")
+        self.assertEqual(read_line(stls)[:3], b"+OK")
+        starttls = connect_from(server.ports["smtp"], "127.0.0.3")
+        read_line(starttls)
+        starttls.sendall(b"STARTTLS\r\n")
+        self.assertEqual(read_line(starttls)[:3], b"220")
+        held += [stls, starttls]
+        start = time.monotonic()
+        wait_until(lambda: all(_closed_by_server(s) for s in held), 30, what="the server to close them all")
+        self.assertLess(time.monotonic() - start, 25)
+        for s in held:
+            s.close()
+        # All their places are free: three more from the same address.
+        fresh = [connect_from(server.ports["smtp"], "127.0.0.3") for _ in range(3)]
+        self.assertEqual([read_line(s)[:4] for s in fresh], [b"220 "] * 3)
+        for s in fresh:
+            s.close()
+        self.assertIsNone(server.process.poll())
+        self.assertNotIn("Traceback", server.log())
+
+
 def _plain(user, password):
     import base64
 
