@@ -565,6 +565,7 @@ def smtp_settings(config: Config, service: str):
         max_connections_per_ip=limits.max_connections_per_ip,
         trusted_networks=config.trusted_networks,
         service=service,
+        postmaster=config.server.postmaster,
     )
 
 

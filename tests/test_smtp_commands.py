@@ -14,11 +14,14 @@ from mailappliance.smtp.commands import (
     CommandRefused,
     MailFrom,
     is_http_request,
+    names_postmaster,
     parse_bdat,
     parse_command,
     parse_mail,
     parse_rcpt,
 )
+
+MX_POSTMASTER = Mailbox("postmaster", "mx.test")
 
 
 class ParseCommandTests(SynchronousTestCase):
@@ -141,23 +144,28 @@ class ParseRcptTests(SynchronousTestCase):
         """
         C{TO:<path>}, case-insensitive keyword, source route dropped.
         """
-        self.assertEqual(parse_rcpt(b"to:<A@B.test>", False, "mx.test"), Mailbox("A", "b.test"))
-        self.assertEqual(parse_rcpt(b"TO:<@x.test:a@b.test>", False, "mx.test"), Mailbox("a", "b.test"))
+        self.assertEqual(parse_rcpt(b"to:<A@B.test>", False, MX_POSTMASTER), Mailbox("A", "b.test"))
+        self.assertEqual(parse_rcpt(b"TO:<@x.test:a@b.test>", False, MX_POSTMASTER), Mailbox("a", "b.test"))
 
     def test_postmaster(self) -> None:
         """
         C{<Postmaster>} without a domain is accepted (RFC 5321 section
-        4.5.1) as postmaster at our host name.
+        4.5.1) as the configured postmaster; L{names_postmaster} tells it.
         """
-        self.assertEqual(parse_rcpt(b"TO:<PostMaster>", False, "MX.test"), Mailbox("postmaster", "mx.test"))
+        postmaster = Mailbox("alice", "example.test")
+        self.assertEqual(parse_rcpt(b"TO:<PostMaster>", False, postmaster), postmaster)
+        self.assertTrue(names_postmaster(b"TO:<PostMaster>"))
+        self.assertTrue(names_postmaster(b"to:<postmaster>"))
+        self.assertFalse(names_postmaster(b"TO:<postmaster@example.test>"))
+        self.assertFalse(names_postmaster(b"TO:postmaster"))
 
     def test_utf8(self) -> None:
         """
         A UTF-8 recipient needs the transaction's SMTPUTF8.
         """
         argument = "TO:<ü@b.test>".encode()
-        self.assertEqual(parse_rcpt(argument, True, "mx.test"), Mailbox("ü", "b.test"))
-        self.assertEqual(refusal(parse_rcpt, argument, False, "mx.test"), (553, "5.6.7"))
+        self.assertEqual(parse_rcpt(argument, True, MX_POSTMASTER), Mailbox("ü", "b.test"))
+        self.assertEqual(refusal(parse_rcpt, argument, False, MX_POSTMASTER), (553, "5.6.7"))
 
     def test_refusals(self) -> None:
         """
@@ -172,7 +180,7 @@ class ParseRcptTests(SynchronousTestCase):
             (b"TO:<" + b"a" * 65 + b"@b.test>", (501, "5.1.3")),
         ]
         for argument, expected in cases:
-            self.assertEqual(refusal(parse_rcpt, argument, False, "mx.test"), expected, argument)
+            self.assertEqual(refusal(parse_rcpt, argument, False, MX_POSTMASTER), expected, argument)
 
 
 class ParseBdatTests(SynchronousTestCase):

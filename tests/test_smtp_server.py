@@ -332,12 +332,73 @@ class RcptTests(DialogueTestCase):
 
     def test_postmaster(self) -> None:
         """
-        C{<Postmaster>} is looked up as postmaster at our host name.
+        Without a configured postmaster, C{<Postmaster>} is looked up as
+        postmaster at our host name.
         """
         session = self.open_transaction()
         session.resolver.local_domains.add(HOST)
         session.send(b"RCPT TO:<Postmaster>\r\n")
         self.assertEqual(session.resolver.asked, [f"postmaster@{HOST}"])
+
+    def test_configured_postmaster(self) -> None:
+        """
+        C{<Postmaster>} reaches the configured postmaster, looked up in its
+        local domain, even when the host name is not a local domain (it
+        used to become a relay to postmaster@hostname).
+        """
+        session = SMTPHarness(settings=SMTPSettings(hostname=HOST, postmaster=Mailbox("alice", "example.test")))
+        session.send(b"EHLO client.test\r\nMAIL FROM:<sender@elsewhere.test>\r\n")
+        self.assertEqual(session.send(b"RCPT TO:<postmaster>\r\n"), lines(RCPT_OK))
+        self.assertEqual(session.resolver.asked, ["alice@example.test"])
+
+    def test_postmaster_of_every_local_domain(self) -> None:
+        """
+        C{postmaster@} a local domain without an account or alias of that
+        name reaches the configured postmaster (RFC 5321 section 4.5.1);
+        one that resolves is left as it is; other unknown addresses are
+        still 550 5.1.1.
+        """
+        session = SMTPHarness(settings=SMTPSettings(hostname=HOST, postmaster=Mailbox("alice", "example.test")))
+        session.send(b"EHLO client.test\r\nMAIL FROM:<sender@elsewhere.test>\r\n")
+        self.assertEqual(session.send(b"RCPT TO:<PostMaster@example.test>\r\n"), lines(RCPT_OK))
+        self.assertEqual(session.resolver.asked, ["postmaster@example.test", "alice@example.test"])
+        self.assertEqual(session.protocol._transaction.envelope_recipients(),
+                         (Recipient(Mailbox("PostMaster", "example.test"), Mailbox("alice", "example.test"),
+                                    local=True),))
+        self.assertEqual(session.send(b"RCPT TO:<nobody@example.test>\r\n"), lines(UNKNOWN_USER))
+        session.resolver.accounts.add("postmaster@example.test")
+        session.resolver.asked.clear()
+        session.send(b"RSET\r\nMAIL FROM:<sender@elsewhere.test>\r\n")
+        self.assertEqual(session.send(b"RCPT TO:<postmaster@example.test>\r\n"), lines(RCPT_OK))
+        self.assertEqual(session.resolver.asked, ["postmaster@example.test"])
+
+    def test_local_postmaster_address_to_remote_postmaster(self) -> None:
+        """
+        When the configured postmaster is elsewhere, C{postmaster@} a local
+        domain without a mailbox is relayed to it, also for an untrusted
+        client.
+        """
+        admin = Mailbox("admin", "elsewhere.test")
+        session = SMTPHarness(settings=SMTPSettings(hostname=HOST, postmaster=admin))
+        session.send(b"EHLO client.test\r\nMAIL FROM:<sender@elsewhere.test>\r\n")
+        self.assertEqual(session.send(b"RCPT TO:<postmaster@example.test>\r\n"), lines(RCPT_OK))
+        self.assertEqual(session.protocol._transaction.envelope_recipients(),
+                         (Recipient(Mailbox("postmaster", "example.test"), admin, local=False),))
+
+    def test_remote_postmaster_from_anyone(self) -> None:
+        """
+        A configured postmaster in another domain is reached through
+        C{<Postmaster>} also by an untrusted client (RFC 5321 section
+        4.5.1: it must be accepted); that address spelled out is relaying
+        as usual.
+        """
+        admin = Mailbox("admin", "elsewhere.test")
+        session = SMTPHarness(settings=SMTPSettings(hostname=HOST, postmaster=admin))
+        session.send(b"EHLO client.test\r\nMAIL FROM:<sender@elsewhere.test>\r\n")
+        self.assertEqual(session.send(b"RCPT TO:<admin@elsewhere.test>\r\n"), lines(RELAY_DENIED))
+        self.assertEqual(session.send(b"RCPT TO:<PostMaster>\r\n"), lines(RCPT_OK))
+        self.assertEqual(session.protocol._transaction.envelope_recipients(),
+                         (Recipient(admin, admin, local=False),))
 
     def test_utf8_recipient(self) -> None:
         """

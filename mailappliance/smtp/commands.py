@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mailappliance.address import AddressError, Mailbox, normalise_domain, parse_path
+from mailappliance.address import AddressError, Mailbox, parse_path
 from mailappliance.smtp.replies import BDAT_SYNTAX, MAIL_SYNTAX, RCPT_SYNTAX, UNRECOGNISED, Reply, printable, reply
 
 # RFC 1870 section 3: SIZE's value is 1*20DIGIT.
@@ -257,13 +257,25 @@ def parse_mail(argument: bytes, esmtp: bool) -> MailFrom:
     return MailFrom(sender, size, body, smtputf8, auth)
 
 
-def parse_rcpt(argument: bytes, smtputf8: bool, postmaster_domain: str) -> Mailbox:
+def names_postmaster(argument: bytes) -> bool:
+    """
+    Whether the argument of RCPT is C{TO:<Postmaster>} (any case, no
+    domain), which RFC 5321 section 4.5.1 requires to be accepted.
+    """
+    try:
+        path, _ = _split_path(argument, b"TO:", RCPT_SYNTAX)
+    except CommandRefused:
+        return False
+    return path.lower() == b"<postmaster>"
+
+
+def parse_rcpt(argument: bytes, smtputf8: bool, postmaster: Mailbox) -> Mailbox:
     """
     Parse the argument of RCPT: C{TO:<forward-path> [params]}.
 
     @param smtputf8: whether the transaction's MAIL had SMTPUTF8.
-    @param postmaster_domain: the domain that C{<Postmaster>} (no domain,
-        which RFC 5321 section 4.5.1 requires to be accepted) stands for.
+    @param postmaster: what C{<Postmaster>} (no domain, see
+        L{names_postmaster}) stands for: the configured postmaster.
     @raise CommandRefused: C{501 5.5.4} for syntax, C{555 5.5.4} for any
         parameter (none is offered for RCPT), C{553 5.6.7} / C{501 5.1.3}
         for the address (the null path included).
@@ -273,10 +285,7 @@ def parse_rcpt(argument: bytes, smtputf8: bool, postmaster_domain: str) -> Mailb
     for keyword in params:
         raise CommandRefused(reply(555, "5.5.4", f"Error: unsupported parameter {keyword}"))
     if path.lower() == b"<postmaster>":
-        try:
-            return Mailbox("postmaster", normalise_domain(postmaster_domain))
-        except AddressError:
-            raise CommandRefused(reply(550, "5.1.1", "Error: no postmaster domain configured")) from None
+        return postmaster
     recipient = _address(path, smtputf8, "5.1.3", "recipient")
     if recipient is None:
         raise CommandRefused(reply(501, "5.1.3", "Bad recipient address syntax: null path"))

@@ -27,7 +27,7 @@ from mailappliance.address import Mailbox
 from mailappliance.interfaces import ResolutionError, Resolved, TemporaryResolutionError, UnknownAddress
 from mailappliance.queue.envelope import Envelope
 from mailappliance.smtp import replies
-from mailappliance.smtp.commands import MailFrom, parse_mail, parse_rcpt
+from mailappliance.smtp.commands import MailFrom, names_postmaster, parse_mail, parse_rcpt
 from mailappliance.smtp.events import angle_path
 from mailappliance.smtp.headers import HeaderCompleter
 from mailappliance.smtp.policy import SessionPolicy, SMTPSettings
@@ -210,12 +210,14 @@ class SMTPCommandHandlers:
             return replies.RCPT_AFTER_BDAT
         transaction.rcpt_tried = True
         self._context["from"] = angle_path(transaction.sender)
-        recipient = parse_rcpt(argument, transaction.mail.smtputf8, self.policy.hostname)
+        recipient = parse_rcpt(argument, transaction.mail.smtputf8, self.policy.postmaster)
         self._context["to"] = angle_path(recipient)
         if len(transaction.recipients) >= self.policy.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
         if not self.factory.resolver.is_local_domain(recipient.domain):
-            if not self.policy.may_relay:
+            # <Postmaster> is accepted from anyone (RFC 5321 section 4.5.1),
+            # also when the configured postmaster is elsewhere.
+            if not self.policy.may_relay and not names_postmaster(argument):
                 return replies.RELAY_DENIED
             transaction.add(Resolved(recipient, remote=(recipient,)))
             return replies.RECIPIENT_OK
@@ -239,7 +241,23 @@ class SMTPCommandHandlers:
             )
             return replies.LOOKUP_FAILED
 
-        return maybeDeferred(self.factory.resolver.resolve, recipient).addCallbacks(resolved, failed)
+        d = maybeDeferred(self.factory.resolver.resolve, recipient)
+        postmaster = self.policy.postmaster
+        if recipient.local.lower() == "postmaster" and recipient.key != postmaster.key:
+            d.addErrback(self._postmaster_fallback, recipient, postmaster)
+        return d.addCallbacks(resolved, failed)
+
+    def _postmaster_fallback(self, reason: Failure, recipient: Mailbox, postmaster: Mailbox) -> Any:
+        """
+        C{postmaster@} a local domain that has no account or alias of that
+        name reaches the configured postmaster: RFC 5321 section 4.5.1
+        requires it for every domain we accept mail for.
+        """
+        reason.trap(UnknownAddress)
+        if not self.factory.resolver.is_local_domain(postmaster.domain):
+            return Resolved(recipient, remote=(postmaster,))
+        d = maybeDeferred(self.factory.resolver.resolve, postmaster)
+        return d.addCallback(lambda found: Resolved(recipient, found.local, found.remote, found.unknown))
 
     def _data(self, argument: bytes) -> Reply | None:
         """

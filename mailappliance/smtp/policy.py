@@ -58,6 +58,8 @@ class SMTPSettings:
     @ivar max_connections_per_ip: concurrent sessions from one address.
     @ivar trusted_networks: clients in these may relay without AUTH.
     @ivar service: C{"smtp"} (inbound MTA) or C{"submission"} (RFC 6409).
+    @ivar postmaster: the configured postmaster, whom C{RCPT
+        TO:<Postmaster>} reaches; L{None} for C{postmaster@hostname}.
     """
 
     hostname: str
@@ -68,6 +70,7 @@ class SMTPSettings:
     max_connections_per_ip: int = 20
     trusted_networks: tuple[Network, ...] = field(default=DEFAULT_TRUSTED_NETWORKS)
     service: str = SMTP_SERVICE
+    postmaster: Mailbox | None = None
 
     def __post_init__(self) -> None:
         if self.service not in SERVICES:
@@ -273,6 +276,15 @@ class SessionPolicy:
     @property
     def hostname(self) -> str:
         return self.settings.hostname
+
+    @property
+    def postmaster(self) -> Mailbox:
+        """
+        Whom C{RCPT TO:<Postmaster>} reaches.
+        """
+        if self.settings.postmaster is not None:
+            return self.settings.postmaster
+        return Mailbox("postmaster", self.settings.hostname.lower())
 
     def extensions(self) -> list[str]:
         """

@@ -172,6 +172,7 @@ class ServerProcess:
             f'hostname = "{self.hostname}"',
             'data_dir = "var"',
             f"local_domains = [{domains}]",
+            self.options.get("server", ""),
             "",
         ]
         if tls:

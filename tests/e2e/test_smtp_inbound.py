@@ -262,6 +262,25 @@ class InboundTests(SynchronousTestCase):
         self.assertEqual(client.rcpt("alice@example.test")[0], 250)
         client.quit()
 
+    def test_postmaster(self):
+        """
+        RFC 5321 section 4.5.1: C{<Postmaster>}, and postmaster@ a local
+        domain without a mailbox of that name, reach the configured
+        postmaster, also from an untrusted client, when the host name is
+        not a local domain.
+        """
+        server = self.start(options={"smtp": 'trusted_networks = ["192.0.2.0/24"]',
+                                     "server": 'postmaster = "carol@example.test"'})
+        client = self.client(server)
+        client.ehlo("x")
+        client.mail("zed@remote.test")
+        self.assertEqual(client.rcpt("<Postmaster>")[0], 250)
+        self.assertEqual(client.rcpt("postmaster@example.test")[0], 250)
+        self.assertEqual(client.data(b"Subject: to the postmaster\r\n\r\nx\r\n")[0], 250)
+        client.quit()
+        [delivered] = server.wait_for_messages("carol@example.test", 1)
+        self.assertIn(b"Subject: to the postmaster", delivered)
+
     def test_alias_to_remote_is_queued(self):
         """
         A local alias with a remote member is accepted; the remote copy stays
