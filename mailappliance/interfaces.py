@@ -384,7 +384,7 @@ class IRemoteDelivery(Interface):
     L{mailappliance.queue.manager.QueueManager}.
     """
 
-    def deliver(envelope, recipients, body_path):
+    def deliver(envelope, recipients, body_path, report):
         """
         Attempt some of a message's remote recipients.
 
@@ -397,12 +397,23 @@ class IRemoteDelivery(Interface):
         @param body_path: the spooled body (L{str}): the first
             C{envelope.size} bytes of that file (a queue file of layout
             version 2 goes on with its envelope, never to be sent).
+        @param report: a callable (passed by keyword) taking a L{list} of
+            C{(position, recipient)} pairs: the new state of some of
+            C{recipients} (C{position} is the index in C{recipients}).
+            The relay calls it as soon as the outcome of a part of them
+            is known while others are still being attempted (one
+            destination's transaction when another is slow), so that the
+            manager can make it durable at once; the manager does not
+            attempt those again in this call, whatever follows. The
+            outcomes known last may come with the result alone. Calls
+            after the result has fired are ignored.
         @return: a L{Deferred} firing with a sequence of L{mailappliance.queue.envelope.Recipient}s: the
             same recipients in the same order, with their new C{state},
-            C{attempts}, C{last_error} and C{next_attempt}. The relay owns
+            C{attempts}, C{last_error} and C{next_attempt} (those already
+            reported as they were reported). The relay owns
             the retry schedule (backoff, lifetime) of remote recipients:
             the manager calls again at the earliest C{next_attempt} of
             those still pending. If it fails, the failure is logged and
-            the recipients are tried again after the manager's
-            C{retry_delay}.
+            the recipients not reported are tried again after the
+            manager's C{retry_delay}.
         """

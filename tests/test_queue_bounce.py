@@ -13,9 +13,18 @@ from mailappliance.interfaces import DeliveryError, TemporaryResolutionError
 from mailappliance.queue.bounce import Notifier
 from mailappliance.queue.envelope import FAILED, PENDING
 from mailappliance.queue.inject import NoDeliverableRecipient, inject
+from mailappliance.queue.manager import STOP_GRACE
+from mailappliance.queue.spool import Spool
 from mailappliance.resolve.chain import ResolverChain
 from mailappliance.resolve.users import UsersResolver
-from tests.test_queue_manager import BODY, ManagerTestCase, ScriptedDelivery, mb, rcpt
+from tests.test_queue_manager import (
+    BODY,
+    ManagerTestCase,
+    ScriptedDelivery,
+    SlowDomainRelay,
+    mb,
+    rcpt,
+)
 from tests.test_resolve_users import FakeStore
 
 LOCAL = ("example.test",)
@@ -135,7 +144,7 @@ class BounceTests(NotifierTestCase):
         """
 
         class Deferring:
-            def deliver(self_, envelope, recipients, body_path):
+            def deliver(self_, envelope, recipients, body_path, report=None):
                 return [r.with_state(attempts=r.attempts + 1, last_error="421 busy", status="4.4.2",
                                      next_attempt=self.clock.seconds() + 1800) for r in recipients]
 
@@ -148,6 +157,61 @@ class BounceTests(NotifierTestCase):
         self.assertIn("Action: delayed", warning.get_payload()[1].as_string())
         self.assertTrue(self.stored(qid).delay_warned)
         self.assertEqual(self.stored(qid).recipients[0].state, PENDING)
+
+
+class EarlyOutcomeBounceTests(NotifierTestCase):
+    """
+    Bounces when a message's destinations finish at different times: the
+    failure is written as soon as it is known, and reported once.
+    """
+
+    def submit_two_domains(self, relay):
+        self.start(remote_delivery=relay, notifier=self.notifier)
+        qid = self.submit([rcpt("x@bad.test", local=False), rcpt("y@slow.test", local=False)])
+        self.assertEqual(relay.answer(), "bad.test")
+        stored = self.stored(qid)
+        self.assertEqual([(r.state, r.notified) for r in stored.recipients], [(FAILED, False), (PENDING, False)])
+        self.assertEqual(self.dsn_for("bob@example.test"), [])
+        return qid
+
+    def assert_one_dsn(self):
+        [dsn] = self.dsn_for("bob@example.test")
+        report = dsn.get_payload()[1].as_string()
+        self.assertIn("Final-Recipient: rfc822; x@bad.test", report)
+        self.assertNotIn("y@slow.test", report)
+
+    def test_bounce_once_at_end_of_round(self):
+        """
+        One DSN, once the round is over, naming the failed recipient only;
+        never a second.
+        """
+        relay = SlowDomainRelay(fail=("bad.test",))
+        self.submit_two_domains(relay)
+        relay.answer()
+        self.assert_one_dsn()
+        self.assertEqual(self.queued(), [])
+        self.clock.advance(86400)
+        self.assertEqual(len(self.dsn_for("bob@example.test")), 1)
+
+    def test_bounce_once_after_restart(self):
+        """
+        A restart before the slow domain is done: the next run sends the
+        one DSN for the failure it finds on disk, and does not try the
+        failed recipient again.
+        """
+        self.submit_two_domains(SlowDomainRelay(fail=("bad.test",)))
+        stopping = self.manager.stopService()
+        self.clock.advance(STOP_GRACE)
+        self.successResultOf(stopping)
+
+        self.spool = Spool(self.queue_dir, self.disk, self.syncer, self.clock, log=self.log)
+        self.notifier.spool = self.spool
+        again = SlowDomainRelay()
+        self.start(remote_delivery=again, notifier=self.notifier)
+        self.assertEqual(again.calls, [["y@slow.test"]])
+        again.answer()
+        self.assert_one_dsn()
+        self.assertEqual(self.queued(), [])
 
 
 class AdminTests(NotifierTestCase):

@@ -18,7 +18,7 @@ from mailappliance.disk import DirectorySyncer, SynchronousDiskPool
 from mailappliance.interfaces import DeliveryError, ILocalDelivery
 from mailappliance.maildir import MaildirDelivery, maildir_path
 from mailappliance.queue.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipient
-from mailappliance.queue.manager import IRemoteDelivery, QueueManager
+from mailappliance.queue.manager import STOP_GRACE, IRemoteDelivery, QueueManager
 from mailappliance.queue.rounds import delivery_prefix
 from mailappliance.queue.spool import Spool, read_current_envelope
 
@@ -81,6 +81,59 @@ class ManualDelivery:
 
     def deliver_data(self, mailbox, prefix, data):
         return self.deliver(mailbox, prefix, None)
+
+
+@implementer(IRemoteDelivery)
+class SlowDomainRelay:
+    """
+    A relay that delivers the recipients of every domain but C{slow} when
+    the test says (C{answer}, in the order the domains first appear),
+    reporting each domain's outcome as it comes, and those of C{slow}
+    last, with its result (as L{mailappliance.queue.relay.Relay} does).
+
+    @ivar calls: the recipients' addresses of each call.
+    @ivar answers: for each call, the domains still to answer, with their
+        outcomes.
+    """
+
+    def __init__(self, slow="slow.test", fail=()):
+        self.slow = slow
+        self.fail = fail
+        self.calls = []
+        self.answers = []
+
+    def deliver(self, envelope, recipients, body_path, report=None):
+        self.calls.append([r.target.key for r in recipients])
+        results = []
+        for r in recipients:
+            if r.target.domain in self.fail:
+                results.append(r.with_state(state=FAILED, attempts=r.attempts + 1, status="5.1.1",
+                                            last_error="550 5.1.1 no such user", remote_mta="mx." + r.target.domain))
+            else:
+                results.append(r.with_state(state=DELIVERED, attempts=r.attempts + 1, status="2.0.0"))
+        domains = {}
+        for position, r in enumerate(recipients):
+            domains.setdefault(r.target.domain, []).append((position, results[position]))
+        done = Deferred()
+        slow = domains.pop(self.slow, None)
+        pending = list(domains.items())
+        if slow is not None:
+            pending.append((self.slow, slow))
+        self.answers.append([pending, report, done, results])
+        return done
+
+    def answer(self, call=-1):
+        """
+        The next domain of a call answers.
+        """
+        pending, report, done, results = self.answers[call]
+        domain, outcomes = pending.pop(0)
+        if pending:
+            if report is not None:
+                report(outcomes)
+        else:
+            done.callback(results)
+        return domain
 
 
 class ManagerTestCase(SynchronousTestCase):
@@ -486,7 +539,7 @@ class RemoteRecipientTests(ManagerTestCase):
 
         @implementer(IRemoteDelivery)
         class Relay:
-            def deliver(self, envelope, recipients, body_path):
+            def deliver(self, envelope, recipients, body_path, report=None):
                 calls.append((envelope.queue_id, [r.target.key for r in recipients], body_path))
                 if len(calls) == 1:
                     return succeed(
@@ -520,7 +573,7 @@ class RemoteRecipientTests(ManagerTestCase):
 
         @implementer(IRemoteDelivery)
         class Relay:
-            def deliver(self, envelope, recipients, body_path):
+            def deliver(self, envelope, recipients, body_path, report=None):
                 return succeed([r.with_state(state=DELIVERED, attempts=1) for r in recipients])
 
             def close_idle(self):
@@ -541,7 +594,7 @@ class RemoteRecipientTests(ManagerTestCase):
 
         @implementer(IRemoteDelivery)
         class Broken:
-            def deliver(self, envelope, recipients, body_path):
+            def deliver(self, envelope, recipients, body_path, report=None):
                 attempts.append(self)
                 return fail(RuntimeError("boom"))
 
@@ -717,10 +770,11 @@ class SchedulingTests(ManagerTestCase):
         self.assertEqual(len(delivery.pending), 1)
         self.assertEqual(self.queued(), [])
 
-    def test_outcomes_written_once_per_round(self):
+    def test_outcome_written_when_known(self):
         """
-        The outcomes of all local deliveries of a round are written with
-        one envelope update, after the last one is done.
+        The outcome of a local delivery is written (one envelope update)
+        as soon as it is known while another delivery of the round is
+        still in flight; the last one is written by the end of the round.
         """
         delivery = ManualDelivery()
         self.start(delivery)
@@ -730,11 +784,28 @@ class SchedulingTests(ManagerTestCase):
         qid = self.submit([rcpt("a@example.test"), rcpt("b@example.test"), rcpt("c@far.test", local=False)])
         self.assertEqual(len(delivery.pending), 2)
         delivery.pending[0][1].callback("/a")
-        self.assertEqual(updates, [])
-        delivery.pending[1][1].errback(DeliveryError("later"))
         self.assertEqual(len(updates), 1)
         self.assertEqual([r.state for r in updates[0].recipients], [DELIVERED, PENDING, PENDING])
         self.assertEqual(self.stored(qid), updates[0])
+        delivery.pending[1][1].errback(DeliveryError("later"))
+        self.assertEqual(len(updates), 2)
+        self.assertEqual([(r.state, r.attempts) for r in updates[1].recipients],
+                         [(DELIVERED, 1), (PENDING, 1), (PENDING, 0)])
+        self.assertEqual(self.stored(qid), updates[1])
+
+    def test_outcomes_known_together_written_once(self):
+        """
+        Outcomes known at once (here, deliveries that finish at once) make
+        one envelope update for the round, not one each.
+        """
+        self.start()
+        updates = []
+        real_update = self.spool.update
+        self.spool.update = lambda envelope: (updates.append(envelope), real_update(envelope))[1]
+        qid = self.submit([rcpt("a@example.test"), rcpt("b@example.test"), rcpt("c@example.test"),
+                           rcpt("d@far.test", local=False)])
+        self.assertEqual(len(updates), 1)
+        self.assertEqual([r.state for r in self.stored(qid).recipients], [DELIVERED, DELIVERED, DELIVERED, PENDING])
 
     def test_concurrency_limit(self):
         """
@@ -789,3 +860,210 @@ class SchedulingTests(ManagerTestCase):
         self.assertEqual(self.lines(qid)[-1], f'qid={qid} status=removed reason="no longer in the queue"')
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.queued(), [])
+
+
+class OutcomeWriteTests(ManagerTestCase):
+    """
+    The outcome of each delivery of a round (a local target, a remote
+    destination's transaction) is written as soon as it is known, one
+    envelope update per batch, not once the slowest destination is done.
+    """
+
+    def hold_updates(self):
+        """
+        Make envelope updates wait until L{release}, as on a busy disk.
+        C{self.updates} lists the envelopes of the updates started.
+        """
+        self.updates = []
+        self.held = []
+        real_update = self.spool.update
+
+        def update(envelope):
+            self.updates.append(envelope)
+            d = Deferred()
+            self.held.append((envelope, real_update, d))
+            return d
+
+        self.spool.update = update
+
+    def release(self):
+        """
+        The oldest held update goes to disk.
+        """
+        self.assertEqual(len(self.held), 1, "one update at a time per message")
+        envelope, real_update, d = self.held.pop(0)
+        real_update(envelope).chainDeferred(d)
+
+    def test_first_domain_written_before_slow_one(self):
+        """
+        A message to two domains, one answering at once and one slow: the
+        first one's outcome is on disk before the second arrives; the
+        message leaves the queue once both are done.
+        """
+        relay = SlowDomainRelay()
+        self.start(remote_delivery=relay)
+        qid = self.submit([rcpt("a@fast.test", local=False), rcpt("b@slow.test", local=False)])
+        self.assertEqual(relay.calls, [["a@fast.test", "b@slow.test"]])
+        self.assertEqual(relay.answer(), "fast.test")
+        self.assertEqual([(r.state, r.attempts, r.status) for r in self.stored(qid).recipients],
+                         [(DELIVERED, 1, "2.0.0"), (PENDING, 0, "")])
+        self.assertEqual(relay.answer(), "slow.test")
+        self.assertEqual(self.queued(), [])
+        self.assertEqual(self.lines(qid)[-1], f"qid={qid} status=removed")
+        self.assertEqual(relay.calls, [["a@fast.test", "b@slow.test"]])
+
+    def test_restart_does_not_deliver_again(self):
+        """
+        A restart while a slow domain holds the round (the service stops
+        after its grace time): the next run, a new manager recovering from
+        the same spool, relays only the slow domain's recipient; the one
+        already accepted by the other domain is not sent again.
+        """
+        relay = SlowDomainRelay()
+        self.start(remote_delivery=relay)
+        qid = self.submit([rcpt("a@fast.test", local=False), rcpt("b@slow.test", local=False)])
+        relay.answer()
+        stopping = self.manager.stopService()
+        self.clock.advance(STOP_GRACE)
+        self.successResultOf(stopping)
+
+        self.spool = Spool(self.queue_dir, self.disk, self.syncer, self.clock, log=self.log)
+        again = SlowDomainRelay()
+        self.assertEqual(self.start(remote_delivery=again), 1)
+        self.assertEqual(again.calls, [["b@slow.test"]])
+        again.answer()
+        self.assertEqual(self.queued(), [])
+        self.assertEqual(self.lines(qid)[-1], f"qid={qid} status=removed")
+
+    def test_local_outcome_written_while_relay_slow(self):
+        """
+        A local delivery's outcome is written while the message's remote
+        destination is still in flight.
+        """
+        delivery = ManualDelivery()
+        relay = SlowDomainRelay()
+        self.start(delivery, remote_delivery=relay)
+        qid = self.submit([rcpt("alice@example.test"), rcpt("b@slow.test", local=False)])
+        delivery.pending[0][1].callback("/a")
+        self.assertEqual([r.state for r in self.stored(qid).recipients], [DELIVERED, PENDING])
+        relay.answer()
+        self.assertEqual(self.queued(), [])
+
+    def test_outcomes_coalesced_while_writing(self):
+        """
+        Outcomes that arrive while an update is in flight are written
+        together by the next one (one update at a time); the end of the
+        round waits for the update in flight, then removes the message
+        (no further update).
+        """
+        relay = SlowDomainRelay()
+        self.start(remote_delivery=relay)
+        self.hold_updates()
+        qid = self.submit([rcpt("a@one.test", local=False), rcpt("b@two.test", local=False),
+                           rcpt("c@three.test", local=False), rcpt("d@slow.test", local=False)])
+        self.assertEqual(relay.answer(), "one.test")
+        self.assertEqual([[r.state for r in e.recipients] for e in self.updates],
+                         [[DELIVERED, PENDING, PENDING, PENDING]])
+        self.assertEqual(relay.answer(), "two.test")
+        self.assertEqual(relay.answer(), "three.test")
+        self.assertEqual(len(self.updates), 1)
+        self.release()
+        self.assertEqual([r.state for r in self.stored(qid).recipients], [DELIVERED, PENDING, PENDING, PENDING])
+        self.assertEqual([[r.state for r in e.recipients] for e in self.updates[1:]],
+                         [[DELIVERED, DELIVERED, DELIVERED, PENDING]])
+        self.assertEqual(relay.answer(), "slow.test")
+        self.assertEqual(self.queued(), [qid, qid + ".env"], "not removed while an update is in flight")
+        self.release()
+        self.assertEqual(len(self.updates), 2)
+        self.assertEqual(self.held, [])
+        self.assertEqual(self.queued(), [])
+        self.assertEqual(self.lines(qid)[-1], f"qid={qid} status=removed")
+
+    def test_one_write_when_all_arrive_during_a_write(self):
+        """
+        When every other outcome arrives while the first update is in
+        flight, the end of the round writes them (here: removes the
+        message) without an update of its own in between.
+        """
+        relay = SlowDomainRelay()
+        self.start(remote_delivery=relay)
+        self.hold_updates()
+        qid = self.submit([rcpt("a@one.test", local=False), rcpt("b@two.test", local=False),
+                           rcpt("c@slow.test", local=False)])
+        relay.answer()
+        relay.answer()
+        relay.answer()
+        self.assertEqual(len(self.updates), 1)
+        self.release()
+        self.assertEqual(len(self.updates), 1)
+        self.assertEqual(self.queued(), [])
+        self.assertEqual(self.lines(qid)[-1], f"qid={qid} status=removed")
+
+    def test_one_destination_one_write(self):
+        """
+        A round with one delivery (one remote domain) writes once, at its
+        end, as before: here an update, since a recipient is deferred.
+        """
+        @implementer(IRemoteDelivery)
+        class Deferring:
+            def deliver(self, envelope, recipients, body_path, report=None):
+                return succeed([r.with_state(attempts=1, last_error="451 busy", next_attempt=T0 + 300)
+                                for r in recipients])
+
+        self.start(remote_delivery=Deferring())
+        updates = []
+        real_update = self.spool.update
+        self.spool.update = lambda envelope: (updates.append(envelope), real_update(envelope))[1]
+        self.submit([rcpt("a@far.test", local=False), rcpt("b@far.test", local=False)])
+        self.assertEqual(len(updates), 1)
+
+    def test_reported_outcomes_kept_when_relay_fails(self):
+        """
+        If the relay fails after reporting some outcomes, those stand:
+        only the others are retried after C{retry_delay}.
+        """
+        calls = []
+
+        @implementer(IRemoteDelivery)
+        class Breaking:
+            def deliver(self, envelope, recipients, body_path, report=None):
+                calls.append([r.target.key for r in recipients])
+                if len(calls) == 1:
+                    report([(0, recipients[0].with_state(state=DELIVERED, attempts=1))])
+                    return fail(RuntimeError("boom"))
+                return succeed([r.with_state(state=DELIVERED, attempts=r.attempts + 1) for r in recipients])
+
+        self.start(remote_delivery=Breaking(), retry_delay=30)
+        qid = self.submit([rcpt("a@fast.test", local=False), rcpt("b@slow.test", local=False)])
+        self.assertEqual([(r.state, r.next_attempt) for r in self.stored(qid).recipients],
+                         [(DELIVERED, 0.0), (PENDING, T0 + 30)])
+        self.clock.advance(30)
+        self.assertEqual(calls, [["a@fast.test", "b@slow.test"], ["b@slow.test"]])
+        self.assertEqual(self.queued(), [])
+
+    def test_early_write_failure(self):
+        """
+        If the update of an early outcome fails, it is logged, the outcome
+        stays in memory (no second delivery) and the end of the round
+        writes it with the others.
+        """
+        relay = SlowDomainRelay()
+        self.start(remote_delivery=relay)
+        real_update = self.spool.update
+        failures = [OSError(28, "No space left on device")]
+
+        def update(envelope):
+            if failures:
+                return fail(failures.pop())
+            return real_update(envelope)
+
+        self.spool.update = update
+        qid = self.submit([rcpt("a@fast.test", local=False), rcpt("b@slow.test", local=False),
+                           rcpt("c@later.test", local=False, next_attempt=T0 + 600)])
+        relay.answer()
+        self.assertIn(f'qid={qid} status=error reason="envelope update failed: [Errno 28] No space left on device"',
+                      self.events)
+        self.assertEqual([r.state for r in self.stored(qid).recipients], [PENDING, PENDING, PENDING])
+        relay.answer()
+        self.assertEqual([r.state for r in self.stored(qid).recipients], [DELIVERED, DELIVERED, PENDING])
+        self.assertEqual(relay.calls, [["a@fast.test", "b@slow.test"]])

@@ -1,7 +1,8 @@
 """
 Tests for L{mailappliance.queue.relay}: grouping, routing failures, the
-retry schedule, expiry and loop detection, with a fake router and a fake
-SMTP client.
+retry schedule, expiry, loop detection and the early report of each
+destination's outcome, with a fake router and a fake SMTP client; and the
+relay in the queue manager's rounds over a real spool.
 """
 
 import random
@@ -16,11 +17,25 @@ from zope.interface.verify import verifyObject
 from mailappliance.address import parse_mailbox
 from mailappliance.disk import SynchronousDiskPool
 from mailappliance.queue.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipient
-from mailappliance.queue.manager import IRemoteDelivery
-from mailappliance.queue.relay import MAX_HOPS, PER_DESTINATION_LIMIT, Relay, RetryPolicy
+from mailappliance.queue.manager import STOP_GRACE, IRemoteDelivery
+from mailappliance.queue.relay import (
+    MAX_HOPS,
+    PER_DESTINATION_LIMIT,
+    Relay,
+    RetryPolicy,
+)
 from mailappliance.queue.routing import RouteHost, RoutingError
+from mailappliance.queue.spool import Spool
 from mailappliance.smtp.client import ClientOptions
-from mailappliance.smtp.client_outcome import DELIVERED as OK, PERMANENT, TEMPORARY, DeliveryOutcome, RecipientResult
+from mailappliance.smtp.client_outcome import DELIVERED as OK
+from mailappliance.smtp.client_outcome import (
+    PERMANENT,
+    TEMPORARY,
+    DeliveryOutcome,
+    RecipientResult,
+)
+from tests.test_queue_manager import ManagerTestCase
+from tests.test_queue_manager import rcpt as queued_rcpt
 
 T0 = 1700000000.0
 
@@ -62,7 +77,11 @@ def rcpt(address, **kw):
     return Recipient(m, m, False, **kw)
 
 
-class RelayTests(SynchronousTestCase):
+class RelayTestCase(SynchronousTestCase):
+    """
+    A relay on a fake router and SMTP client, and a spooled body.
+    """
+
     def setUp(self):
         self.clock = Clock()
         self.clock.advance(T0)
@@ -85,6 +104,8 @@ class RelayTests(SynchronousTestCase):
     def deliver_all(self, relay, envelope):
         return self.successResultOf(relay.deliver(envelope, envelope.recipients, self.body.path))
 
+
+class RelayTests(RelayTestCase):
     def test_interface(self):
         self.assertTrue(verifyObject(IRemoteDelivery, self.relay()))
 
@@ -234,6 +255,70 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual([r.state for r in self.successResultOf(d)], [DELIVERED] * 3)
 
 
+class ReportTests(RelayTestCase):
+    """
+    The outcome of each destination's transaction is given to C{report}
+    as soon as it ends while another is still in flight.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.pending = {}
+
+    def slow(self, reactor, hosts, message, options, disk=None, cache=None):
+        d = defer.Deferred()
+        self.pending[hosts[0].name] = (d, message)
+        return d
+
+    def answer(self, host, status=OK):
+        d, message = self.pending.pop(host)
+        d.callback(DeliveryOutcome(tuple(RecipientResult(r, status, "250 ok", "2.0.0", host, True)
+                                         for r in message.recipients), host=host, address="1", port=25))
+
+    def test_each_destination_reported(self):
+        """
+        The first destination to finish is reported (positions in the
+        recipients given); the last comes with the result only.
+        """
+        reports = []
+        e = self.envelope(rcpt("a@one.test"), rcpt("b@two.test"), rcpt("c@one.test"))
+        d = self.relay(self.slow).deliver(e, e.recipients, self.body.path, report=reports.append)
+        self.assertEqual(sorted(self.pending), ["mx.one.test", "mx.two.test"])
+        self.answer("mx.one.test")
+        self.assertNoResult(d)
+        self.assertEqual([[(p, r.target.key, r.state) for p, r in outcomes] for outcomes in reports],
+                         [[(0, "a@one.test", DELIVERED), (2, "c@one.test", DELIVERED)]])
+        self.answer("mx.two.test")
+        self.assertEqual(len(reports), 1)
+        results = self.successResultOf(d)
+        self.assertEqual([r.state for r in results], [DELIVERED] * 3)
+        self.assertEqual(results[0], reports[0][0][1])
+
+    def test_one_destination_not_reported(self):
+        """
+        With one destination there is nothing to report early.
+        """
+        reports = []
+        e = self.envelope(rcpt("a@one.test"), rcpt("b@one.test"))
+        self.successResultOf(self.relay().deliver(e, e.recipients, self.body.path, report=reports.append))
+        self.assertEqual(reports, [])
+
+    def test_failing_destination(self):
+        """
+        When one destination's attempt fails unexpectedly, the call fails
+        only once the others are done, and what they did is reported.
+        """
+        reports = []
+        e = self.envelope(rcpt("a@one.test"), rcpt("b@two.test"))
+        d = self.relay(self.slow).deliver(e, e.recipients, self.body.path, report=reports.append)
+        self.pending.pop("mx.two.test")[0].errback(RuntimeError("boom"))
+        self.assertNoResult(d)
+        self.answer("mx.one.test")
+        self.failureResultOf(d, RuntimeError)
+        self.assertEqual([[(p, r.target.key, r.state) for p, r in outcomes] for outcomes in reports],
+                         [[(0, "a@one.test", DELIVERED)]])
+
+
 class ParallelRelayTests(SynchronousTestCase):
     """
     How many transactions run at once: C{max_concurrent} over all, and
@@ -315,3 +400,44 @@ class ParallelRelayTests(SynchronousTestCase):
             self.finish_one()
         self.assertEqual([self.successResultOf(d)[0].state for d in results], [DELIVERED] * 10)
         self.assertEqual(relay._destinations, {})
+
+
+class RelayRoundTests(ManagerTestCase):
+    """
+    The relay in the queue manager's rounds, over a real spool.
+    """
+
+    def make_relay(self, client):
+        return Relay(None, FakeRouter(), ClientOptions("mx.example.test"),
+                     RetryPolicy(initial=300, maximum=3600, lifetime=86400), self.disk, clock=self.clock,
+                     deliver=client, rng=random.Random(4), log=self.log)
+
+    def test_restart_while_a_domain_is_slow(self):
+        """
+        One domain accepts at once, the other does not answer: its
+        recipient is on disk as delivered at once, so after a restart
+        (a new manager and relay on the same spool) only the slow
+        domain's recipient is sent.
+        """
+        sent = []
+
+        def client(reactor, hosts, message, options, disk=None, cache=None):
+            sent.append(message.recipients)
+            if hosts[0].name == "mx.slow.test" and len(sent) == 2:
+                return defer.Deferred()
+            return defer.succeed(DeliveryOutcome(
+                tuple(RecipientResult(r, OK, "250 2.0.0 ok", "2.0.0", hosts[0].name, True)
+                      for r in message.recipients), host=hosts[0].name, address="192.0.2.1", port=25))
+
+        self.start(remote_delivery=self.make_relay(client))
+        qid = self.submit([queued_rcpt("a@fast.test", local=False), queued_rcpt("b@slow.test", local=False)])
+        self.assertEqual(sent, [("a@fast.test",), ("b@slow.test",)])
+        self.assertEqual([r.state for r in self.stored(qid).recipients], [DELIVERED, PENDING])
+        stopping = self.manager.stopService()
+        self.clock.advance(STOP_GRACE)
+        self.successResultOf(stopping)
+
+        self.spool = Spool(self.queue_dir, self.disk, self.syncer, self.clock, log=self.log)
+        self.start(remote_delivery=self.make_relay(client))
+        self.assertEqual(sent, [("a@fast.test",), ("b@slow.test",), ("b@slow.test",)])
+        self.assertEqual(self.queued(), [])

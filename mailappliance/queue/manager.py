@@ -72,6 +72,17 @@ class _Message:
     dirty: bool = False
     timer: Any = None
     finished: list[Deferred] = field(default_factory=list)
+    # Deliveries of the round in flight whose outcome is not yet known;
+    # C{holding}: the round is starting them (what is known at once is
+    # written as one batch once they are all started).
+    outstanding: int = 0
+    holding: bool = False
+    # An envelope update of outcomes known during the round is in flight;
+    # C{rewrite}: more outcomes arrived meanwhile, for the next update.
+    writing: bool = False
+    rewrite: bool = False
+    # Waiting for the update in flight to end (the end of the round).
+    written: list[Deferred] = field(default_factory=list)
 
 
 class QueueManager(DirectDelivery, DeliveryRounds, OutcomeLog, Service):

@@ -36,11 +36,20 @@ Each attempt is logged, one line per recipient::
 
   qid=... to=<...> relay=host[ip]:port delay=12.3 tls=TLSv1.3/... status=sent|deferred|bounced reply="..."
 
+The outcome of each transaction is known when it ends, and the relay
+gives it to the queue manager then (the C{report} of
+L{IRemoteDelivery.deliver}) rather than when the message's last
+destination is done, so the manager writes it at once (see
+L{mailappliance.queue.rounds}): a slow destination (a DNS time-out, a
+host that stops answering, for minutes) does not keep the recipients
+another destination accepted unrecorded.
+
 Crash safety: the remote's 250 and our durable record of it are not
 atomic. A crash after the remote accepted the message and before the
-manager wrote the envelope means that recipient is sent again after the
-restart (RFC 5321 section 6.1 prefers a duplicate to a loss). Nothing else
-can duplicate or lose a message.
+manager wrote the envelope (one envelope write after that transaction
+ended) means that recipient is sent again after the restart (RFC 5321
+section 6.1 prefers a duplicate to a loss). Nothing else can duplicate or
+lose a message.
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailappliance.queue.dsn import count_received_headers
@@ -127,9 +137,13 @@ class Relay:
         self.log = log if log is not None else _default_log
 
     @defer.inlineCallbacks
-    def deliver(self, envelope: Envelope, recipients: tuple[Recipient, ...], body_path: str):
+    def deliver(self, envelope: Envelope, recipients: tuple[Recipient, ...], body_path: str, report: Any = None):
         """
-        See L{IRemoteDelivery.deliver}.
+        See L{IRemoteDelivery.deliver}: each destination is one
+        transaction, and the outcome of one that finishes while others are
+        still in flight is given to C{report} at once (the last comes with
+        the result), so that the queue manager can write it before a slow
+        destination is done.
         """
         try:
             hops = yield self.disk.run(count_received_headers, body_path, envelope.size)
@@ -146,13 +160,45 @@ class Relay:
             key = SMARTHOST_GROUP if self.smarthost else r.target.domain
             groups.setdefault(key, []).append(index)
         results: list[Recipient | None] = [None] * len(recipients)
-        attempts = [self._group(envelope, [recipients[i] for i in indexes], body_path, key)
-                    for key, indexes in groups.items()]
-        outcomes = yield defer.gatherResults(attempts, consumeErrors=True)
-        for indexes, updated in zip(groups.values(), outcomes):
-            for i, r in zip(indexes, updated):
+        in_flight = len(groups)
+        # Outcomes known but not given to report (the last destination's).
+        unreported: list[tuple[int, Recipient]] = []
+
+        def finished(result: Any, indexes: list[int]) -> Any:
+            nonlocal in_flight
+            in_flight -= 1
+            if isinstance(result, Failure):
+                return result
+            outcomes = list(zip(indexes, result, strict=True))
+            for i, r in outcomes:
                 results[i] = r
+            if in_flight and report is not None:
+                self._report(envelope, report, outcomes)
+            else:
+                unreported.extend(outcomes)
+            return result
+
+        attempts = [self._group(envelope, [recipients[i] for i in indexes], body_path, key)
+                    .addBoth(finished, indexes)
+                    for key, indexes in groups.items()]
+        # Every destination is waited for, even when one fails, so that no
+        # transaction of this call is still running when it ends.
+        done = yield defer.DeferredList(attempts, consumeErrors=True)
+        failures = [result for ok, result in done if not ok]
+        if failures:
+            # The call fails, and the manager retries what it was not told
+            # about: tell it what the other destinations did, so that no
+            # recipient they delivered is sent again.
+            if unreported and report is not None:
+                self._report(envelope, report, unreported)
+            failures[0].raiseException()
         return results
+
+    def _report(self, envelope: Envelope, report: Any, outcomes: list[tuple[int, Recipient]]) -> None:
+        try:
+            report(outcomes)
+        except Exception:
+            self.log.failure("qid={qid} status=error reason=\"reporting outcomes failed\"", qid=envelope.queue_id)
 
     def close_idle(self) -> None:
         """

@@ -10,20 +10,37 @@ same recipient is never delivered twice at once):
     delivered through L{ILocalDelivery} with a C{Return-Path:} and
     C{Delivered-To:} prefix (SPEC section 5); recipients of one message
     with the same target get one delivery;
-  - the outcomes are recorded in the envelope and written durably
-    (L{Spool.update}) once all deliveries of the round are done: delivered,
-    failed (a permanent L{DeliveryError}; bounces come with a later issue),
-    or retried after C{retry_delay} (a temporary one);
-  - a message whose recipients are all delivered or failed is removed;
   - remote recipients (C{local=False}) are handed to the optional
-    L{IRemoteDelivery} (the relay); without one they stay pending and
-    persisted, with one log line per recipient and message.
+    L{IRemoteDelivery} (the relay), which makes one SMTP transaction per
+    destination; without one they stay pending and persisted, with one
+    log line per recipient and message;
+  - each outcome (delivered; failed, for a permanent error; or retried
+    later, for a temporary one: after C{retry_delay} for a local
+    delivery, as the relay schedules for a remote one) is recorded in the envelope as soon as it is known: that
+    of one local target, or of one remote transaction (the relay
+    reports each destination as it finishes). While other deliveries of
+    the round are still in flight it is written at once (L{Spool.update});
+    the outcomes that arrive while that write is in flight are written
+    together by the next one, so there is one write per batch of
+    outcomes, never one per recipient, and one at a time per message;
+  - once every delivery of the round has its outcome, the notifier sends
+    what is owed (one bounce for the round's failures, a delay warning)
+    and the envelope is written once more with the last outcomes and the
+    notices, or the message is removed if all its recipients are
+    delivered or failed. A round with one delivery (one local mailbox,
+    or one remote domain: most mail) therefore costs one write, as it
+    always did;
+  - then the next round is scheduled at the earliest C{next_attempt}.
 
-The duplicate window: a Maildir delivery is durable before the envelope
-says so. If the process dies between the two (or the envelope update
-fails), that recipient is delivered again after the restart. RFC 5321
-section 6.1 accepts duplicates in preference to losses; the window is one
-round (the time to write one envelope).
+The duplicate window: a delivery (a Maildir file, or the remote's 250
+after the data) is durable before the envelope says so. If the process
+dies between the two (or the envelope update fails), that recipient is
+delivered again after the restart. RFC 5321 section 6.1 accepts
+duplicates in preference to losses; the window is the time to write one
+envelope (two if a write was already in flight when the outcome came),
+whatever other deliveries of the same message are still doing: a slow
+domain (a DNS time-out, a host that stops answering) does not hold back
+the record of the others.
 
 L{DeliveryRounds} is a mixin of
 L{mailappliance.queue.manager.QueueManager}.
@@ -109,6 +126,7 @@ class DeliveryRounds:
             message.timer.cancel()
         message.timer = None
         message.active = True
+        message.holding = True
         envelope = message.envelope
         now = self.clock.seconds()
         body_path = self.spool.body_path(qid)
@@ -125,10 +143,18 @@ class DeliveryRounds:
         for indexes in by_target.values():
             attempts.append(self._deliver_local(envelope, indexes, body_path))
         if remote:
-            attempts.append(self._deliver_remote(envelope, remote, body_path))
+            attempts.append(self._deliver_remote(message, remote, body_path))
 
+        message.outstanding = len(attempts)
+        for attempt in attempts:
+            attempt.addCallback(self._attempt_done, message)
+        # Outcomes known at once (a synchronous fake, a relay's early
+        # report) make one batch.
+        message.holding = False
+        if message.outstanding:
+            self._write_outcomes(message)
         d = DeferredList(attempts)
-        d.addCallback(self._round_done, qid, bool(attempts))
+        d.addCallback(self._round_done, message)
 
     def _deliver_local(self, envelope: Envelope, indexes: list[int], body_path: str) -> Deferred:
         qid = envelope.queue_id
@@ -162,44 +188,139 @@ class DeliveryRounds:
         d.addCallbacks(delivered, failed)
         return d
 
-    def _deliver_remote(self, envelope: Envelope, indexes: list[int], body_path: str) -> Deferred:
+    def _deliver_remote(self, message: Any, indexes: list[int], body_path: str) -> Deferred:
+        envelope = message.envelope
         qid = envelope.queue_id
         recipients = tuple(envelope.recipients[i] for i in indexes)
-        d = maybeDeferred(self.remote_delivery.deliver, envelope, recipients, body_path)
+        # Positions (in recipients) whose outcome the relay reported
+        # before its result: recorded, and written, already.
+        reported: set[int] = set()
+        over = False
+
+        def report(outcomes: Any) -> None:
+            if over:
+                return
+            updates = []
+            for position, recipient in outcomes:
+                if position not in reported:
+                    reported.add(position)
+                    updates.append((indexes[position], recipient))
+            if updates:
+                self._record(message, updates)
+                # The relay call itself is still outstanding.
+                self._write_outcomes(message)
+
+        d = maybeDeferred(self.remote_delivery.deliver, envelope, recipients, body_path, report=report)
 
         def done(results: Any) -> list[tuple[int, Recipient]]:
             results = list(results)
             if len(results) != len(indexes):
                 raise ValueError(f"remote delivery returned {len(results)} results for {len(indexes)} recipients")
-            return list(zip(indexes, results))
+            return [(indexes[p], r) for p, r in enumerate(results) if p not in reported]
 
         def failed(reason: Failure) -> list[tuple[int, Recipient]]:
             self.log.failure("qid={qid} status=error reason=\"remote delivery failed\"", reason, qid=qid)
             retry = self.clock.seconds() + self.retry_delay
+            # What was reported stands: those recipients were attempted
+            # (and may be delivered); trying them again would duplicate.
             return [
-                (i, after_attempt(r, last_error=reason.getErrorMessage(), next_attempt=retry))
-                for i, r in zip(indexes, recipients)
+                (indexes[p], after_attempt(r, last_error=reason.getErrorMessage(), next_attempt=retry))
+                for p, r in enumerate(recipients)
+                if p not in reported
             ]
 
+        def close(result: Any) -> Any:
+            nonlocal over
+            over = True
+            return result
+
+        d.addBoth(close)
         d.addCallback(done)
         d.addErrback(failed)
         return d
 
-    def _round_done(self, results: list[tuple[bool, Any]], qid: str, attempted: bool) -> None:
-        message = self._messages.get(qid)
-        if message is None:
-            # Deleted by the administrator during the round.
+    # -- recording the outcomes ---------------------------------------------
+
+    def _current(self, message: Any) -> bool:
+        """
+        Whether C{message} is still the one the manager holds (not deleted
+        or found removed while its round was in flight).
+        """
+        return self._messages.get(message.envelope.queue_id) is message
+
+    def _attempt_done(self, updates: list[tuple[int, Recipient]], message: Any) -> None:
+        message.outstanding -= 1
+        self._record(message, updates)
+        if message.outstanding:
+            # Others of the round are still in flight (a slow domain may
+            # take minutes): make these outcomes durable now. The last
+            # one is written by the end of the round, with the notices.
+            self._write_outcomes(message)
+
+    def _record(self, message: Any, updates: list[tuple[int, Recipient]]) -> None:
+        """
+        Put outcomes into the message's envelope in memory.
+
+        @param updates: C{(index in the envelope's recipients, new
+            recipient)} pairs.
+        """
+        if not updates or not self._current(message):
             return
         recipients = list(message.envelope.recipients)
         now = self.clock.seconds()
-        for _, updates in results:
-            for index, recipient in updates:
-                if recipients[index].state == PENDING and recipient.state != PENDING:
-                    self.history.append((now, recipient.state))
-                recipients[index] = recipient
+        for index, recipient in updates:
+            if recipients[index].state == PENDING and recipient.state != PENDING:
+                self.history.append((now, recipient.state))
+            recipients[index] = recipient
         self._forget_old_history(now)
         message.envelope = message.envelope.replace(recipients=tuple(recipients))
-        message.dirty = message.dirty or attempted
+        message.dirty = True
+
+    def _write_outcomes(self, message: Any) -> None:
+        """
+        Write the outcomes known so far during a round (one envelope
+        update). One update at a time per message: outcomes that arrive
+        while one is in flight are written together by the next.
+        """
+        if not self._current(message) or not message.dirty or message.holding:
+            return
+        if message.writing:
+            message.rewrite = True
+            return
+        message.writing = True
+        message.rewrite = False
+        message.dirty = False
+        qid = message.envelope.queue_id
+        d = self.spool.update(message.envelope)
+        d.addErrback(self._persist_failed, qid, "update")
+        d.addCallback(self._outcomes_written, message)
+
+    def _outcomes_written(self, _: object, message: Any) -> None:
+        message.writing = False
+        if message.rewrite and message.outstanding:
+            self._write_outcomes(message)
+        # With nothing outstanding, the end of the round writes the rest.
+        message.rewrite = False
+        if not message.writing:
+            waiters, message.written = message.written, []
+            fire_waiters(waiters)
+
+    def _round_done(self, _: object, message: Any) -> None:
+        if not self._current(message):
+            # Deleted by the administrator during the round.
+            return
+        if message.writing:
+            d: Deferred = Deferred()
+            message.written.append(d)
+        else:
+            d = succeed(None)
+        d.addCallback(lambda _: self._end_round(message))
+
+    def _end_round(self, message: Any) -> None:
+        if not self._current(message):
+            # Found removed by the last update of the round.
+            return
+        qid = message.envelope.queue_id
         if self.notifier is not None:
             d = maybeDeferred(self.notifier.after_round, message.envelope)
         else:
