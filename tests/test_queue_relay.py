@@ -255,6 +255,62 @@ class RelayTests(RelayTestCase):
         self.assertEqual([r.state for r in self.successResultOf(d)], [DELIVERED] * 3)
 
 
+class RetryTogetherTests(RelayTestCase):
+    """
+    Recipients of one message and destination that fail temporarily
+    together are retried together: one next attempt for all of them (one
+    draw of the jitter per message, destination and round).
+    """
+
+    addresses = [f"g{n}@remote.test" for n in range(1, 6)]
+
+    def greylisting(self):
+        return FakeClient({a: (TEMPORARY, "450 4.7.1 greylisted", "4.7.1") for a in self.addresses})
+
+    def test_same_next_attempt(self):
+        """
+        Five recipients greylisted in one transaction get the same
+        C{next_attempt}, within the jitter of C{retry_initial}.
+        """
+        results = self.deliver_all(self.relay(self.greylisting()), self.envelope(*map(rcpt, self.addresses)))
+        self.assertEqual([r.state for r in results], [PENDING] * 5)
+        [retry] = {r.next_attempt for r in results}
+        self.assertTrue(T0 + 270 <= retry <= T0 + 330, retry - T0)
+
+    def test_same_next_attempt_after_routing_error(self):
+        """
+        A temporary routing failure gives its recipients one next attempt.
+        """
+        router = FakeRouter({"flaky.test": RoutingError("MX lookup failed: SERVFAIL", False, "4.4.3")})
+        results = self.deliver_all(self.relay(router=router),
+                                   self.envelope(rcpt("a@flaky.test"), rcpt("b@flaky.test"), rcpt("c@flaky.test")))
+        self.assertEqual(len({r.next_attempt for r in results}), 1, [r.next_attempt for r in results])
+
+    def test_backoff_of_most_tried(self):
+        """
+        Recipients with different histories that fail together share the
+        backoff of the most-tried of them.
+        """
+        client = FakeClient({a: (TEMPORARY, "421 busy", "4.0.0") for a in ("a@one.test", "b@one.test")})
+        a, b = self.deliver_all(self.relay(client), self.envelope(rcpt("a@one.test", attempts=2),
+                                                                   rcpt("b@one.test")))
+        self.assertEqual(a.next_attempt, b.next_attempt)
+        self.assertTrue(T0 + 1080 <= a.next_attempt <= T0 + 1320, a.next_attempt - T0)
+        self.assertEqual((a.attempts, b.attempts), (3, 1))
+
+    def test_other_outcomes_unchanged(self):
+        """
+        Recipients delivered or failed in the same transaction keep their
+        own outcome (no next attempt).
+        """
+        client = FakeClient({"a@one.test": (TEMPORARY, "450 greylisted", "4.7.1"),
+                             "b@one.test": (PERMANENT, "550 5.1.1 no such user", "5.1.1")})
+        a, b, c = self.deliver_all(self.relay(client),
+                                   self.envelope(rcpt("a@one.test"), rcpt("b@one.test"), rcpt("c@one.test")))
+        self.assertEqual([(r.state, r.next_attempt) for r in (b, c)], [(FAILED, 0.0), (DELIVERED, 0.0)])
+        self.assertEqual(a.state, PENDING)
+
+
 class ReportTests(RelayTestCase):
     """
     The outcome of each destination's transaction is given to C{report}
@@ -411,6 +467,38 @@ class RelayRoundTests(ManagerTestCase):
         return Relay(None, FakeRouter(), ClientOptions("mx.example.test"),
                      RetryPolicy(initial=300, maximum=3600, lifetime=86400), self.disk, clock=self.clock,
                      deliver=client, rng=random.Random(4), log=self.log)
+
+    def test_greylisted_retried_in_one_transaction(self):
+        """
+        Five recipients of one message greylisted (450) on the first try
+        are retried together, in one transaction, and delivered.
+        """
+        seen = set()
+        calls = []
+
+        def greylisting(reactor, hosts, message, options, disk=None, cache=None):
+            calls.append(message.recipients)
+            results = []
+            for r in message.recipients:
+                if r in seen:
+                    results.append(RecipientResult(r, OK, "250 2.0.0 ok", "2.0.0", hosts[0].name, True))
+                else:
+                    seen.add(r)
+                    results.append(RecipientResult(r, TEMPORARY, "450 4.7.1 greylisted", "4.7.1", hosts[0].name,
+                                                   True))
+            return defer.succeed(DeliveryOutcome(tuple(results), host=hosts[0].name, address="192.0.2.1", port=25))
+
+        self.start(remote_delivery=self.make_relay(greylisting))
+        addresses = tuple(f"g{n}@remote.test" for n in range(1, 6))
+        qid = self.submit([queued_rcpt(a, local=False) for a in addresses])
+        self.assertEqual(calls, [addresses])
+        # Time passes as it does, not in one jump that would make every
+        # schedule due at once.
+        for _ in range(330):
+            self.clock.advance(1)
+        self.assertEqual(calls, [addresses, addresses])
+        self.assertEqual(self.queued(), [])
+        self.assertEqual(self.lines(qid)[-1], f"qid={qid} status=removed")
 
     def test_restart_while_a_domain_is_slow(self):
         """

@@ -28,7 +28,11 @@ Every recipient comes back with its new state:
     exponential backoff: C{retry_initial}, doubled after each failed
     attempt up to C{retry_max}, with +-10% jitter so that retries of many
     messages spread out; the schedule is in the envelope, so it survives
-    restarts;
+    restarts. The recipients of one transaction that fail together get
+    the same C{next_attempt} (one draw of the jitter per message and
+    destination), so they are retried together in one transaction, not
+    in one connection each (a greylisting 450 to every recipient is the
+    common case);
   - failed with status 4.4.7 once the message is older than
     C{max_queue_lifetime} (its last temporary error is kept for the DSN).
 
@@ -233,13 +237,14 @@ class Relay:
         try:
             hosts = yield self.router.route(recipients[0].target.domain)
         except RoutingError as e:
+            retry_at = self._retry_at([] if e.permanent else recipients)
             updated = []
             for r in recipients:
                 if e.permanent:
                     r = self._failed(envelope, r, e.reason, e.status, "")
                     self._log(envelope, r, "bounced", None)
                 else:
-                    r = self._deferred(envelope, r, e.reason, e.status, "")
+                    r = self._deferred(envelope, r, e.reason, e.status, "", retry_at)
                     self._log(envelope, r, "deferred" if r.state != FAILED else "bounced", None)
                 updated.append(r)
             return updated
@@ -254,6 +259,9 @@ class Relay:
         )
         outcome = yield self._deliver(self.reactor, hosts, message, self.options, disk=self.disk,
                                       cache=self.sessions)
+        retry_at = self._retry_at([r for r in recipients
+                                   if not (outcome.result_for(str(r.target)).delivered
+                                           or outcome.result_for(str(r.target)).permanent)])
         updated = []
         for r in recipients:
             result = outcome.result_for(str(r.target))
@@ -266,7 +274,8 @@ class Relay:
                 r = self._failed(envelope, r, result.reply, result.enhanced_status, host if result.remote else "")
                 self._log(envelope, r, "bounced", outcome)
             else:
-                r = self._deferred(envelope, r, result.reply, result.enhanced_status, host if result.remote else "")
+                r = self._deferred(envelope, r, result.reply, result.enhanced_status, host if result.remote else "",
+                                   retry_at)
                 self._log(envelope, r, "deferred" if r.state != FAILED else "bounced", outcome)
             updated.append(r)
         return updated
@@ -275,7 +284,23 @@ class Relay:
         return r.with_state(state=FAILED, attempts=r.attempts + 1, last_error=reason, status=status,
                             remote_mta=host)
 
-    def _deferred(self, envelope: Envelope, r: Recipient, reason: str, status: str, host: str) -> Recipient:
+    def _retry_at(self, failed_together: list[Recipient]) -> float:
+        """
+        When to try again the recipients of one transaction (one message,
+        one destination) that failed temporarily together: one time for
+        all of them, with one draw of the jitter, so that they are retried
+        together, in one transaction, not one connection each. The backoff
+        is that of the most-tried of them.
+
+        @return: the Unix time of the next attempt (0 for none).
+        """
+        if not failed_together:
+            return 0.0
+        failures = max(_consecutive_failures(r) for r in failed_together) + 1
+        return self.clock.seconds() + self.retry.delay(failures, self._random)
+
+    def _deferred(self, envelope: Envelope, r: Recipient, reason: str, status: str, host: str,
+                  retry_at: float) -> Recipient:
         now = self.clock.seconds()
         expires = envelope.arrival + self.retry.lifetime
         attempts = r.attempts + 1
@@ -283,9 +308,8 @@ class Relay:
             return r.with_state(state=FAILED, attempts=attempts, status="4.4.7", remote_mta=host,
                                 last_error=f"message expired after {_age(now - envelope.arrival)} in the queue; "
                                            f"last error: {reason}")
-        delay = self.retry.delay(_consecutive_failures(r) + 1, self._random)
         return r.with_state(attempts=attempts, last_error=reason, status=status, remote_mta=host,
-                            next_attempt=min(now + delay, expires))
+                            next_attempt=min(retry_at, expires))
 
     def _log(self, envelope: Envelope, r: Recipient, status: str, outcome: Any, reply: str | None = None) -> None:
         if outcome is not None and outcome.host:
