@@ -74,12 +74,12 @@ class HashPasswordTests(SynchronousTestCase):
 
     def test_round_trip_awkward_passwords(self) -> None:
         """
-        Any bytes hash and verify: empty, NUL, non-UTF-8, long; a hash
-        matches only its own password.
+        Any bytes hash and verify: NUL, non-UTF-8, long; a hash matches only
+        its own password; the empty password hashes but never verifies.
         """
         for password in AWKWARD_PASSWORDS:
             stored = hash_password(password, CHEAP_ARGON2)
-            self.assertTrue(verify_password(stored, password), password)
+            self.assertEqual(verify_password(stored, password), password != b"", password)
             self.assertFalse(verify_password(stored, password + b"x"), password)
 
     def test_password_must_be_bytes(self) -> None:
@@ -107,11 +107,12 @@ class VerifyPasswordTests(SynchronousTestCase):
 
     def test_blf_crypt_awkward_passwords(self) -> None:
         """
-        bcrypt verification takes NUL and non-UTF-8 passwords.
+        bcrypt verification takes NUL and non-UTF-8 passwords (never the
+        empty one).
         """
         for password in AWKWARD_PASSWORDS[:4]:
             stored = blf_crypt(password)
-            self.assertTrue(verify_password(stored, password), password)
+            self.assertEqual(verify_password(stored, password), password != b"", password)
             self.assertFalse(verify_password(stored, password + b"!"), password)
 
     def test_blf_crypt_long_password_truncated(self) -> None:
@@ -137,7 +138,11 @@ class VerifyPasswordTests(SynchronousTestCase):
         self.assertTrue(verify_password("{PLAIN}pässwörd", "pässwörd".encode()))
         self.assertFalse(verify_password("{PLAIN}pässwörd", "pässwörd".encode("latin-1")))
         self.assertFalse(verify_password("{PLAIN}a", b"a\x00"))
-        self.assertTrue(verify_password("{PLAIN}", b""))
+        # An empty password never logs in: an empty {PLAIN} password is a
+        # malformed hash, and an empty password matches nothing.
+        self.assertFalse(verify_password("{PLAIN}", b""))
+        self.assertRaises(MalformedHash, check_hash_format, "{PLAIN}")
+        self.assertFalse(verify_password(hash_password(b"", CHEAP_ARGON2), b""))
         self.assertFalse(verify_password("{PLAIN}", b"\x00"))
 
     def test_scheme_names_case_insensitive(self) -> None:

@@ -150,7 +150,9 @@ def check_hash_format(stored: str) -> str:
     elif scheme == SCHEME_BLF_CRYPT:
         _check_bcrypt(payload)
     elif scheme == SCHEME_PLAIN:
-        pass
+        if not payload:
+            # It would let anyone in with an empty password.
+            raise MalformedHash("empty {PLAIN} password")
     else:
         raise MalformedHash("unknown password scheme {%s}" % (match.group(1),))
     return scheme
@@ -192,10 +194,10 @@ def verify_password(stored: str, password: bytes) -> bool:
     @param password: the password as given by the client, any bytes
         (NUL and non-UTF-8 included).
     @return: L{True} if it matches. L{False} otherwise, and also for an
-        unknown scheme, a malformed hash, or a C{password} that is not
-        L{bytes}; it never raises for such data.
+        empty password, an unknown scheme, a malformed hash, or a
+        C{password} that is not L{bytes}; it never raises for such data.
     """
-    if not isinstance(password, bytes):
+    if not isinstance(password, bytes) or not password:
         return False
     try:
         scheme = check_hash_format(stored)
