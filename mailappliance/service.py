@@ -266,7 +266,17 @@ class StartupErrorExit(MultiService):
     order, each after the previous one has finished: listeners first (no
     new sessions), then the drain of sessions in flight, then the queue,
     and the disk pool last, when nothing needs it any more.
+
+    @ivar daemon: whether twistd runs without C{-n}. Listening happens
+        after twistd has made the process a daemon, whose standard error
+        goes nowhere; twistd's parent process waits for word from the
+        daemon, which it gets only for an L{Exception} (for C{SystemExit}
+        it waited for ever), so the L{StartupError} is passed on as it
+        is: the parent prints its message and exits 1, and twistd removes
+        the pid file.
     """
+
+    daemon = False
 
     @inlineCallbacks
     def stopService(self):
@@ -282,6 +292,8 @@ class StartupErrorExit(MultiService):
         try:
             super().privilegedStartService()
         except StartupError as e:
+            if self.daemon:
+                raise
             import sys
 
             sys.stderr.write(f"mailappliance: {e}\n")

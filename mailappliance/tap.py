@@ -45,8 +45,12 @@ def makeService(options: Options):
     path = options["config"] or default_config_path()
     try:
         config = load_config(path)
-        return make_service(config, reactor)
+        root = make_service(config, reactor)
     except (ConfigError, StartupError) as e:
         sys.stderr.write(f"mailappliance: {e}\n")
         sys.stderr.flush()
         raise SystemExit(1)
+    twistd_options = getattr(options, "parent", None)
+    if twistd_options is not None and not twistd_options.get("nodaemon", False):
+        root.daemon = True
+    return root

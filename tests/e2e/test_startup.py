@@ -6,6 +6,8 @@ one-line error.
 
 import os
 import socket
+import subprocess
+import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -93,3 +95,29 @@ class StartupTests(SynchronousTestCase):
         self.assertNotEqual(status, 0, output)
         self.assertIn(f"tcp:{port}:interface=127.0.0.1", output)
         self.assertNotIn("Traceback", output)
+
+    def test_port_in_use_daemon(self):
+        """
+        Without C{-n} (a daemon), a listener that cannot bind makes twistd
+        exit 1 with the reason, and removes its pid file (it used to wait
+        for ever for word from the daemon).
+        """
+        blocker = socket.socket()
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(1)
+        self.addCleanup(blocker.close)
+        port = blocker.getsockname()[1]
+        server = ServerProcess(
+            self, config_text=f'[server]\nhostname = "a.test"\n[smtp]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n'
+        )
+        pidfile = os.path.join(server.base, "twistd.pid")
+        command = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", f"--pidfile={pidfile}",
+                   "--logfile", os.path.join(server.base, "daemon.log"), "mailappliance", "--config",
+                   server.config_path]
+        result = subprocess.run(command, cwd=server.base, env=server.env(), stdin=subprocess.DEVNULL,
+                                capture_output=True, timeout=30)
+        output = (result.stdout + result.stderr).decode("utf-8", "replace")
+        self.assertEqual(result.returncode, 1, output)
+        self.assertIn("An error has occurred", output)
+        self.assertIn(f"tcp:{port}", output)
+        self.assertFalse(os.path.exists(pidfile))
