@@ -141,7 +141,8 @@ def validate(config: Config) -> dict:
     Run the start-up checks that need no reactor and no listening sockets
     (for C{mailappliance check}).
 
-    @return: facts for the summary (C{users}, C{aliases}).
+    @return: facts for the summary (C{users}, C{aliases}; C{missing}, the
+        users or aliases files named that do not exist).
     @raise StartupError: as start-up would.
     """
     from mailappliance.disk import SynchronousDiskPool
@@ -149,7 +150,9 @@ def validate(config: Config) -> dict:
     accounts = load_accounts(config, None, SynchronousDiskPool())
     load_tls(config)
     aliases = sum(len(getattr(r, "table", ())) for r in accounts.resolvers if getattr(r, "name", "") == "aliases")
-    return {"users": len(accounts.users.addresses()), "aliases": aliases}
+    named = (config.accounts.users_file, config.accounts.aliases_file)
+    missing = [path for path in named if path and not os.path.exists(path)]
+    return {"users": len(accounts.users.addresses()), "aliases": aliases, "missing": missing}
 
 
 class Reloader(Service):

@@ -12,6 +12,13 @@ the line, and the last good version stays in force; a refused or
 unreadable version is reported once, not at every poll. Reloads run one at
 a time, and a new version is put in force by one assignment (in the
 subclass's L{WatchedFile.install}), so readers never see it half made.
+
+A file missing at start-up is an empty version (a new installation has
+no users yet; C{mailappliance user add} creates the file), with a warning.
+A file that goes missing while the server runs (moved, deleted, a path
+changed by mistake) is refused like a version with a mistake: the last
+version stays in force, rather than every local recipient suddenly being
+unknown and every sender getting a bounce.
 """
 
 from __future__ import annotations
@@ -91,6 +98,8 @@ class WatchedFile:
         self._log = log if log is not None else Logger()
         # The version last looked at, good or refused.
         self._seen: Signature = _NEVER_SEEN
+        # Whether the version in force was read from an existing file.
+        self._from_file = False
         self._lock = DeferredLock()
 
     def parse(self, data: bytes) -> Any:
@@ -110,7 +119,7 @@ class WatchedFile:
     def load(self) -> None:
         """
         Read the file now, blocking: for start-up and the command line. A
-        missing file is an empty version.
+        missing file is an empty version, with a warning in the log.
 
         @raise error_type: if it cannot be read or has a mistake; what is in
             force is then unchanged.
@@ -119,6 +128,11 @@ class WatchedFile:
             return
         signature, data = self._read()
         self._install(signature, self.parse(data))
+        if signature is None:
+            self._log.warn(  # noqa: G010 -- twisted.logger.Logger has no warning()
+                '{kind} file={path} status=missing reason="no such file: none until it is created"',
+                kind=self.kind, path=self.path,
+            )
 
     def reload_if_changed(self) -> Deferred:
         """
@@ -191,6 +205,13 @@ class WatchedFile:
     def _reload(self) -> Deferred:
         def loaded(result: tuple[Signature, Any, Exception | None]) -> bool:
             signature, parsed, error = result
+            if error is None and signature is None and self._from_file:
+                self._seen = None
+                self._log.error(
+                    '{kind} file={path} status=missing reason="no such file" (the previous version stays in force)',
+                    kind=self.kind, path=self.path,
+                )
+                return False
             if error is not None:
                 if signature is not _NEVER_SEEN:
                     self._seen = signature
@@ -209,6 +230,7 @@ class WatchedFile:
     def _install(self, signature: Signature, parsed: Any) -> None:
         self.install(parsed)
         self._seen = signature
+        self._from_file = signature is not None
 
     def _unexpected(self, failure: Failure) -> bool:
         # A bug, or something like MemoryError: a reload runs from a timer

@@ -104,9 +104,12 @@ class LoadTests(DatabaseTestsMixin, SynchronousTestCase):
 
     def test_missing_file(self) -> None:
         """
-        A missing file means no accounts.
+        A missing file at start-up means no accounts, with a warning.
         """
         self.database.load()
+        self.assertEqual([formatEvent(e) for e in self.events], [
+            f"users file={self.path} status=loaded users=0",
+            f'users file={self.path} status=missing reason="no such file: none until it is created"'])
         self.assertEqual(len(self.database), 0)
         self.assertEqual(self.database.addresses(), [])
         self.assertIsNone(self.database.lookup(Mailbox("alice", "example.test")))
@@ -296,11 +299,23 @@ class ReloadTests(DatabaseTestsMixin, SynchronousTestCase):
 
     def test_deleted_file(self) -> None:
         """
-        A deleted file means no accounts, as at start-up.
+        A file that goes missing while the server runs (moved, deleted) is
+        refused, logged once, and the last version stays in force (else
+        every local recipient would be unknown and bounced); when it is
+        back, it is read.
         """
+        before = self.database.addresses()
+        self.assertNotEqual(before, [])
+        del self.events[:]
         os.unlink(self.path)
+        self.assertIs(self.successResultOf(self.database.reload_if_changed()), False)
+        self.assertIs(self.successResultOf(self.database.reload_if_changed()), False)
+        self.assertEqual(self.database.addresses(), before)
+        self.assertEqual([formatEvent(e) for e in self.events], [
+            f'users file={self.path} status=missing reason="no such file" (the previous version stays in force)'])
+        self.write(b"bob@example.test:{PLAIN}b\n")
         self.assertIs(self.successResultOf(self.database.reload_if_changed()), True)
-        self.assertEqual(self.database.addresses(), [])
+        self.assertEqual(self.database.addresses(), ["bob@example.test"])
 
     def test_stat_fails(self) -> None:
         """

@@ -143,6 +143,18 @@ class CheckCommandTests(CLITestCase):
         self.assertIn("submission: not configured\n", out)
         self.assertIn("users: 1 in ", out)
         self.assertIn("aliases: 1 in ", out)
+        self.assertNotIn("does not exist", out)
+        self.assertTrue(out.endswith("configuration OK\n"))
+
+    def test_missing_users_file(self):
+        """
+        A users or aliases file that does not exist is not an error (a new
+        installation has no users yet), but check says so.
+        """
+        self.assertFalse(self.users.exists())
+        status, out, err = self.run_cli("check", "--config", self.config.path)
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn(f"users: 0 in {self.users.path} (the file does not exist)\n", out)
         self.assertTrue(out.endswith("configuration OK\n"))
 
     def test_bad_users_file(self):

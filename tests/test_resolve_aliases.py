@@ -334,13 +334,16 @@ class ReloadTests(TableTestsMixin, SynchronousTestCase):
 
     def test_deleted(self):
         """
-        Deleting the file empties the table (a missing file has no
-        aliases).
+        A file that goes missing while the server runs is refused, logged
+        once, and the last version stays in force.
         """
         os.unlink(self.path)
-        self.assertIs(self.successResultOf(self.table.reload_if_changed()), True)
-        self.assertIsNone(self.current())
         self.assertIs(self.successResultOf(self.table.reload_if_changed()), False)
+        self.assertEqual(self.current(), (Mailbox("one", "example.test"),))
+        self.assertIs(self.successResultOf(self.table.reload_if_changed()), False)
+        self.assertEqual(self.messages()[-1:], [
+            f'aliases file={self.path} status=missing reason="no such file" (the previous version stays in force)'])
+        self.assertEqual(len([m for m in self.messages() if "status=missing" in m]), 1)
 
     def test_reload_unconditional(self):
         """

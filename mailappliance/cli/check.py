@@ -52,19 +52,28 @@ def summary(config, facts: dict) -> list[str]:
         listeners = ", ".join(section.listen) or "(none)"
         if section.listen_tls:
             listeners += "; implicit TLS: " + ", ".join(section.listen_tls)
+        if name == "pop3":
+            # Its own idle time-out; the connection limits are [smtp]'s.
+            listeners += f" (idle {_duration(section.idle_timeout)})"
         lines.append(f"{name}: {listeners}")
     limits = config.limits
     lines.append(
         f"limits: message {_size(limits.max_message_size)}, {limits.max_recipients} recipients, "
-        f"{limits.max_connections} connections ({limits.max_connections_per_ip} per address), "
-        f"idle {_duration(limits.idle_timeout)}"
+        f"{limits.max_connections} connections ({limits.max_connections_per_ip} per address) per service, "
+        f"SMTP idle {_duration(limits.idle_timeout)}"
     )
     lines.append("trusted networks: " + ", ".join(str(n) for n in config.trusted_networks))
     lines.append(f"tls: {tls}" + (f" ({config.tls.certificate})" if config.tls else ""))
     a = config.accounts
-    lines.append(f"users: {facts.get('users', '?')} in {a.users_file}")
+    missing = facts.get("missing", ())
+
+    def absent(path: str) -> str:
+        return " (the file does not exist)" if path in missing else ""
+
+    lines.append(f"users: {facts.get('users', '?')} in {a.users_file}{absent(a.users_file)}")
     lines.append(
-        f"aliases: {facts.get('aliases', '?')} in {a.aliases_file}" if a.aliases_file else "aliases: none"
+        f"aliases: {facts.get('aliases', '?')} in {a.aliases_file}{absent(a.aliases_file)}"
+        if a.aliases_file else "aliases: none"
     )
     lines.append(f"resolvers: {', '.join(a.resolvers)}")
     r = config.relay
