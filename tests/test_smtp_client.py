@@ -18,6 +18,7 @@ from mailappliance.smtp import client
 from mailappliance.smtp.client import ClientOptions, OutboundMessage, deliver
 from mailappliance.smtp.client_tls import (
     UnverifiedClientTLS,
+    VerifiedClientTLS,
     client_tls_creator,
     tls_host_name,
 )
@@ -30,6 +31,8 @@ RECIPIENTS = ("one@remote.test", "two@remote.test", "three@remote.test")
 # One certificate pair per test run: generating keys is the slow part.
 CERT, KEY = testing.make_certificate("mx1.test")
 OTHER_CERT, OTHER_KEY = testing.make_certificate("other.test")
+# The host's name only as the subject's common name, without subjectAltName.
+NO_SAN_CERT, NO_SAN_KEY = testing.make_certificate("mx1.test", subject_alt_name=False)
 
 
 class ClientTestCase(SynchronousTestCase):
@@ -481,6 +484,47 @@ class TLSTests(ClientTestCase):
         reply = outcome.results[0].reply
         self.assertTrue(reply.startswith("TLS handshake failed: VerificationError"), reply)
 
+    def test_required_certificate_without_subject_alt_name(self) -> None:
+        """
+        A trusted certificate without subjectAltName fails verification
+        like a wrong name, even when its common name is the host's (RFC
+        6125 section 6.4.4: no CN fallback once DNS-IDs are supported): the
+        host fails temporarily (4.7.5), nothing follows STARTTLS (no EHLO,
+        AUTH or MAIL, in the clear or not), and nothing is logged as an
+        error.
+        """
+        for host in (MX1, RouteHost("127.0.0.1", ("127.0.0.1",), 25)):
+            peer = self.peer(cert=NO_SAN_CERT, key=NO_SAN_KEY, auth=("user@local.test", "s3cret"))
+            d = self.start(hosts=(host,), tls="required", tls_verify=True, trust_root=testing.trust_root(NO_SAN_CERT),
+                           auth=("user@local.test", "s3cret"))
+            self.serve(peer)
+            self.assertEqual(peer.sessions[0].commands, [b"EHLO client.test", b"STARTTLS"])
+            self.assertIsNone(peer.sessions[0].auth_identity)
+            self.assertEqual(peer.sessions[0].messages, [])
+            outcome = self.successResultOf(d)
+            self.assertEqual(set(self.statuses(outcome).values()), {("temporary", "4.7.5")})
+            self.assertEqual(
+                outcome.results[0].reply,
+                "TLS handshake failed: CertificateError: Certificate does not contain any `subjectAltName`s.",
+            )
+            self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_required_untrusted_certificate(self) -> None:
+        """
+        A certificate that names the host but does not chain to the trust
+        root fails (4.7.5) before any MAIL: the identity check does not
+        replace the chain check.
+        """
+        peer = self.peer()
+        d = self.start(tls="required", tls_verify=True, trust_root=testing.trust_root(OTHER_CERT))
+        self.serve(peer)
+        self.assertEqual(peer.sessions[0].commands, [b"EHLO client.test", b"STARTTLS"])
+        outcome = self.successResultOf(d)
+        self.assertEqual(set(self.statuses(outcome).values()), {("temporary", "4.7.5")})
+        reply = outcome.results[0].reply
+        self.assertTrue(reply.startswith("TLS handshake failed: Error: "), reply)
+        self.assertIn("certificate verify failed", reply)
+
     def test_verification_failure_then_next_host(self) -> None:
         """
         After a failed verification the next host is tried, and one whose
@@ -602,7 +646,7 @@ class TLSHelperTests(SynchronousTestCase):
         self.assertIsInstance(client_tls_creator("mx.test", False), UnverifiedClientTLS)
         self.assertIsNone(UnverifiedClientTLS("[192.0.2.1]")._server_name)
         self.assertEqual(UnverifiedClientTLS("mx.test")._server_name, b"mx.test")
-        self.assertNotIsInstance(client_tls_creator("mx.test", True), UnverifiedClientTLS)
+        self.assertIsInstance(client_tls_creator("mx.test", True), VerifiedClientTLS)
 
     def test_bad_tls_option(self) -> None:
         """

@@ -4,7 +4,9 @@ Client-side TLS for STARTTLS (RFC 3207) to a remote mail server.
 
 Verified: C{optionsForClientTLS} checks the certificate chain against the
 trust root (by default the system trust store, which OpenSSL locates
-honouring C{SSL_CERT_FILE}) and the host name with service-identity.
+honouring C{SSL_CERT_FILE}), and L{VerifiedClientTLS} checks the host name
+with service-identity, refusing a certificate that does not name the host
+in a subjectAltName (see there why Twisted's own check is not enough).
 
 Unverified (opportunistic TLS to MX hosts, RFC 7435): any certificate is
 accepted, since MX host names are not authenticated by DNS anyway; the
@@ -17,6 +19,8 @@ from __future__ import annotations
 import ipaddress
 
 from OpenSSL import SSL
+from service_identity.hazmat import DNS_ID, IPAddress_ID, verify_service_identity
+from service_identity.pyopenssl import extract_patterns
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import (
     CertificateOptions,
@@ -24,6 +28,7 @@ from twisted.internet.ssl import (
     optionsForClientTLS,
     platformTrust,
 )
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 # RFC 8996 retired TLS 1.0 and 1.1.
@@ -83,6 +88,76 @@ class UnverifiedClientTLS:
         return connection
 
 
+@implementer(IOpenSSLClientConnectionCreator)
+class VerifiedClientTLS:
+    """
+    TLS that checks the certificate chain and that the certificate names
+    the host (RFC 6125 / RFC 7817), failing the handshake otherwise.
+
+    The connection comes from C{optionsForClientTLS} (trust root, minimum
+    version, SNI); only its certificate verify callback is replaced. The
+    reason: Twisted's callback (C{twisted.internet._sslverify}, 26.10)
+    fails the handshake only on service-identity's C{VerificationError}.
+    For a certificate without any subjectAltName service-identity raises
+    C{CertificateError} instead, which Twisted logs as critical and then
+    ignores, keeping OpenSSL's verdict on the chain alone: a trusted
+    certificate that names no host at all would be accepted for any host,
+    and the smarthost credentials sent to it. Our callback treats every
+    exception of the identity check as a failure. It is set on our own
+    connections only; Twisted itself is left as it is.
+
+    @param host_name: the server's name or address literal, as in
+        L{tls_host_name}.
+    @param trust_root: an L{IOpenSSLTrustRoot} to verify the chain against.
+    """
+
+    def __init__(self, host_name: str, trust_root) -> None:
+        name = tls_host_name(host_name)
+        self._options = optionsForClientTLS(
+            name, trustRoot=trust_root, extraCertificateOptions={"raiseMinimumTo": MINIMUM_TLS_VERSION}
+        )
+        self._service_id = IPAddress_ID(name) if _is_ip_address(name) else DNS_ID(name)
+
+    def clientConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
+        """
+        @see: L{IOpenSSLClientConnectionCreator.clientConnectionForTLS}
+        """
+        connection = self._options.clientConnectionForTLS(tlsProtocol)
+        connection.set_verify(
+            SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _identity_check(tlsProtocol, self._service_id)
+        )
+        return connection
+
+
+def _identity_check(tls_protocol, service_id):
+    """
+    An OpenSSL verify callback: OpenSSL's verdict on the chain, and for
+    the leaf certificate the identity check; any failure of that check
+    aborts the handshake through C{tls_protocol.failVerification}, so the
+    session sees why.
+    """
+    # Dropped after the leaf, as Twisted does, so that OpenSSL's reference
+    # to this callback does not keep the protocol alive.
+    protocol = [tls_protocol]
+
+    def verify(connection, certificate, error_number: int, depth: int, ok: int) -> bool:
+        if depth != 0:
+            # Only the leaf names the host; OpenSSL judges the chain.
+            return bool(ok)
+        waiting, protocol[:] = protocol[:], []
+        try:
+            verify_service_identity(extract_patterns(certificate), [service_id], [])
+        except Exception:  # noqa: BLE001 - any doubt about the identity fails it
+            # An exception must not escape an OpenSSL callback (it would be
+            # lost); it becomes the reason the handshake failed.
+            for p in waiting:
+                p.failVerification(Failure())
+            return False
+        return bool(ok)
+
+    return verify
+
+
 def client_tls_creator(host_name: str, verify: bool, trust_root=None):
     """
     The connection creator for STARTTLS to C{host_name}.
@@ -94,8 +169,4 @@ def client_tls_creator(host_name: str, verify: bool, trust_root=None):
     """
     if not verify:
         return UnverifiedClientTLS(host_name)
-    return optionsForClientTLS(
-        tls_host_name(host_name),
-        trustRoot=trust_root if trust_root is not None else platformTrust(),
-        extraCertificateOptions={"raiseMinimumTo": MINIMUM_TLS_VERSION},
-    )
+    return VerifiedClientTLS(host_name, trust_root if trust_root is not None else platformTrust())

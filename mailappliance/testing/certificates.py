@@ -13,12 +13,16 @@ import os
 from twisted.internet.ssl import Certificate, PrivateCertificate
 
 
-def make_certificate(hostname: str = "mx.test") -> tuple[bytes, bytes]:
+def make_certificate(hostname: str = "mx.test", subject_alt_name: bool = True) -> tuple[bytes, bytes]:
     """
     A fresh self-signed certificate for C{hostname}, 127.0.0.1 and ::1,
     valid for 30 days, usable as its own trust root. The key is P-256
     (quick to make).
 
+    @param subject_alt_name: L{False} leaves out the subjectAltName
+        extension, so that C{hostname} is only the subject's common name
+        (as in certificates of some private CAs); RFC 6125 identity checks
+        must refuse such a certificate.
     @return: the certificate and its private key, PEM.
     """
     from cryptography import x509
@@ -34,7 +38,7 @@ def make_certificate(hostname: str = "mx.test") -> tuple[bytes, bytes]:
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         x509.IPAddress(ipaddress.ip_address("::1")),
     ]
-    certificate = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -42,10 +46,11 @@ def make_certificate(hostname: str = "mx.test") -> tuple[bytes, bytes]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
     )
+    if subject_alt_name:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    certificate = builder.sign(key, hashes.SHA256())
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
