@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailappliance import testing
@@ -613,16 +614,26 @@ class TLSTests(ClientTestCase):
 
     def test_auth_refused(self) -> None:
         """
-        Wrong credentials (535): every recipient fails permanently with the
-        reply.
+        Wrong credentials (535) are our problem, not the message's: every
+        recipient fails temporarily (4.7.8, retried later) with the
+        server's reply, and the host failure is logged with it.
         """
+        events = []
+        self.patch(client.log, "observer", events.append)
         peer = self.peer(auth=("user@local.test", "s3cret"))
         d = self.start(tls="required", auth=("user@local.test", "wrong"))
         self.serve(peer)
         outcome = self.successResultOf(d)
-        self.assertEqual(set(self.statuses(outcome).values()), {("permanent", "5.7.8")})
-        self.assertEqual(outcome.results[0].reply, "535 5.7.8 Authentication credentials invalid")
+        self.assertEqual(set(self.statuses(outcome).values()), {("temporary", "4.7.8")})
+        reply = "mx1.test refused AUTH: 535 5.7.8 Authentication credentials invalid"
+        self.assertEqual([r.reply for r in outcome.results], [reply] * 3)
+        self.assertTrue(outcome.results[0].remote)
         self.assertIsNone(peer.sessions[0].auth_identity)
+        self.assertEqual(peer.sessions[0].commands[-1], b"QUIT")
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            [f"qid=Q1 relay=mx1.test[192.0.2.1]:25 status=host-failed dsn=4.7.8 reason={reply!r}"],
+        )
 
 
 class TLSHelperTests(SynchronousTestCase):

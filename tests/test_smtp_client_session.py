@@ -758,10 +758,11 @@ class AuthTests(DialogueMixin, SynchronousTestCase):
             options=ClientOptions("client.test", tls="none", auth=("user@local.test", "s3cret")),
         )
 
-    def test_535_is_permanent(self) -> None:
+    def test_535_is_temporary(self) -> None:
         """
-        535 (bad credentials) fails every recipient permanently with the
-        reply.
+        535 (bad credentials) decides no recipient: it fails the host
+        temporarily (4.7.8) with the server's reply, after a polite QUIT,
+        so the mail is retried once the credentials are fixed.
         """
         result = self.dialogue(
             self.auth_script(
@@ -774,8 +775,31 @@ class AuthTests(DialogueMixin, SynchronousTestCase):
             ),
             options=ClientOptions("client.test", tls="none", auth=("u", "p")),
         )
-        expected = ("permanent", "535 5.7.8 bad credentials", "5.7.8")
-        self.assertResults(result, {"one@remote.test": expected, "two@remote.test": expected})
+        self.assertEqual(result.decided, {})
+        self.assertEqual(result.problem.status, "4.7.8")
+        self.assertEqual(result.problem.reason, "mx.test refused AUTH: 535 5.7.8 bad credentials")
+        self.assertTrue(result.problem.retry_elsewhere)
+
+    def test_other_5xx_is_temporary(self) -> None:
+        """
+        Any other 5xx to AUTH (here 534, mechanism too weak) fails the host
+        temporarily too, with the class made 4.
+        """
+        result = self.dialogue(
+            self.auth_script(
+                [
+                    ("C", b"AUTH LOGIN\r\n"),
+                    ("S", b"534 5.7.9 Authentication mechanism is too weak\r\n"),
+                    ("C", b"QUIT\r\n"),
+                    ("S", b"221 bye\r\n"),
+                ],
+                mechanisms=b"LOGIN",
+            ),
+            options=ClientOptions("client.test", tls="none", auth=("u", "p")),
+        )
+        self.assertEqual(result.decided, {})
+        self.assertEqual(result.problem.status, "4.7.9")
+        self.assertEqual(result.problem.reason, "mx.test refused AUTH: 534 5.7.9 Authentication mechanism is too weak")
 
     def test_other_failure_is_temporary(self) -> None:
         """

@@ -328,11 +328,13 @@ class Session:
             self._refuse(f"{self._host} offers no AUTH mechanism we support (offered: {offered})", "4.7.0")
         if reply.code == 235:
             return True
-        if reply.code == 535:
-            # RFC 4954 section 6: the credentials are wrong; retrying
-            # cannot help until an administrator fixes them.
-            self._decide_all(PERMANENT, reply=reply, status_code="5.7.8")
-            return False
+        # Every failure, 535 included, fails the host temporarily. A 535
+        # (RFC 4954 section 6: the credentials are invalid) is our
+        # configuration's fault or the provider's (a rotated password, a
+        # lock-out), never the message's: the mail waits in the queue for
+        # the administrator to fix it (as with Postfix's default
+        # smtp_sasl_auth_soft_bounce = yes) instead of bouncing. The
+        # host-failed and deferred log lines carry the server's reply.
         self._refused(reply, "AUTH")
 
     @defer.inlineCallbacks
