@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailappliance import testing
+from mailappliance.address import parse_mailbox
 from mailappliance.queue.routing import RouteHost
 from mailappliance.smtp import client
 from mailappliance.smtp.client import ClientOptions, OutboundMessage, deliver
@@ -23,6 +26,7 @@ from mailappliance.smtp.client_tls import (
     client_tls_creator,
     tls_host_name,
 )
+from mailappliance.smtp.commands import CommandRefused, parse_rcpt
 
 BODY = b"From: alice@local.test\r\nSubject: hello\r\n\r\n.\r\n..two dots\r\nbye\r\n"
 MX1 = RouteHost("mx1.test", ("192.0.2.1",), 25)
@@ -280,6 +284,69 @@ class DeliveryTests(ClientTestCase):
         self.assertEqual(self.statuses(outcome)[bad], ("permanent", "5.1.3"))
         self.assertEqual(peer.sessions[0].rcpt_to, ["one@remote.test"])
 
+    def test_quoted_local_part(self) -> None:
+        """
+        A quoted local part with a space (or other characters a dot-atom
+        cannot hold) is a valid mailbox (RFC 5321 section 4.1.2): it is
+        sent quoted, in MAIL FROM and in RCPT TO, and delivered.
+        """
+        recipients = ('"john doe"@remote.test', '"a<b>\\"c"@remote.test', "plain@remote.test")
+        peer = testing.FakeSMTPPeer()
+        d = self.start(message=self.message(sender='"jane roe"@local.test', recipients=recipients))
+        self.serve(peer)
+        outcome = self.successResultOf(d)
+        self.assertEqual(self.statuses(outcome), {r: ("delivered", "2.0.0") for r in recipients})
+        [session] = peer.sessions
+        self.assertEqual(
+            [c for c in session.commands if c.startswith((b"MAIL", b"RCPT"))],
+            [
+                b'MAIL FROM:<"jane roe"@local.test>',
+                b'RCPT TO:<"john doe"@remote.test>',
+                b'RCPT TO:<"a<b>\\"c"@remote.test>',
+                b"RCPT TO:<plain@remote.test>",
+            ],
+        )
+        self.assertEqual(session.mail_from, '"jane roe"@local.test')
+        self.assertEqual(session.rcpt_to, list(recipients))
+
+    def test_unsafe_addresses(self) -> None:
+        """
+        What our own server refuses as a path is never sent: controls (CR,
+        LF, NUL) even inside quotes, an unquoted space or bracket, an
+        over-long local part. Each such recipient fails permanently (5.1.3)
+        without a connection; such a sender fails every recipient (5.1.7).
+        """
+        unsafe = (
+            '"john\r\ndoe"@remote.test',
+            '"john\ndoe"@remote.test',
+            '"john\x00doe"@remote.test',
+            "john doe@remote.test",
+            "john>doe@remote.test",
+            "<john@remote.test>",
+            "x" * 65 + "@remote.test",
+            "remote.test",
+        )
+        d = self.start(message=self.message(recipients=unsafe))
+        outcome = self.successResultOf(d)
+        self.assertEqual(self.statuses(outcome), {r: ("permanent", "5.1.3") for r in unsafe})
+        self.assertEqual(outcome.results[0].reply, "invalid recipient address '\"john\\r\\ndoe\"@remote.test'")
+        self.assertEqual(self.pending(), [])
+        d = self.start(message=self.message(sender='"jane\nroe"@local.test'))
+        outcome = self.successResultOf(d)
+        self.assertEqual(set(self.statuses(outcome).values()), {("permanent", "5.1.7")})
+        self.assertEqual(self.pending(), [])
+
+    def test_null_sender(self) -> None:
+        """
+        The null reverse-path (a bounce) is sent as C{MAIL FROM:<>}.
+        """
+        peer = testing.FakeSMTPPeer()
+        d = self.start(message=self.message(sender="", recipients=("one@remote.test",)))
+        self.serve(peer)
+        self.assertEqual(self.statuses(self.successResultOf(d)), {"one@remote.test": ("delivered", "2.0.0")})
+        self.assertIn(b"MAIL FROM:<>", peer.sessions[0].commands)
+
+
     def test_unexpected_error_ends_the_session_only(self) -> None:
         """
         A bug in a session (here: a sender that cannot be encoded) is
@@ -314,6 +381,47 @@ class DeliveryTests(ClientTestCase):
         self.successResultOf(d)
         self.assertEqual(events, [])
 
+
+class AddressAgreementTests(SynchronousTestCase):
+    """
+    The client sends exactly the addresses our own server accepts, and
+    what it writes our server reads back as the same mailbox.
+    """
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.text(alphabet=st.sampled_from(list('<>@:,."\\ab.-[]\x00\r\n\té+ ')), max_size=30))
+    def test_agreement(self, text) -> None:
+        """
+        For any C{TO:<text>}: if the inbound parser accepts it, the client
+        accepts the queued form (C{str} of the mailbox) and its RCPT
+        command parses back to the same mailbox; if the client accepts
+        C{text} as it is, the inbound parser takes C{TO:<text>} for the
+        same mailbox.
+        """
+        try:
+            inbound = parse_rcpt(b"TO:<" + text.encode("utf-8") + b">", True, "local.test")
+        except CommandRefused:
+            inbound = None
+        if inbound is not None:
+            queued = str(inbound)
+            self.assertFalse(client._unsafe_address(queued), queued)
+            self.assertEqual(parse_rcpt(b"TO:<" + queued.encode("utf-8") + b">", True, "local.test"), inbound)
+        if not client._unsafe_address(text):
+            self.assertEqual(parse_rcpt(b"TO:<" + text.encode("utf-8") + b">", True, "local.test"),
+                             parse_mailbox(text))
+
+    def test_examples(self) -> None:
+        """
+        Quoted local parts with a space, brackets or an escaped quote are
+        accepted both ways; a space or a control where the inbound server
+        refuses it is refused by the client too.
+        """
+        for text in ('"john doe"@remote.test', '"a<b>"@remote.test', '"a\\"b"@remote.test', "jos\u00e9@remote.test"):
+            self.assertFalse(client._unsafe_address(text), text)
+            self.assertEqual(str(parse_rcpt(b"TO:<" + text.encode("utf-8") + b">", True, "x.test")), text)
+        for text in ("john doe@remote.test", '"a\rb"@remote.test', '"a\x00b"@remote.test', "a@b@remote.test"):
+            self.assertTrue(client._unsafe_address(text), text)
+            self.assertRaises(CommandRefused, parse_rcpt, b"TO:<" + text.encode("utf-8") + b">", True, "x.test")
 
 class ExtensionTests(ClientTestCase):
     """

@@ -575,6 +575,32 @@ class ExtensionTests(DialogueMixin, SynchronousTestCase):
         )
 
 
+    def test_quoted_addresses(self) -> None:
+        """
+        Quoted local parts go out exactly as queued, quotes and escapes
+        included, in MAIL FROM and RCPT TO (RFC 5321 section 4.1.2).
+        """
+        self.dialogue(
+            [
+                ("S", GREETING),
+                ("C", b"EHLO client.test\r\n"),
+                ("S", EHLO_PIPELINING),
+                (
+                    "C1",
+                    b'MAIL FROM:<"jane roe"@local.test> SIZE=%d\r\n'
+                    b'RCPT TO:<"john doe"@remote.test>\r\n'
+                    b'RCPT TO:<"a\\"b"@remote.test>\r\nDATA\r\n' % len(BODY),
+                ),
+                ("S", b"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n"),
+                ("C", STUFFED),
+                ("S", b"250 ok\r\n"),
+                ("C", b"QUIT\r\n"),
+                ("S", b"221 bye\r\n"),
+            ],
+            sender='"jane roe"@local.test',
+            recipients=['"john doe"@remote.test', '"a\\"b"@remote.test'],
+        )
+
 class StartTLSTests(DialogueMixin, SynchronousTestCase):
     """
     STARTTLS on the wire (the handshake itself is tested in

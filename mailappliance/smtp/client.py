@@ -36,6 +36,7 @@ from twisted.internet.endpoints import (
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mailappliance.address import AddressError, parse_mailbox
 from mailappliance.disk import SynchronousDiskPool
 from mailappliance.smtp.client_body import SpoolFile
 from mailappliance.smtp.client_cache import IdleConnection
@@ -190,12 +191,24 @@ def deliver(reactor, hosts, message, options: ClientOptions, disk=None, cache=No
 
 def _unsafe_address(address: str) -> bool:
     """
-    Whether an address cannot be put on the wire as it is: controls (CR
-    and LF above all, which would inject commands), spaces or angle
-    brackets. The server that queued it parsed it, so this is a last
-    line of defence.
+    Whether an address cannot be put on the wire as it is, between the
+    angle brackets of C{MAIL FROM:} or C{RCPT TO:}: whatever our own server
+    would refuse as a path (L{parse_mailbox}), which includes controls (CR
+    and LF above all, which would inject commands, and NUL), spaces and
+    angle brackets outside a quoted string, and over-long addresses. A
+    quoted local part (C{"john doe"@example.test}) is a valid mailbox
+    (RFC 5321 section 4.1.2, C{Quoted-string}) and is sent as it is, quotes
+    included. The server that queued the address parsed it, so this is a
+    last line of defence; inbound and outbound agree on what an address
+    is.
+
+    @param address: a mailbox; the null reverse-path is not asked about.
     """
-    return any(ord(c) < 0x21 or c in "<>\x7f" for c in address)
+    try:
+        parse_mailbox(address, allow_utf8=True)
+    except AddressError:
+        return True
+    return False
 
 
 class _Delivery:
@@ -372,7 +385,7 @@ class _Delivery:
         return TCP4ClientEndpoint(self._reactor, address, port, timeout=timeout)
 
     def _check_addresses(self) -> None:
-        if _unsafe_address(self._message.sender):
+        if self._message.sender and _unsafe_address(self._message.sender):
             for recipient in self._recipients:
                 self._decided[recipient] = RecipientResult(
                     recipient, PERMANENT, f"invalid sender address {self._message.sender!r}", "5.1.7", None, False

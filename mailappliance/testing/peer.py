@@ -303,8 +303,8 @@ class FakeSMTPServer(Protocol):
             self._reply("535 5.7.8 Authentication credentials invalid")
 
     def smtp_MAIL(self, rest: str) -> None:
-        path, _, parameters = rest[len("FROM:") :].partition(" ")
-        self.session.mail_from = path.strip("<>")
+        address, parameters = _split_path(rest[len("FROM:") :])
+        self.session.mail_from = address
         self.session.mail_parameters = parameters.split()
         self.session.rcpt_to = self._accepted = []
         for parameter in self.session.mail_parameters:
@@ -319,7 +319,7 @@ class FakeSMTPServer(Protocol):
         if not self._mail_ok:
             self._reply("503 5.5.1 MAIL first")
             return
-        address = rest[len("TO:") :].split(" ")[0].strip("<>")
+        address, _ = _split_path(rest[len("TO:") :])
         reply = self.peer.rcpt_replies.get(address.lower(), DEFAULT_RCPT_REPLY)
         if reply.startswith("2"):
             self._accepted.append(address)
@@ -361,3 +361,26 @@ class FakeSMTPServer(Protocol):
                 self.peer.on_message(self.session, message)
         self._reply(self.peer.final_reply)
         self._mail_ok, self._accepted = False, []
+
+
+def _split_path(text: str) -> tuple[str, str]:
+    """
+    Split C{<address> parameters}: the path ends at the first C{>} outside
+    a quoted string, so a quoted local part may hold spaces and brackets
+    (C{<"john doe"@remote.test>}, RFC 5321 section 4.1.2).
+
+    @return: the address without its brackets, and the rest.
+    """
+    quoted = escaped = False
+    for index, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif char == "\\" and quoted:
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == ">" and not quoted:
+            path = text[: index + 1].strip()
+            return path[1:-1] if path.startswith("<") else path[:-1], text[index + 1 :].strip()
+    path, _, rest = text.partition(" ")
+    return path.strip("<>"), rest
