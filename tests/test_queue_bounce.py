@@ -108,6 +108,8 @@ class BounceTests(NotifierTestCase):
         self.submit([rcpt("alice@example.test")], sender=None)
         [dsn] = self.dsn_for("postmaster@example.test")
         self.assertIn("alice@example.test", dsn.get_payload()[1].as_string())
+        self.assertEqual(dsn["To"].addresses[0].addr_spec, "postmaster@example.test")
+        self.assertEqual(dsn["Subject"], "Postmaster Copy: Undelivered Mail")
         self.assertEqual(self.delivered_files("bob@example.test"), [])
         self.assertEqual(self.queued(), [])
 

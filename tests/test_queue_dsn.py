@@ -84,6 +84,57 @@ class BuildDSNTests(SynchronousTestCase):
         self.assertIn("Final-Recipient: utf-8; jöran@remote.test".encode(), data)
         self.assertIn(b"message/global-delivery-status", data)
 
+    def test_utf8_headers(self):
+        """
+        Original headers with UTF-8 in them are returned as
+        message/global-headers (RFC 6533 section 6.3), in an 8bit message;
+        ASCII headers stay text/rfc822-headers in a 7bit one.
+        """
+        headers = "Subject: Grüße\r\nFrom: José <jose@example.test>\r\n".encode()
+        data = self.build(original_headers=headers)
+        msg = email.message_from_bytes(data, policy=email.policy.default)
+        self.assertEqual([p.get_content_type() for p in msg.iter_parts()],
+                         ["text/plain", "message/delivery-status", "message/global-headers"])
+        self.assertEqual(msg["Content-Transfer-Encoding"], "8bit")
+        self.assertIn(b"Content-Type: message/global-headers\r\n\r\n" + headers, data)
+        self.assertNotIn(b"text/rfc822-headers", data)
+        data = self.build()
+        self.assertIn(b"Content-Type: text/rfc822-headers\r\n\r\nSubject: hello\r\n", data)
+        self.assertIn(b"\r\nContent-Transfer-Encoding: 7bit\r\n", data)
+
+    def test_dates_in_utc(self):
+        """
+        Date, Arrival-Date, Last-Attempt-Date and Will-Retry-Until are UTC
+        written +0000 (RFC 5322 section 3.3: -0000 means an unknown zone).
+        """
+        data = self.build(action=DELAYED, retry_until=1700400000.0)
+        self.assertIn(b"\r\nDate: Tue, 14 Nov 2023 23:13:20 +0000\r\n", data)
+        self.assertIn(b"\r\nArrival-Date: Tue, 14 Nov 2023 22:13:20 +0000\r\n", data)
+        self.assertIn(b"\r\nLast-Attempt-Date: Tue, 14 Nov 2023 23:13:20 +0000\r\n", data)
+        self.assertIn(b"\r\nWill-Retry-Until: Sun, 19 Nov 2023 13:20:00 +0000\r\n", data)
+        self.assertIn(b"Delivery will be retried until Sun, 19 Nov 2023 13:20:00 +0000.", data)
+        self.assertNotIn(b"-0000", data)
+
+    def test_double_bounce_to_postmaster(self):
+        """
+        A double bounce (the original had the null sender) is addressed to
+        the postmaster and worded for them, not for a sender.
+        """
+        data = self.build(sender="", postmaster="postmaster@example.test")
+        msg = email.message_from_bytes(data, policy=email.policy.default)
+        self.assertIn(b"\r\nTo: <postmaster@example.test>\r\n", data)
+        self.assertEqual(msg["Subject"], "Postmaster Copy: Undelivered Mail")
+        text = msg.get_payload()[0].get_content()
+        self.assertIn("A message with the null sender (<>)", text)
+        self.assertIn("this report goes to the\r\npostmaster", text)
+        self.assertNotIn("your message", text)
+        self.assertIn("Final-Recipient: rfc822; bob@remote.test", msg.get_payload()[1].as_string())
+        # A DSN to the sender is unchanged.
+        msg = email.message_from_bytes(self.build(), policy=email.policy.default)
+        self.assertEqual(msg["To"].addresses[0].addr_spec, "alice@example.test")
+        self.assertEqual(msg["Subject"], "Undelivered Mail Returned to Sender")
+        self.assertIn("your message could not", msg.get_payload()[0].get_content())
+
 
 class HeaderTests(SynchronousTestCase):
     def test_read_headers(self):

@@ -108,11 +108,13 @@ class MXRouterTests(SynchronousTestCase):
 
     def test_null_mx(self):
         """
-        A null MX (RFC 7505) fails permanently.
+        A null MX (RFC 7505) fails permanently with 5.1.10, "Recipient
+        address has null MX" (registered by RFC 7505 section 6).
         """
         f = self.failureResultOf(self.route({("example.net", dns.MX): [mx(0, "")]}), RoutingError)
         self.assertTrue(f.value.permanent)
-        self.assertIn("null MX", f.value.reason)
+        self.assertEqual(f.value.status, "5.1.10")
+        self.assertEqual(f.value.reason, "domain example.net accepts no mail (null MX, RFC 7505)")
 
     def test_servfail_temporary(self):
         """

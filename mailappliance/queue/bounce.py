@@ -136,6 +136,7 @@ class Notifier:
             hostname=self.hostname, queue_id=qid, sender=str(envelope.sender or ""), arrival=envelope.arrival,
             reports=reports, original_headers=headers, now=now, action=action,
             retry_until=envelope.arrival + self.max_queue_lifetime,
+            postmaster=str(to) if kind == DOUBLE_BOUNCE else "",
         )
         try:
             dsn = yield inject(self.spool, self.resolver, self.clock, hostname=self.hostname, sender=None,

@@ -7,16 +7,22 @@ three parts: a human-readable explanation, a C{message/delivery-status}
 part with one block per recipient (status code, remote host, remote reply),
 and the original message's headers (C{text/rfc822-headers}). It comes from
 C{MAILER-DAEMON@hostname} and is sent with the null sender, so it can never
-cause another bounce; it is queued like any other message.
+cause another bounce; it is queued like any other message. A double bounce
+(the failure of a message that had the null sender) goes to the postmaster
+and is worded for them.
 
 Addresses that need SMTPUTF8 are written with the C{utf-8} address type
-(RFC 6533) and the report part becomes C{message/global-delivery-status}.
+(RFC 6533) and the report part becomes C{message/global-delivery-status};
+original headers with UTF-8 in them are returned as
+C{message/global-headers} (RFC 6533 section 6.3). Dates are in UTC, written
+C{+0000} (RFC 5322 section 3.3: C{-0000} would mean the zone is unknown).
 """
 
 from __future__ import annotations
 
-import email.utils
 from dataclasses import dataclass
+
+from mailappliance.smtp.received import rfc5322_date
 
 MAX_ORIGINAL_HEADERS = 64 * 1024
 FAILED = "failed"
@@ -83,20 +89,39 @@ def build_dsn(
     now: float,
     action: str = FAILED,
     retry_until: float | None = None,
+    postmaster: str = "",
 ) -> bytes:
     """
     Build a DSN message (CRLF line ends).
 
     @param sender: the envelope sender of the original message: the DSN goes
-        there (never call this for the null sender).
+        there; C{""} (the null sender) only for a double bounce.
     @param action: L{FAILED} (a bounce) or L{DELAYED} (a warning).
     @param retry_until: for a delay warning, when we give up.
+    @param postmaster: for a double bounce (a failure of a message with the
+        null sender, which cannot be returned), the postmaster's address:
+        the DSN is addressed and worded to them instead of the sender.
     @return: the message bytes, ready for the spool.
     """
     boundary = f"{queue_id}.{int(now)}/{hostname}"
-    utf8 = not sender.isascii() or any(not r.recipient.isascii() or not r.original.isascii() for r in reports)
-    date = email.utils.formatdate(now, localtime=False)
-    if action == FAILED:
+    to = postmaster or sender
+    utf8 = not to.isascii() or any(not r.recipient.isascii() or not r.original.isascii() for r in reports)
+    # RFC 6533 section 6.3: headers with UTF-8 in them are returned as
+    # message/global-headers; text/rfc822-headers is ASCII only.
+    global_headers = not original_headers.isascii()
+    date = rfc5322_date(now)
+    if action == FAILED and postmaster:
+        subject = "Postmaster Copy: Undelivered Mail"
+        intro = [
+            f"This is the mail system at host {hostname}.",
+            "",
+            "A message with the null sender (<>), such as a delivery status",
+            "notification, could not be delivered to one or more recipients.",
+            "It cannot be returned to its sender, so this report goes to the",
+            "postmaster. The original headers are attached below.",
+            "",
+        ]
+    elif action == FAILED:
         subject = "Undelivered Mail Returned to Sender"
         intro = [
             f"This is the mail system at host {hostname}.",
@@ -107,7 +132,7 @@ def build_dsn(
         ]
     else:
         subject = "Delayed Mail (still being retried)"
-        until = email.utils.formatdate(retry_until, localtime=False) if retry_until else "later"
+        until = rfc5322_date(retry_until) if retry_until else "later"
         intro = [
             f"This is the mail system at host {hostname}.",
             "",
@@ -124,20 +149,20 @@ def build_dsn(
         intro.append(f"<{r.recipient}>{where}: {r.diagnostic}")
     headers = [
         f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>",
-        f"To: <{sender}>",
+        f"To: <{to}>",
         f"Subject: {subject}",
         f"Date: {date}",
         f"Message-ID: <{queue_id}.{int(now)}.dsn@{hostname}>",
         "Auto-Submitted: auto-replied",
         "MIME-Version: 1.0",
         f'Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary="{boundary}"',
-        "Content-Transfer-Encoding: 8bit" if utf8 else "Content-Transfer-Encoding: 7bit",
+        "Content-Transfer-Encoding: 8bit" if utf8 or global_headers else "Content-Transfer-Encoding: 7bit",
     ]
     status_type = "message/global-delivery-status" if utf8 else "message/delivery-status"
     per_message = [
         f"Reporting-MTA: dns; {hostname}",
         f"X-Mailappliance-Queue-ID: {queue_id}",
-        f"Arrival-Date: {email.utils.formatdate(arrival, localtime=False)}",
+        f"Arrival-Date: {rfc5322_date(arrival)}",
     ]
     blocks = []
     for r in reports:
@@ -155,7 +180,7 @@ def build_dsn(
         block.append(f"Diagnostic-Code: {kind}; {_one_line(r.diagnostic)}")
         block.append(f"Last-Attempt-Date: {date}")
         if action == DELAYED and retry_until:
-            block.append(f"Will-Retry-Until: {email.utils.formatdate(retry_until, localtime=False)}")
+            block.append(f"Will-Retry-Until: {rfc5322_date(retry_until)}")
         blocks.append("\r\n".join(block))
     parts = [
         "\r\n".join(headers),
@@ -178,7 +203,7 @@ def build_dsn(
         "",
         f"--{boundary}",
         "Content-Description: Undelivered Message Headers",
-        "Content-Type: text/rfc822-headers",
+        "Content-Type: message/global-headers" if global_headers else "Content-Type: text/rfc822-headers",
         "",
     ]
     text = "\r\n".join(parts) + "\r\n"

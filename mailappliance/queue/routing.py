@@ -9,9 +9,9 @@ For a domain, L{MXRouter.route} returns the hosts to try, in order:
     (RFC 5321 5.1: "randomized to spread the load");
   - no MX records (the name exists): the domain itself, its A/AAAA records
     ("implicit MX");
-  - a null MX (RFC 7505: one MX, preference 0, exchange ".") or a domain
-    that does not exist (NXDOMAIN): a permanent L{RoutingError}, status
-    5.1.2;
+  - a domain that does not exist (NXDOMAIN): a permanent L{RoutingError},
+    status 5.1.2; a null MX (RFC 7505: one MX, preference 0, exchange
+    "."): a permanent L{RoutingError}, status 5.1.10;
   - a server failure or time-out: a temporary L{RoutingError} (4.4.3).
 
 Each host comes with its addresses (A and AAAA, looked up with the same
@@ -33,6 +33,8 @@ from twisted.internet.error import DNSLookupError
 from twisted.names import dns, error
 
 MAX_MX_HOSTS = 10
+# RFC 7505 section 6 registers X.1.10, "Recipient address has null MX".
+NULL_MX_STATUS = "5.1.10"
 
 
 class RoutingError(Exception):
@@ -96,7 +98,8 @@ class MXRouter:
             raise RoutingError(f"MX lookup for {domain} failed: {_describe(e)}", False, "4.4.3")
         exchanges = _mx_records(answers, domain)
         if len(exchanges) == 1 and exchanges[0][1] in ("", "."):
-            raise RoutingError(f"domain {domain} accepts no mail (null MX, RFC 7505)", True, "5.1.2")
+            # RFC 7505 section 4.1: no delivery is attempted; fail at once.
+            raise RoutingError(f"domain {domain} accepts no mail (null MX, RFC 7505)", True, NULL_MX_STATUS)
         if not exchanges:
             names = [domain]
         else:
