@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.e2e.test_dnsserver,tests.e2e.test_relay -*-
 """
 A tiny authoritative DNS server for end-to-end tests, on loopback:
 
@@ -10,10 +11,10 @@ ZONE.json maps names to record sets::
      "nomx.test": {"A": ["127.0.0.1"]},
      "servfail.test": "SERVFAIL"}
 
-A name not in the zone is NXDOMAIN; a name without the asked type has no
-answer (NODATA); C{"SERVFAIL"} answers every query for the name with a
-server failure. It listens on UDP and TCP on 127.0.0.1 (a free port, the
-same for both) and prints C{READY <port>} once it does.
+A name not in the zone is NXDOMAIN (rcode 3); a name without the asked
+type has no answer (NODATA); C{"SERVFAIL"} answers every query for the name
+with a server failure (rcode 2). It listens on UDP and TCP on 127.0.0.1 (a
+free port, the same for both) and prints C{READY <port>} once it does.
 """
 
 import json
@@ -21,6 +22,28 @@ import sys
 
 from twisted.internet import defer, reactor
 from twisted.names import dns, error, server
+
+
+class ServerFailure(Exception):
+    """
+    The zone says this name fails. Deliberately not a L{dns.DomainError}:
+    L{server.DNSServerFactory} answers those (L{error.DNSServerError}
+    included) with NXDOMAIN, and anything else with SERVFAIL.
+    """
+
+
+class ZoneServerFactory(server.DNSServerFactory):
+    """
+    A L{server.DNSServerFactory} that answers a L{ServerFailure} with
+    SERVFAIL without logging it as an error (it is what the zone asks for).
+    """
+
+    def gotResolverError(self, failure, protocol, message, address):
+        if failure.check(ServerFailure):
+            response = self._responseFromMessage(message=message, rCode=dns.ESERVER)
+            self.sendReply(protocol, response, address)
+            return
+        super().gotResolverError(failure, protocol, message, address)
 
 
 class ZoneResolver:
@@ -33,7 +56,7 @@ class ZoneResolver:
         if records is None:
             return defer.fail(error.DNSNameError(name))
         if records == "SERVFAIL":
-            return defer.fail(error.DNSServerError(name))
+            return defer.fail(ServerFailure(name))
         answers = []
         kind = dns.QUERY_TYPES.get(query.type, "")
         for value in records.get(kind, []):
@@ -52,7 +75,7 @@ class ZoneResolver:
 def main(path):
     with open(path) as f:
         zone = json.load(f)
-    factory = server.DNSServerFactory(clients=[ZoneResolver(zone)])
+    factory = ZoneServerFactory(clients=[ZoneResolver(zone)])
     protocol = dns.DNSDatagramProtocol(factory)
     tcp = reactor.listenTCP(0, factory, interface="127.0.0.1")
     port = tcp.getHost().port

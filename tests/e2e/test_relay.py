@@ -188,6 +188,25 @@ class RelayTests(RelayTestCase):
         [nullmx] = [r for r in reports if "Final-Recipient: rfc822; y@nullmx.test" in r]
         self.assertIn("Status: 5.1.10", nullmx)
 
+    def test_servfail_defers(self):
+        """
+        A DNS server failure (SERVFAIL, rcode 2) is temporary: the message
+        is deferred (4.4.3) and kept, with no DSN; only NXDOMAIN bounces
+        (test_nonexistent_domain).
+        """
+        dns, sink = self.dns(), self.sink()
+        server = self.server(dns, sink.port, 'retry_initial = "1h"\n')
+        self.send(server, "alice@example.test", ["x@servfail.test"])
+        wait_until(lambda: "status=deferred" in server.log() or "status=bounced" in server.log(), 20,
+                   what="a deferral")
+        log = server.log()
+        self.assertIn("to=<x@servfail.test> relay=none", log)
+        self.assertIn('status=deferred dsn=4.4.3 reply="MX lookup for servfail.test failed: server failure (SERVFAIL)"',
+                      log)
+        self.assertNotIn("status=bounced", log)
+        self.assertEqual(len(self.queue_ids(server)), 1)
+        self.assertEqual(server.maildir_files("alice@example.test"), [])
+
     def test_null_sender_never_bounced(self):
         """
         A failed message from the null sender is not bounced to anyone but
