@@ -497,16 +497,23 @@ def make_dns_resolver(servers, reactor: Any):
     exactly the configured servers, or, when none are configured, the
     servers of C{/etc/resolv.conf}. (Twisted's C{createResolver} would add
     the resolv.conf servers to configured ones, sending queries where the
-    administrator did not say.)
+    administrator did not say.) The DNS client is a
+    L{mailappliance.queue.dnsclient.QuietResolver}, which does not log
+    four lines per query.
     """
-    from twisted.names import cache, client, hosts, resolve
+    from twisted.names import cache, hosts, resolve
 
-    if not servers:
-        return client.createResolver()
+    from mailappliance.queue.dnsclient import QuietResolver
+
+    if servers:
+        dns_client = QuietResolver(servers=list(servers), reactor=reactor)
+    else:
+        # What createResolver builds on POSIX, with the quiet client.
+        dns_client = QuietResolver(resolv=b"/etc/resolv.conf", reactor=reactor)
     return resolve.ResolverChain([
         hosts.Resolver(file=b"/etc/hosts"),
         cache.CacheResolver(reactor=reactor),
-        client.Resolver(servers=list(servers), reactor=reactor),
+        dns_client,
     ])
 
 

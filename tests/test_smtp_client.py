@@ -11,9 +11,10 @@ import os
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet import defer, reactor, task, tcp
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import formatEvent
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailappliance import testing
 from mailappliance.address import parse_mailbox
@@ -742,6 +743,86 @@ class TLSTests(ClientTestCase):
             [formatEvent(e) for e in events],
             [f"qid=Q1 relay=mx1.test[192.0.2.1]:25 status=host-failed dsn=4.7.8 reason={reply!r}"],
         )
+
+
+# Reactor turns to wait for a closed connection to leave the reactor.
+MAX_TURNS = 1000
+
+
+def _connections() -> list:
+    """
+    The TCP connections (either end) the reactor still watches.
+    """
+    return [s for s in set(reactor.getReaders()) | set(reactor.getWriters()) if isinstance(s, tcp.Connection)]
+
+
+class _WatchedPeer(testing.FakeSMTPPeer):
+    """
+    A L{testing.FakeSMTPPeer} whose C{closed} fires when its (one)
+    connection is closed.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.closed = defer.Deferred()
+
+    def buildProtocol(self, addr):
+        protocol = super().buildProtocol(addr)
+        lost = protocol.connectionLost
+
+        def connectionLost(reason) -> None:
+            lost(reason)
+            self.closed.callback(None)
+
+        protocol.connectionLost = connectionLost
+        return protocol
+
+
+class RealConnectionLogTests(TestCase):
+    """
+    A delivery over a real TCP connection on 127.0.0.1, on the real reactor,
+    with every log event captured.
+    """
+
+    @defer.inlineCallbacks
+    def test_connection_logs_nothing(self) -> None:
+        """
+        A successful delivery logs nothing, Twisted's "Starting factory" and
+        "Stopping factory" for the connection included: the relay logs its
+        own one-line event per recipient.
+        """
+        peer = _WatchedPeer()
+        peer.noisy = False
+        port = reactor.listenTCP(0, peer, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "body")
+        with open(path, "wb") as f:
+            f.write(BODY)
+        message = OutboundMessage("alice@local.test", ("one@remote.test",), path, len(BODY), queue_id="Q1")
+        host = RouteHost("mx1.test", ("127.0.0.1",), port.getHost().port)
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            outcome = yield deliver(reactor, [host], message, ClientOptions("client.test", tls="none"))
+            yield peer.closed
+            # The peer closes first (after its 221); the client's side, and
+            # with it the factory, stops when the reactor has dropped its
+            # socket.
+            for _ in range(MAX_TURNS):
+                if not _connections():
+                    break
+                yield task.deferLater(reactor, 0, lambda: None)
+            self.assertEqual(_connections(), [])
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        self.assertEqual(self.statuses(outcome), {"one@remote.test": ("delivered", "2.0.0")})
+        self.assertEqual(peer.sessions[0].messages, [BODY])
+        self.assertEqual([formatEvent(e) for e in events], [])
+
+    def statuses(self, outcome) -> dict[str, tuple[str, str]]:
+        return {r.recipient: (r.status, r.enhanced_status) for r in outcome.results}
 
 
 class TLSHelperTests(SynchronousTestCase):

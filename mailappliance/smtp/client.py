@@ -31,8 +31,8 @@ from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
-    connectProtocol,
 )
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -211,6 +211,23 @@ def _unsafe_address(address: str) -> bool:
     return False
 
 
+class _ChannelFactory(Factory):
+    """
+    What C{connectProtocol} does, quietly: the factory of one connection,
+    whose protocol is the given channel. Twisted's factories log "Starting
+    factory" and "Stopping factory" for every connection unless C{noisy} is
+    off; the relay logs its own one-line events instead.
+    """
+
+    noisy = False
+
+    def __init__(self, channel) -> None:
+        self._channel = channel
+
+    def buildProtocol(self, addr):
+        return self._channel
+
+
 class _Delivery:
     """
     One call of L{deliver}.
@@ -337,7 +354,7 @@ class _Delivery:
         self._used = (host.name, address, host.port)
         self._session = SessionResult()
         channel = SMTPClientChannel(self._reactor)
-        connecting = connectProtocol(self._endpoint(address, host.port), channel)
+        connecting = self._endpoint(address, host.port).connect(_ChannelFactory(channel))
         timeout = self._options.connect_timeout
         timer = self._reactor.callLater(timeout, connecting.cancel)
         try:
