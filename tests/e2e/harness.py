@@ -272,6 +272,19 @@ class ServerProcess:
         except OSError:
             return False
 
+    def wait_sessions_closed(self, service: str = "smtp", timeout: float = 10.0) -> None:
+        """
+        Wait until every session of C{service} the log shows opened (the
+        start-up probes of L{start} included) is logged closed, so that a
+        test of the connection limits starts with none counted.
+        """
+        def settled() -> bool:
+            log = self.log()
+            opened = log.count(f"service={service} event=connect ")
+            return opened == log.count(f"service={service} event=disconnect ")
+
+        wait_until(settled, timeout, what=f"every {service} session to be closed")
+
     def run_to_exit(self, timeout: float = 30.0) -> tuple[int, str]:
         """
         Start the server and wait for it to exit (for configuration errors).

@@ -102,6 +102,8 @@ class FloodTests(SynchronousTestCase):
         # Long enough that the flood below is refused before the held
         # connections time out, even on a slow, busy machine.
         server = self.start(idle_timeout="6s")
+        # The start-up probes' sessions must not count against the limits.
+        server.wait_sessions_closed()
         port = server.ports["smtp"]
         held = []
         for _ in range(3):
