@@ -1096,6 +1096,44 @@ class PipeliningTests(SynchronousTestCase):
         self.assertEqual(client.output(), b"+OK Bye\r\n")
         self.assertEqual(h.listing()["new"], [MSG3_NAME])
 
+    def test_half_closed_after_pipelining(self):
+        """
+        A client that pipelines a whole session and then half-closes the
+        connection (C{printf ... | nc -N}) gets every reply, QUIT's
+        included, and its deletions are made; then the server closes.
+        """
+        checker = FakeChecker({ALICE: PASSWORD}, manual=True)
+        disk = ManualDiskPool()
+        h = Harness(self, checker=checker, disk=disk)
+        h.standard_mailbox()
+        client = h.connect()
+        self.assertEqual(client.send(b"USER alice@example.test\r\nPASS correct horse\r\nDELE 1\r\nQUIT\r\n"),
+                         b"+OK Send your password\r\n")
+        client.protocol.readConnectionLost()
+        self.assertFalse(client.transport.disconnecting)
+        checker.answer_next()
+        disk.run_all()
+        self.assertEqual(client.output(), LOGGED_IN + b"+OK Message 1 deleted\r\n+OK Bye\r\n")
+        self.assertTrue(client.transport.disconnecting)
+        self.assertNotIn(MSG1_NAME, h.listing()["new"])
+
+    def test_half_closed_without_quit(self):
+        """
+        Half-closed without QUIT: the commands sent are answered, then the
+        server closes, and nothing is deleted (no UPDATE state).
+        """
+        h = Harness(self)
+        h.standard_mailbox()
+        client = h.connect()
+        self.assertEqual(client.send(b"USER alice@example.test\r\nPASS correct horse\r\nDELE 1\r\nNOO"),
+                         b"+OK Send your password\r\n" + LOGGED_IN + b"+OK Message 1 deleted\r\n")
+        self.assertFalse(client.transport.disconnecting)
+        client.protocol.readConnectionLost()
+        self.assertEqual(client.output(), b"")
+        self.assertTrue(client.transport.disconnecting)
+        client.drop()
+        self.assertIn(MSG1_NAME, h.listing()["new"])
+
     def test_input_paused_when_backlog_grows(self):
         """
         While a command waits, a flood of pipelined input pauses reading

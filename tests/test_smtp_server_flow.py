@@ -58,6 +58,35 @@ class PipeliningTests(SynchronousTestCase):
         self.assertEqual(bytes(session.spool.writers[0].data).split(b" +0000\r\n", 1)[1], TRANSACTION_BODY)
         self.assertEqual(session.resolver.asked, ["alice@example.test", "nobody@example.test", "bob@example.test"])
 
+    def test_half_closed_after_pipelining(self) -> None:
+        """
+        A client that pipelines a whole transaction and half-closes the
+        connection (C{printf ... | nc -N}) while lookups are pending gets
+        every reply, its message is queued, and then the server closes.
+        """
+        session = SMTPHarness()
+        session.resolver.hold = True
+        replies = session.send(TRANSACTION)
+        session.protocol.readConnectionLost()
+        self.assertFalse(session.closed)
+        for _ in range(3):
+            session.resolver.answer(0)
+        self.assertEqual(replies + session.output(), TRANSACTION_REPLIES)
+        self.assertEqual(session.spool.writers[0].state, "committed")
+        self.assertTrue(session.closed)
+
+    def test_half_closed_during_data(self) -> None:
+        """
+        Half-closed before the data ended: what came is answered, the
+        message is not queued (logged as aborted), and the server closes.
+        """
+        session = SMTPHarness()
+        session.send(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\npart")
+        session.protocol.readConnectionLost()
+        self.assertTrue(session.closed)
+        self.assertEqual(session.spool.writers[0].state, "aborted")
+        self.assertIn('reason="connection closed during DATA"', session.log_lines()[-1])
+
     def test_sessions_answered_out_of_order(self) -> None:
         """
         Lookups of several sessions answered in reverse order: each

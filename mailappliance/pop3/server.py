@@ -29,10 +29,11 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import INegotiated, ISSLTransport
+from twisted.internet.interfaces import IHalfCloseableProtocol, INegotiated, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mailappliance.flow import OutputFlow
 from mailappliance.immediate import write_now
@@ -61,6 +62,7 @@ MAX_PENDING_INPUT = 64 * 1024
 _KEYWORD = re.compile(rb"[A-Za-z]{1,8}")
 
 
+@implementer(IHalfCloseableProtocol)
 class POP3Protocol(POP3LoginHandlers, POP3STLSHandler, POP3RetrievalHandlers, POP3UpdateHandler, Protocol):
     """
     One POP3 session. Created by L{POP3Factory}.
@@ -93,6 +95,7 @@ class POP3Protocol(POP3LoginHandlers, POP3STLSHandler, POP3RetrievalHandlers, PO
         self._closing = False
         self._disconnected = False
         self._input_paused = False
+        self._input_ended = False
         self._idle_call: Any = None
         self._delay: Deferred | None = None
         self._sender: MessageSender | None = None
@@ -173,6 +176,19 @@ class POP3Protocol(POP3LoginHandlers, POP3STLSHandler, POP3RetrievalHandlers, PO
             self.transport.pauseProducing()
         self._process()
 
+    def readConnectionLost(self) -> None:
+        """
+        The client half-closed the connection (C{printf ... | nc -N} does,
+        after pipelining its commands): answer every command it sent, in
+        order, QUIT included, then close (RFC 2449 section 6.6).
+        """
+        self._input_ended = True
+        self._process()
+
+    def writeConnectionLost(self) -> None:
+        # Only our side could close it, and it never does half-way.
+        pass
+
     def _touch(self) -> None:
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.reset(self.factory.settings.idle_timeout)
@@ -218,6 +234,11 @@ class POP3Protocol(POP3LoginHandlers, POP3STLSHandler, POP3RetrievalHandlers, PO
                     self._internal_error(Failure())
         finally:
             self._processing = False
+        if self._input_ended and not (self._busy or self._closing or self._flow.blocked):
+            # Everything the client sent is answered and no more can come.
+            self._closing = True
+            self._flow.close()
+            return
         if (
             self._input_paused
             and not (self._busy or self._closing or self._flow.blocked)

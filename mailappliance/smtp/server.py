@@ -34,10 +34,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mailappliance.flow import OutputFlow
 from mailappliance.immediate import write_now
@@ -69,9 +70,12 @@ if TYPE_CHECKING:
     from mailappliance.smtp.factory import SMTPFactory
 
 # Replies of code 500 and above a session may earn before it is closed
-# with 421 (as Postfix's smtpd_hard_error_limit): a client that keeps
-# failing is broken or probing for addresses.
-MAX_ERRORS = 10
+# with 421 (Postfix's smtpd_hard_error_limit, and its default): a client
+# that keeps failing is broken or probing for addresses. Unknown
+# recipients count, so this is also how many stale addresses one message
+# may carry before its good recipients cannot be reached (10 was too few
+# for a mailing with an old list).
+MAX_ERRORS = 20
 
 # Bytes of input held while a command's decision is pending; beyond this
 # the transport is paused until the decision is made (RFC 2920 section
@@ -86,6 +90,7 @@ NOT_IMPLEMENTED_VERBS = frozenset(
 )
 
 
+@implementer(IHalfCloseableProtocol)
 class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLSHandler, SMTPAuthHandlers, Protocol):
     """
     One SMTP session.
@@ -112,6 +117,7 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLS
         self._waiting: Deferred | None = None
         self._waiting_for_disk = False
         self._paused = False
+        self._input_ended = False
         self._closing = False
         self._connected = False
         self._admitted = False
@@ -252,6 +258,23 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLS
         except Exception:
             self._crashed(Failure())
 
+    def readConnectionLost(self) -> None:
+        """
+        The client half-closed the connection (C{printf ... | nc -N} does,
+        after pipelining a whole transaction): answer everything it sent,
+        in order, then close. A message whose data did not end is not
+        queued, as when the connection is lost.
+        """
+        self._input_ended = True
+        try:
+            self._process()
+        except Exception:
+            self._crashed(Failure())
+
+    def writeConnectionLost(self) -> None:
+        # Only our side could close it, and it never does half-way.
+        pass
+
     # -- the input loop ----------------------------------------------------
 
     def _process(self) -> None:
@@ -275,7 +298,23 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLS
                 if line is None:
                     break
                 self._command(line)
+        if self._input_ended and not self._closing and self._waiting is None and not self._flow.blocked:
+            self._input_exhausted()
+            return
         self._flow_control()
+
+    def _input_exhausted(self) -> None:
+        """
+        Everything the half-closed client sent is answered: close. Data
+        that did not end is not queued.
+        """
+        if self._receiver is not None:
+            self._log_event(LogLevel.info, event="abort", qid=self._receiver.queue_id, peer=self._peer_key,
+                            reason=quote("connection closed during DATA"))
+            self._receiver.abort()
+            self._receiver = None
+        self._abort_chunks("connection closed during BDAT")
+        self._close()
 
     def _flow_control(self) -> None:
         """

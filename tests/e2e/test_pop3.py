@@ -4,6 +4,7 @@ End-to-end: POP3 against the real twistd, with poplib and fetchmail.
 
 import os
 import poplib
+import socket
 import ssl
 import subprocess
 import time
@@ -153,6 +154,31 @@ class POP3Tests(SynchronousTestCase):
         client = wait_until(login, 10, what="the dropped session's lock to go")
         self.assertEqual(client.stat()[0], 1)
         client.quit()
+
+    def test_pipelined_then_half_closed(self):
+        """
+        A whole session pipelined in one write, then the write side closed
+        (as C{printf ... | nc -N host 110} does): every reply arrives, QUIT's
+        included, the deletion is made, and the server closes.
+        """
+        server = self.start()
+        put_message(server, USER, DOTTY)
+        put_message(server, USER, EIGHT_BIT)
+        sock = socket.create_connection(("127.0.0.1", server.ports["pop3"]), timeout=20)
+        self.addCleanup(sock.close)
+        sock.sendall(f"USER {USER}\r\nPASS {PASSWORD}\r\nSTAT\r\nDELE 1\r\nQUIT\r\n".encode())
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+        replies = received.split(b"\r\n")
+        self.assertEqual([r[:3] for r in replies[:6]], [b"+OK"] * 6, received)
+        self.assertEqual(replies[5][:7], b"+OK Bye")
+        self.assertEqual(len(os.listdir(os.path.join(server.maildir(USER), "new")))
+                         + len(os.listdir(os.path.join(server.maildir(USER), "cur"))), 1)
 
     def test_in_use(self):
         """

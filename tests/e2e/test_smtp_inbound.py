@@ -316,6 +316,29 @@ class InboundTests(SynchronousTestCase):
         server.wait_for_messages("alice@example.test", 1)
         server.wait_for_messages("bob@example.test", 1)
 
+    def test_pipelined_then_half_closed(self):
+        """
+        A whole transaction pipelined in one write, then the write side
+        closed (as C{printf ... | nc -N host 25} does): every reply
+        arrives, QUIT's included, and the message is delivered.
+        """
+        server = self.start()
+        sock = socket.create_connection(("127.0.0.1", server.ports["smtp"]), timeout=30)
+        self.addCleanup(sock.close)
+        sock.sendall(b"EHLO x\r\nMAIL FROM:<zed@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
+                     b"Subject: half-closed\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+        codes = [line[:4] for line in received.split(b"\r\n") if line[3:4] == b" "]
+        self.assertEqual(codes, [b"220 ", b"250 ", b"250 ", b"250 ", b"354 ", b"250 ", b"221 "], received)
+        [delivered] = server.wait_for_messages("alice@example.test", 1)
+        self.assertIn(b"Subject: half-closed\r\n\r\nbody\r\n", delivered)
+
     def test_size_refusals(self):
         """
         SIZE= over the limit gets 552 5.3.4 at MAIL; an over-size body is
