@@ -277,3 +277,25 @@ def parse_domain_pattern(text: str) -> str:
     @raise AddressError: if it is not a valid domain.
     """
     return normalise_domain(text.strip(), allow_utf8=True)
+
+
+def log_address(mailbox: object) -> str:
+    """
+    An address as it goes into a log line: white space, control
+    characters and backslashes escaped (C{\\x20}, C{\\\\}), so that a
+    quoted local part (C{"x status=sent"@example.test}, valid per RFC
+    5321 section 4.1.2) cannot forge C{key=value} fields in a line that
+    an administrator greps.
+
+    @param mailbox: a L{Mailbox}, or anything whose C{str()} is an address.
+    """
+    text = str(mailbox)
+    if _LOG_SAFE.fullmatch(text):
+        return text
+    return "".join(
+        "\\\\" if c == "\\" else f"\\x{ord(c):02x}" if c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F else c
+        for c in text
+    )
+
+
+_LOG_SAFE = re.compile(r"[^\s\\\x00-\x1f\x7f]*")

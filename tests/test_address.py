@@ -9,6 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mailappliance.address import (
     AddressError,
     Mailbox,
+    log_address,
     normalise_domain,
     parse_mailbox,
     parse_path,
@@ -156,3 +157,22 @@ class PropertyTests(SynchronousTestCase):
     def test_valid_round_trip(self, text):
         m = parse_mailbox(text)
         self.assertEqual(str(m), text)
+
+
+class LogAddressTests(SynchronousTestCase):
+    def test_plain_unchanged(self):
+        """
+        An address without white space or backslashes is logged as it is.
+        """
+        self.assertEqual(log_address(Mailbox("a.b+c", "example.test")), "a.b+c@example.test")
+        self.assertEqual(log_address(parse_mailbox("ü@bücher.test")), "ü@xn--bcher-kva.test")
+
+    def test_cannot_forge_fields(self):
+        """
+        White space (and control characters) in a quoted local part are
+        escaped, and so are backslashes, so a logged address is one token:
+        it cannot add C{key=value} fields to the line.
+        """
+        logged = log_address(parse_mailbox('"x qid=ABC status=sent\\\\"@example.test'))
+        self.assertEqual(logged, '"x\\x20qid=ABC\\x20status=sent\\\\\\\\"@example.test')
+        self.assertEqual(len(logged.split()), 1)

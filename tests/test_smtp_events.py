@@ -20,9 +20,11 @@ class EventTests(SynchronousTestCase):
 
     def test_angle_path(self) -> None:
         """
-        Addresses in angle brackets; the null sender is C{<>}.
+        Addresses in angle brackets, white space escaped
+        (L{mailappliance.address.log_address}); the null sender is C{<>}.
         """
         self.assertEqual(angle_path(Mailbox("a", "b.test")), "<a@b.test>")
+        self.assertEqual(angle_path(Mailbox('"x status=sent"', "b.test")), '<"x\\x20status=sent"@b.test>')
         self.assertEqual(angle_path(None), "<>")
 
     def test_log_event(self) -> None:

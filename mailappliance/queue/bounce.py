@@ -27,8 +27,15 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from mailappliance.address import log_address
 from mailappliance.interfaces import ResolutionError
-from mailappliance.queue.dsn import DELAYED, FAILED as ACTION_FAILED, RecipientReport, build_dsn, read_original_headers
+from mailappliance.queue.dsn import (
+    DELAYED,
+    RecipientReport,
+    build_dsn,
+    read_original_headers,
+)
+from mailappliance.queue.dsn import FAILED as ACTION_FAILED
 from mailappliance.queue.envelope import FAILED, PENDING, Envelope
 from mailappliance.queue.inject import NoDeliverableRecipient, inject
 
@@ -114,7 +121,7 @@ class Notifier:
         else:
             for r in recipients:
                 self.log.warn("qid={qid} to=<{to}> status=undeliverable reason={reason}", qid=qid,
-                              to=str(r.target), reason=_quote("double bounce dropped: " + r.last_error))
+                              to=log_address(r.target), reason=_quote("double bounce dropped: " + r.last_error))
             return True
         reports = [
             RecipientReport(
@@ -143,16 +150,16 @@ class Notifier:
                                recipients=[to], data=data, via="dsn", kind=kind,
                                eight_bit=not data.isascii())
         except NoDeliverableRecipient as e:
-            self.log.warn("qid={qid} status=dsn-undeliverable to=<{to}> reason={reason}", qid=qid, to=str(to),
+            self.log.warn("qid={qid} status=dsn-undeliverable to=<{to}> reason={reason}", qid=qid, to=log_address(to),
                           reason=_quote(str(e)))
             return True
         except (ResolutionError, OSError) as e:
-            self.log.error("qid={qid} status=dsn-deferred to=<{to}> reason={reason}", qid=qid, to=str(to),
+            self.log.error("qid={qid} status=dsn-deferred to=<{to}> reason={reason}", qid=qid, to=log_address(to),
                            reason=_quote(getattr(e, "reason", None) or str(e)))
             return False
         self.log.info("qid={qid} status={status} dsn={dsn} to=<{to}> nrcpt={n}", qid=qid,
                       status="bounced" if action == ACTION_FAILED else "delay-warned",
-                      dsn=dsn.queue_id, to=str(to), n=len(recipients))
+                      dsn=dsn.queue_id, to=log_address(to), n=len(recipients))
         return True
 
 

@@ -42,6 +42,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mailappliance.address import log_address
 from mailappliance.interfaces import DeliveryError
 from mailappliance.queue.envelope import DELIVERED, PENDING, Envelope, Recipient
 from mailappliance.queue.outcomes import after_attempt
@@ -153,5 +154,5 @@ class DirectDelivery:
         # Not an outcome: the message is queued with this recipient pending
         # and the queue's first round tries it again at once (and logs it).
         if not reason.check(DeliveryError):
-            self.log.failure("qid={qid} to=<{to}> status=error", reason, qid=qid, to=str(target))
+            self.log.failure("qid={qid} to=<{to}> status=error", reason, qid=qid, to=log_address(target))
         return []

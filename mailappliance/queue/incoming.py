@@ -40,7 +40,12 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mailappliance.address import AddressError, Mailbox, parse_mailbox
-from mailappliance.disk import fill_and_rename, fsync_directory, remove_old_files, write_all
+from mailappliance.disk import (
+    fill_and_rename,
+    fsync_directory,
+    remove_old_files,
+    write_all,
+)
 
 DROP_VERSION = 1
 DROP_SUFFIX = ".msg"

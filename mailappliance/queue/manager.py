@@ -38,6 +38,7 @@ from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mailappliance.address import log_address
 from mailappliance.interfaces import DeliveryError, IRemoteDelivery  # noqa: F401 (re-exported)
 from mailappliance.queue.direct import DirectDelivery
 from mailappliance.queue.envelope import DELIVERED, FAILED, PENDING, Envelope
@@ -243,7 +244,7 @@ class QueueManager(DirectDelivery, DeliveryRounds, OutcomeLog, Service):
             return
         self._messages[qid] = _Message(envelope)
         if new:
-            sender = str(envelope.sender) if envelope.sender is not None else ""
+            sender = log_address(envelope.sender) if envelope.sender is not None else ""
             self.log.info(
                 "qid={qid} from=<{sender}> size={size} nrcpt={nrcpt} status=queued",
                 qid=qid,
@@ -260,7 +261,7 @@ class QueueManager(DirectDelivery, DeliveryRounds, OutcomeLog, Service):
                     self.log.info(
                         "qid={qid} to=<{to}> status=deferred reason={reason}",
                         qid=qid,
-                        to=str(r.target),
+                        to=log_address(r.target),
                         reason=quote(REMOTE_UNAVAILABLE),
                     )
         self._run(qid)

@@ -18,6 +18,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from mailappliance.address import log_address
 from mailappliance.queue.envelope import Recipient
 
 # Outcomes remembered for "mailappliance status" (deliveries and bounces
@@ -60,18 +61,18 @@ class OutcomeLog:
             self.history.popleft()
 
     def _log_delivered(self, qid: str, target: Any, path: str) -> None:
-        self.log.info("qid={qid} to=<{to}> status=delivered path={path}", qid=qid, to=str(target), path=path)
+        self.log.info("qid={qid} to=<{to}> status=delivered path={path}", qid=qid, to=log_address(target), path=path)
 
     def _log_deferred(self, qid: str, target: Any, reason: str) -> None:
         self.log.info(
             "qid={qid} to=<{to}> status=deferred reason={reason} delay={delay:g}",
             qid=qid,
-            to=str(target),
+            to=log_address(target),
             reason=quote(reason),
             delay=self.retry_delay,
         )
 
     def _log_failed(self, qid: str, target: Any, reason: str) -> None:
         self.log.warn(  # noqa: G010 -- twisted.logger.Logger has no warning()
-            "qid={qid} to=<{to}> status=failed reason={reason}", qid=qid, to=str(target), reason=quote(reason)
+            "qid={qid} to=<{to}> status=failed reason={reason}", qid=qid, to=log_address(target), reason=quote(reason)
         )

@@ -67,6 +67,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mailappliance.address import log_address
 from mailappliance.queue.dsn import count_received_headers
 from mailappliance.queue.envelope import DELIVERED, FAILED, Envelope, Recipient
 from mailappliance.queue.manager import IRemoteDelivery
@@ -320,7 +321,7 @@ class Relay:
         text = reply if reply is not None else r.last_error
         self.log.info(
             "qid={qid} to=<{to}> relay={relay} delay={delay:.1f} tls={tls} status={status} dsn={dsn} reply={reply}",
-            qid=envelope.queue_id, to=str(r.target), relay=relay, delay=self.clock.seconds() - envelope.arrival,
+            qid=envelope.queue_id, to=log_address(r.target), relay=relay, delay=self.clock.seconds() - envelope.arrival,
             tls=tls, status=status, dsn=r.status or "-", reply=_quote(text),
         )
 

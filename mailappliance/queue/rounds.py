@@ -61,6 +61,7 @@ from twisted.internet.defer import (
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mailappliance.address import log_address
 from mailappliance.interfaces import DeliveryError
 from mailappliance.queue.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipient
 from mailappliance.queue.outcomes import after_attempt, quote
@@ -175,7 +176,7 @@ class DeliveryRounds:
             if reason.check(DeliveryError):
                 error = reason.value
             else:
-                self.log.failure("qid={qid} to=<{to}> status=error", reason, qid=qid, to=str(target))
+                self.log.failure("qid={qid} to=<{to}> status=error", reason, qid=qid, to=log_address(target))
                 error = DeliveryError(f"local delivery error: {reason.getErrorMessage()}")
             if error.permanent:
                 self._log_failed(qid, target, error.reason)

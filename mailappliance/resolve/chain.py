@@ -53,15 +53,15 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailappliance.address import Mailbox
+from mailappliance.address import Mailbox, log_address
 from mailappliance.interfaces import (
     Account,
     AliasLoop,
     ExpansionTooLarge,
     Forward,
     IRecipientResolver,
-    Resolved,
     ResolutionError,
+    Resolved,
     TemporaryResolutionError,
     UnknownAddress,
 )
@@ -257,7 +257,7 @@ class ResolverChain:
             self._log.failure(
                 "to=<{to}> resolver={resolver} call={call} status=error",
                 failure,
-                to=address,
+                to=log_address(address),
                 resolver=getattr(resolver, "name", repr(resolver)),
                 call=method,
                 level=LogLevel.error,
@@ -272,10 +272,10 @@ class ResolverChain:
         for mailbox in path[first:] + [again]:
             if not cycle or cycle[-1].key != mailbox.key:
                 cycle.append(mailbox)
-        shown = " -> ".join(str(mailbox) for mailbox in cycle)
+        shown = " -> ".join(log_address(mailbox) for mailbox in cycle)
         members = frozenset(mailbox.key for mailbox in cycle)
         if self._first_report(("loop", members)):
-            self._log.error("to=<{to}> status=alias-loop path={path}", to=path[0], path=shown)
+            self._log.error("to=<{to}> status=alias-loop path={path}", to=log_address(path[0]), path=shown)
         # The reply goes to the (possibly remote) client: name only the
         # recipient it gave, not the alias members; the log has the path.
         return AliasLoop(f"<{path[0]}>: alias expansion loop, please tell the postmaster")
@@ -283,7 +283,7 @@ class ResolverChain:
     def _too_large(self, root: Mailbox) -> ExpansionTooLarge:
         if self._first_report(("too-large", root.key)):
             self._log.error(
-                "to=<{to}> status=expansion-too-large limit={limit}", to=root, limit=self.max_expansion
+                "to=<{to}> status=expansion-too-large limit={limit}", to=log_address(root), limit=self.max_expansion
             )
         return ExpansionTooLarge(f"alias expansion of <{root}> exceeds {self.max_expansion} addresses")
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from twisted.logger import Logger, LogLevel
 
+from mailappliance.address import log_address
+
 
 def quote(text: str) -> str:
     """
@@ -24,7 +26,7 @@ def angle_path(mailbox: object) -> str:
     An envelope address as logged: C{<local@domain>}, C{<>} for the null
     sender (L{None}).
     """
-    return "<%s>" % ("" if mailbox is None else mailbox)
+    return "<%s>" % ("" if mailbox is None else log_address(mailbox))
 
 
 def log_event(log: Logger, level: LogLevel, service: str, **fields: str | None) -> None:
