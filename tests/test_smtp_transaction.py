@@ -41,3 +41,16 @@ class TransactionTests(SynchronousTestCase):
         )
         self.assertIsNone(transaction.sender)
         self.assertEqual(UNKNOWN_MEMBER_ERROR, "5.1.1 unknown alias member")
+
+    def test_remote_local_parts_keep_their_case(self) -> None:
+        """
+        Remote targets whose local parts differ only in case are kept
+        apart (RFC 5321 section 2.4: only the remote server may fold them);
+        the same remote address twice is one target.
+        """
+        transaction = Transaction(MailFrom(None))
+        for address in (Mailbox("dup", "remote.test"), Mailbox("DUP", "remote.test"), Mailbox("dup", "remote.test")):
+            transaction.add(Resolved(address, remote=(address,)))
+        self.assertEqual(
+            [str(r.target) for r in transaction.envelope_recipients()], ["dup@remote.test", "DUP@remote.test"]
+        )

@@ -62,7 +62,9 @@ class Transaction:
         for target in resolved.local:
             self._targets.setdefault(target.key, Recipient(original, target, local=True))
         for target in resolved.remote:
-            self._targets.setdefault(target.key, Recipient(original, target, local=False))
+            # Only the remote server knows whether its local parts are
+            # case-sensitive (RFC 5321 section 2.4): keep them apart.
+            self._targets.setdefault(f"remote:{target.local}@{target.domain}", Recipient(original, target, local=False))
         for member in resolved.unknown:
             self._targets.setdefault(
                 member.key,
