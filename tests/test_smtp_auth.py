@@ -245,6 +245,19 @@ class RefusalTests(SynchronousTestCase):
         self.assertEqual(session.send(b"NOOP\r\n"), lines(OK))
         self.assertEqual(session.factory.checker.seen, [])
 
+    def test_bare_lf_response(self) -> None:
+        """
+        A response ended by a bare LF is 500 5.5.2 "bare <LF> received"
+        at once and ends the exchange (the checker is never asked); the
+        next line is a command again.
+        """
+        session = submission()
+        self.assertEqual(session.send(b"AUTH LOGIN\r\n"), lines(USERNAME_CHALLENGE))
+        self.assertEqual(session.send(b64(b"alice@example.test") + b"\n"),
+                         lines("500 5.5.2 Error: bare <LF> received"))
+        self.assertEqual(session.send(b"NOOP\r\n"), lines(OK))
+        self.assertEqual(session.factory.checker.seen, [])
+
     def test_cancel(self) -> None:
         """
         C{*} cancels the exchange (501 5.0.0) at any step; the next line

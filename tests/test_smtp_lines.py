@@ -7,6 +7,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailappliance.smtp.lines import (
+    BARE_LF,
     MAX_AUTH_LINE,
     MAX_COMMAND_LINE,
     MAX_MAIL_RCPT_LINE,
@@ -42,11 +43,12 @@ class LimitTests(SynchronousTestCase):
 class CommandLineReaderTests(SynchronousTestCase):
     def test_lines(self) -> None:
         """
-        Lines end with CRLF only; a bare CR or LF stays in the line.
+        Lines end with CRLF only; a bare CR stays in the line, a line that
+        a bare LF ends is reported as L{BARE_LF}, without its bytes.
         """
         reader = CommandLineReader()
         reader.feed(b"NOOP\r\nA\nB\rC\r\npartial")
-        self.assertEqual(read_all(reader), [b"NOOP", b"A\nB\rC"])
+        self.assertEqual(read_all(reader), [b"NOOP", BARE_LF, b"B\rC"])
         self.assertEqual(reader.buffered, len(b"partial"))
         reader.feed(b"\r")
         self.assertIsNone(reader.next_line())
@@ -66,6 +68,56 @@ class CommandLineReaderTests(SynchronousTestCase):
             reader.feed(stream[offset:])
             lines += read_all(reader)
             self.assertEqual(lines, [b"EHLO x", b"MAIL FROM:<a@b>", b"", b"QUIT"], offset)
+
+    def test_bare_lf(self) -> None:
+        """
+        Each line ended by a bare LF is dropped up to and including the LF
+        and reported once as L{BARE_LF}, at once (no CRLF is waited for);
+        an LF alone is such a line, and a CR before a CRLF stays in its
+        line.
+        """
+        reader = CommandLineReader()
+        reader.feed(b"EHLO x\n")
+        self.assertEqual(read_all(reader), [BARE_LF])
+        self.assertEqual(reader.buffered, 0)
+        reader.feed(b"QUIT\n\nNOOP\r\nRSET\r\r\nMAIL")
+        self.assertEqual(read_all(reader), [BARE_LF, BARE_LF, b"NOOP", b"RSET\r"])
+        self.assertEqual(reader.buffered, len(b"MAIL"))
+
+    def test_bare_lf_every_split(self) -> None:
+        """
+        Wherever the stream is cut, bare LFs and CRLFs give the same
+        items; a CR at the end of one piece and an LF at the start of the
+        next are a CRLF.
+        """
+        stream = b"EHLO x\nNOOP\r\n\nQUIT\r\n"
+        for offset in range(len(stream) + 1):
+            reader = CommandLineReader()
+            reader.feed(stream[:offset])
+            items = read_all(reader)
+            reader.feed(stream[offset:])
+            items += read_all(reader)
+            self.assertEqual(items, [BARE_LF, b"NOOP", BARE_LF, b"QUIT"], offset)
+
+    def test_overlong_ended_by_bare_lf(self) -> None:
+        """
+        An over-long line that a bare LF ends is reported once, as
+        L{BARE_LF}, whether it arrived whole or in pieces (and so was
+        being dropped already); one that a CRLF ends is L{OVERLONG}.
+        """
+        long_line = b"NOOP " + b"x" * MAX_COMMAND_LINE
+        for end, report in ((b"\n", BARE_LF), (b"\r\n", OVERLONG)):
+            whole = CommandLineReader()
+            whole.feed(long_line + end + b"NOOP\r\n")
+            self.assertEqual(read_all(whole), [report, b"NOOP"], end)
+            pieces = CommandLineReader()
+            pieces.feed(long_line)
+            self.assertEqual(read_all(pieces), [])
+            self.assertEqual(pieces.buffered, 0)
+            for byte in end:
+                pieces.feed(bytes([byte]))
+            pieces.feed(b"NOOP\r\n")
+            self.assertEqual(read_all(pieces), [report, b"NOOP"], end)
 
     def test_exact_limit(self) -> None:
         """

@@ -195,6 +195,38 @@ class LineLengthTests(SynchronousTestCase):
             self.assertLess(session.protocol._lines.buffered, MAX_COMMAND_LINE)
         self.assertEqual(session.send(b"\r\nEHLO client.test\r\n"), lines("500 5.5.2 Error: line too long", *EHLO))
 
+    def test_bare_lf_answered_at_once(self) -> None:
+        """
+        A command ended by a bare LF is not acted on, but answered at once
+        with 500 5.5.2 "bare <LF> received" (not left waiting for a CRLF
+        until the idle time-out); its bytes are dropped up to the LF, so
+        the session stays in step and the next CRLF command is answered
+        as usual.
+        """
+        session = SMTPHarness()
+        bare_lf = "500 5.5.2 Error: bare <LF> received"
+        self.assertEqual(session.send(b"EHLO client.test\n"), lines(bare_lf))
+        self.assertEqual(session.send(b"QUIT\n"), lines(bare_lf))
+        self.assertFalse(session.closed)
+        self.assertEqual(session.protocol._lines.buffered, 0)
+        self.assertEqual(session.send(b"EHLO client.test\r\nMAIL FROM:<a@b.test>\nNOOP\r\n"),
+                         lines(*EHLO, bare_lf, OK))
+        # The MAIL was not acted on: there is no transaction.
+        self.assertEqual(session.send(b"RCPT TO:<alice@example.test>\r\n"),
+                         lines("503 5.5.1 Error: need MAIL command"))
+        self.assertEqual(session.send(b"QUIT\r\n"), lines(BYE))
+        self.assertTrue(session.closed)
+
+    def test_bare_lf_counts_as_error(self) -> None:
+        """
+        Each bare-LF reply counts toward L{MAX_ERRORS}, like every 500.
+        """
+        session = SMTPHarness()
+        output = session.send(b"NOOP\n" * MAX_ERRORS + b"NOOP\r\n")
+        bare_lf = "500 5.5.2 Error: bare <LF> received"
+        self.assertEqual(output, lines(*[bare_lf] * MAX_ERRORS, f"421 4.7.0 {HOST} Error: too many errors"))
+        self.assertTrue(session.closed)
+
     def test_mail_and_auth_limits(self) -> None:
         """
         MAIL may be up to 1024 octets, AUTH up to 12288.

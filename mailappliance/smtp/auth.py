@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from mailappliance.address import parse_mailbox
 from mailappliance.smtp import replies
 from mailappliance.smtp.events import quote
-from mailappliance.smtp.lines import OVERLONG
+from mailappliance.smtp.lines import BARE_LF, OVERLONG
 from mailappliance.smtp.policy import SessionPolicy, SMTPSettings
 from mailappliance.smtp.replies import Reply, printable
 from mailappliance.smtp.sasl import (
@@ -212,12 +212,15 @@ class SMTPAuthHandlers:
         """
         The client's answer to a C{334} challenge: C{*} cancels (501
         5.0.0), a line that is not base64 is 501 5.5.2, an over-long one
-        500 5.5.6 (RFC 4954 section 4); each ends the exchange.
+        500 5.5.6 (RFC 4954 section 4), one that ended with a bare LF 500
+        5.5.2; each ends the exchange.
         """
         mechanism, self._sasl = self._sasl, None
         self._context = {"cmd": "AUTH", "mechanism": mechanism.name}
         if line is OVERLONG:
             return replies.AUTH_LINE_TOO_LONG
+        if line is BARE_LF:
+            return replies.BARE_LF_RECEIVED
         assert isinstance(line, bytes)
         try:
             response = decode_response(line)

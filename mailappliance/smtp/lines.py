@@ -3,12 +3,24 @@
 The command line reader of the SMTP server: strict CRLF lines with a
 length limit that depends on the command.
 
-Only CRLF ends a line (RFC 5321 section 2.3.8); a bare CR or LF is part of
-the line, for the command parser to refuse. A line longer than its limit
-is not kept: its bytes are dropped as they arrive, up to its CRLF, so an
-endless line costs no memory, and it is then reported once as
-L{OVERLONG}, so that the server answers it with one reply and stays in
-step with the client.
+Only CRLF ends a line (RFC 5321 section 2.3.8). A bare CR is part of the
+line, for the command parser to refuse. A bare LF never ends a command
+either: taking it for one would let this server split a stream into
+commands differently from a server that obeys section 2.3.8 (the root of
+SMTP smuggling, CVE-2023-51764 and kin), so no line that ends in a bare LF
+is ever acted on. It is not left waiting for a CRLF either, though: a
+client that ends its lines with LF alone would then get no reply until the
+idle time-out. The line is dropped up to and including the LF and
+reported once as L{BARE_LF}, so that the server answers it at once and
+stays in step with the client (Postfix's C{smtpd_forbid_bare_newline =
+reject} gives the same answer, "bare <LF> received", but then
+disconnects).
+
+A line longer than its limit is not kept: its bytes are dropped as they
+arrive, up to its line end, so an endless line costs no memory, and it is
+then reported once as L{OVERLONG} (or as L{BARE_LF}, when it ended with a
+bare LF), so that the server answers it with one reply and stays in step
+with the client.
 
 The reader also holds the bytes that arrive while the server cannot act on
 them yet (a pipelined command behind a pending lookup, the body behind the
@@ -38,6 +50,8 @@ MAX_AUTH_LINE = 12288
 # and its space ("MAIL ", "RCPT ", "AUTH ").
 LIMIT_PREFIX = 5
 
+_CR = 0x0D
+
 
 class _Overlong:
     def __repr__(self) -> str:
@@ -46,6 +60,18 @@ class _Overlong:
 
 OVERLONG = _Overlong()
 """What L{CommandLineReader.next_line} returns for a line over its limit."""
+
+
+class _BareLF:
+    def __repr__(self) -> str:
+        return "BARE_LF"
+
+
+BARE_LF = _BareLF()
+"""
+What L{CommandLineReader.next_line} returns for a line that ended with a
+bare LF (dropped, LF included).
+"""
 
 
 def limit_for_command(prefix: bytes) -> int:
@@ -67,7 +93,8 @@ def limit_for_command(prefix: bytes) -> int:
 class CommandLineReader:
     """
     Split a byte stream into CRLF-terminated lines, each at most its limit
-    long.
+    long; a line that ends with a bare LF is dropped and reported as
+    L{BARE_LF}.
 
     A line that turns out too long is forgotten at once (only a trailing
     CR is remembered, in case the next bytes begin with LF), so at most one
@@ -84,8 +111,10 @@ class CommandLineReader:
         self._buffer = bytearray()
         # Inside an over-long line whose bytes are being dropped.
         self._discarding = False
-        # The dropped line ended; report it before anything after it.
-        self._overlong_ended = False
+        # The over-long line being dropped has ended: what to report for it
+        # (OVERLONG, or BARE_LF when a bare LF ended it), before anything
+        # that follows it.
+        self._dropped_ended: _Overlong | _BareLF | None = None
         # While discarding: the last byte seen was a CR.
         self._held_cr = False
 
@@ -99,38 +128,38 @@ class CommandLineReader:
     def feed(self, data: bytes) -> None:
         """
         Add received bytes. Bytes of a line already known to be too long
-        are dropped here, up to and including its CRLF.
+        are dropped here, up to and including its LF (with a CR before it
+        or not).
         """
         if not data:
             return
         if self._discarding:
-            if self._held_cr and data[:1] == b"\n":
-                rest = 1
-            else:
-                crlf = data.find(b"\r\n")
-                if crlf == -1:
-                    self._held_cr = data.endswith(b"\r")
-                    return
-                rest = crlf + 2
+            newline = data.find(b"\n")
+            if newline == -1:
+                self._held_cr = data.endswith(b"\r")
+                return
+            crlf = self._held_cr if newline == 0 else data[newline - 1] == _CR
             self._discarding = False
             self._held_cr = False
-            self._overlong_ended = True
-            data = data[rest:]
+            self._dropped_ended = OVERLONG if crlf else BARE_LF
+            data = data[newline + 1 :]
         self._buffer += data
 
-    def next_line(self) -> bytes | _Overlong | None:
+    def next_line(self) -> bytes | _Overlong | _BareLF | None:
         """
         @return: the next complete line without its CRLF; L{OVERLONG} for a
-            line over its limit (once it has ended); L{None} when no
-            complete line is held.
+            line over its limit (once it has ended); L{BARE_LF} for a line
+            that ended with a bare LF; L{None} when no complete line is
+            held.
         """
-        if self._overlong_ended:
-            self._overlong_ended = False
-            return OVERLONG
+        ended = self._dropped_ended
+        if ended is not None:
+            self._dropped_ended = None
+            return ended
         if self._discarding:
             return None
-        crlf = self._buffer.find(b"\r\n")
-        if crlf == -1:
+        newline = self._buffer.find(b"\n")
+        if newline == -1:
             limit = self._limit_for(bytes(self._buffer[:LIMIT_PREFIX]))
             # The shortest this line can still be, CRLF included: over the
             # limit already, whatever comes next.
@@ -140,8 +169,11 @@ class CommandLineReader:
                 del self._buffer[:]
                 self._discarding = True
             return None
-        line = bytes(self._buffer[:crlf])
-        del self._buffer[: crlf + 2]
+        if newline == 0 or self._buffer[newline - 1] != _CR:
+            del self._buffer[: newline + 1]
+            return BARE_LF
+        line = bytes(self._buffer[: newline - 1])
+        del self._buffer[: newline + 1]
         if len(line) + 2 > self._limit_for(line[:LIMIT_PREFIX]):
             return OVERLONG
         return line
@@ -185,5 +217,5 @@ class CommandLineReader:
         """
         del self._buffer[:]
         self._discarding = False
-        self._overlong_ended = False
+        self._dropped_ended = None
         self._held_cr = False

@@ -184,6 +184,9 @@ HELP = reply(
 LINE_TOO_LONG = reply(500, "5.5.2", "Error: line too long")
 UNRECOGNISED = reply(500, "5.5.2", "Error: command not recognized")
 BARE_LINE_END_IN_COMMAND = reply(500, "5.5.2", "Error: bare CR or LF in command")
+# A command line ended with a bare LF (see mailappliance.smtp.lines); the
+# text is Postfix's (smtpd_forbid_bare_newline).
+BARE_LF_RECEIVED = reply(500, "5.5.2", "Error: bare <LF> received")
 # 501: its arguments.
 EHLO_SYNTAX = reply(501, "5.5.4", "Syntax: EHLO hostname")
 HELO_SYNTAX = reply(501, "5.5.4", "Syntax: HELO hostname")

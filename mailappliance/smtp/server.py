@@ -49,6 +49,7 @@ from mailappliance.smtp.commands import CommandRefused, is_http_request, parse_c
 from mailappliance.smtp.events import log_event, quote
 from mailappliance.smtp.handlers import SMTPCommandHandlers
 from mailappliance.smtp.lines import (
+    BARE_LF,
     MAX_AUTH_LINE,
     OVERLONG,
     CommandLineReader,
@@ -497,9 +498,10 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLS
 
     def _command(self, line: bytes | object) -> None:
         """
-        Answer one command line (or L{OVERLONG}). An HTTP request line ends
-        the session at once: a browser or proxy was made to talk to us
-        (cross-protocol attacks), and nothing it sends is meant as SMTP.
+        Answer one command line (or L{OVERLONG}, or L{BARE_LF}). An HTTP
+        request line ends the session at once: a browser or proxy was made
+        to talk to us (cross-protocol attacks), and nothing it sends is
+        meant as SMTP.
         """
         self._context = {}
         if self.in_sasl_exchange:
@@ -507,6 +509,13 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLS
             return
         if line is OVERLONG:
             self._send(replies.LINE_TOO_LONG)
+            return
+        if line is BARE_LF:
+            # Not acted on (see mailappliance.smtp.lines), but answered at
+            # once, so that a client ending its lines with LF alone is not
+            # left waiting for the idle time-out; counted as an error like
+            # every 500.
+            self._send(replies.BARE_LF_RECEIVED)
             return
         assert isinstance(line, bytes)
         if is_http_request(line):
