@@ -57,6 +57,22 @@ class HeaderCompleterProperties(SynchronousTestCase):
         else:
             self.fail("the input was changed, not only added to")
 
+    @settings(max_examples=300, deadline=None)
+    @given(MESSAGES, st.lists(st.integers(min_value=0, max_value=4000), max_size=6))
+    def test_no_fields_only_separates(self, data, cuts):
+        """
+        With no fields to add, the output is the input, or the input after
+        one empty line, the same for any split.
+        """
+        completer = HeaderCompleter([])
+        out = b""
+        for piece in split(data, cuts):
+            out += completer.feed(piece)
+        out += completer.finish()
+        whole = HeaderCompleter([])
+        self.assertEqual(out, whole.feed(data) + whole.finish())
+        self.assertIn(out, (data, b"\r\n" + data))
+
     def test_bounded(self):
         """
         An endless first line is passed on, never held beyond MAX_HELD.

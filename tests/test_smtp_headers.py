@@ -122,8 +122,76 @@ class HeaderCompleterTests(SynchronousTestCase):
     def test_unterminated_last_line(self) -> None:
         """
         A message whose last line has no line end (the DATA reader never
-        gives one, but the completer does not rely on it) gets one before
-        the new fields.
+        gives one, but BDAT may) gets one before the new fields when that
+        line is a field; a last line without a colon is no field, so it
+        ends the header section (with the empty line before it) like any
+        such line, and is kept as it came.
         """
         self.assertEqual(complete(b"Subject: s"), b"Subject: s\r\n" + MESSAGE_ID + DATE)
-        self.assertEqual(complete(b"Subj"), b"Subj\r\n" + MESSAGE_ID + DATE)
+        self.assertEqual(complete(b"Subj"), MESSAGE_ID + DATE + b"\r\nSubj")
+        self.assertEqual(complete(b"Subject: s\r\nno colon"),
+                         b"Subject: s\r\n" + MESSAGE_ID + DATE + b"\r\nno colon")
+
+
+# (message, stored): with no fields to add (the smtp service), only whether
+# the message has a header section matters: our Received: is in front.
+SEPARATOR_CASES = [
+    # No header section: the empty line goes first.
+    (b"just text\r\nDate: no\r\n", b"\r\njust text\r\nDate: no\r\n"),
+    (b" indented first line\r\n", b"\r\n indented first line\r\n"),
+    (b"no colon\r\n\r\nbody\r\n", b"\r\nno colon\r\n\r\nbody\r\n"),
+    (b"unterminated", b"\r\nunterminated"),
+    (b":\r\n", b"\r\n:\r\n"),
+    (b"N" * MAX_HELD + b": too long a name\r\n", b"\r\n" + b"N" * MAX_HELD + b": too long a name\r\n"),
+    # A header section, an empty one, or nothing at all: unchanged, and
+    # only the first line is looked at.
+    (b"Subject: s\r\nno colon here\r\n", b"Subject: s\r\nno colon here\r\n"),
+    (b"Subject : s\r\n\r\nbody\r\n", b"Subject : s\r\n\r\nbody\r\n"),
+    (b"Subject: s", b"Subject: s"),
+    (b"\r\nbody only\r\n", b"\r\nbody only\r\n"),
+    (b"", b""),
+]
+
+
+def separate(message: bytes, cuts: tuple[int, ...] = ()) -> bytes:
+    completer = HeaderCompleter([])
+    out = b""
+    start = 0
+    for cut in (*cuts, len(message)):
+        out += completer.feed(message[start:cut])
+        start = cut
+    return out + completer.finish()
+
+
+class NoFieldsTests(SynchronousTestCase):
+    def test_cases(self) -> None:
+        """
+        With no fields to add, a message without a header section gets an
+        empty line in front; any other message is passed on unchanged.
+        """
+        for message, stored in SEPARATOR_CASES:
+            self.assertEqual(separate(message), stored, message)
+
+    def test_every_split(self) -> None:
+        """
+        The same whichever offset the message is cut at, and one byte at
+        a time.
+        """
+        for message, stored in SEPARATOR_CASES:
+            if len(message) < 200:
+                for cut in range(len(message) + 1):
+                    self.assertEqual(separate(message, (cut,)), stored, (message, cut))
+            self.assertEqual(separate(message, tuple(range(1, len(message)))), stored, message)
+
+    def test_first_line_only(self) -> None:
+        """
+        Once the first line is known to be a field, the rest is passed on
+        at once, unscanned: no other line is held.
+        """
+        completer = HeaderCompleter([])
+        self.assertEqual(completer.feed(b"Subj"), b"")
+        self.assertEqual(completer.feed(b"ect: s\r\nno col"), b"Subject: s\r\nno col")
+        self.assertFalse(completer.in_header)
+        chunk = b"X-Later: field\r\n"
+        self.assertIs(completer.feed(chunk), chunk)
+        self.assertEqual(completer.finish(), b"")

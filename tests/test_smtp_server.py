@@ -504,6 +504,41 @@ class DataTests(DialogueTestCase):
         self.assertIsNone(second.envelope.sender)
         self.assertEqual([r.target for r in second.envelope.recipients], [BOB, ALICE])
 
+    def test_no_header_section(self) -> None:
+        """
+        On the C{smtp} service too, a message whose first line is neither
+        a header field nor empty (no header section) gets an empty line
+        after our C{Received:}, so that its first line does not become a
+        malformed field of our header; a message with a header section, an
+        empty one, or no data at all is stored as it came, byte for byte.
+        """
+        received = (
+            b"Received: from c ([192.0.2.1])\r\n"
+            b"\tby mx.example.test (mailappliance) with ESMTP id Q%d\r\n"
+            b"\tfor <alice@example.test>; Thu, 01 Jan 1970 00:00:00 +0000\r\n"
+        )
+        body_line = b"x" * 998 + b"\r\n"
+        cases = [
+            (b"hello world\r\n", b"\r\nhello world\r\n"),
+            (b" indented\r\nSubject: no\r\n", b"\r\n indented\r\nSubject: no\r\n"),
+            (b"From alice@example.test Tue Nov 14 2023\r\n\r\nx\r\n",
+             b"\r\nFrom alice@example.test Tue Nov 14 2023\r\n\r\nx\r\n"),
+            (b"..dot first\r\n", b"\r\n.dot first\r\n"),
+            (body_line * 300, b"\r\n" + body_line * 300),
+            (b"Subject: s\r\nno colon\r\n\r\nbody\r\n", b"Subject: s\r\nno colon\r\n\r\nbody\r\n"),
+            (b"Subject : obsolete form\r\n", b"Subject : obsolete form\r\n"),
+            (b"\r\nbody only\r\n", b"\r\nbody only\r\n"),
+            (b"", b""),
+        ]
+        session = SMTPHarness()
+        session.send(b"EHLO c\r\n")
+        for number, (message, stored) in enumerate(cases, 1):
+            # As sent (dot-stuffed), cut inside the first line.
+            output = session.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n",
+                                  message[:7], message[7:] + b".\r\n")
+            self.assertEqual(output, lines(SENDER_OK, RCPT_OK, START, f"250 2.0.0 Ok: queued as Q{number}"), message)
+            self.assertEqual(bytes(session.spool.writers[number - 1].data), received % number + stored, message)
+
     def test_received_protocols(self) -> None:
         """
         C{with SMTP} after HELO, C{with UTF8SMTP} for an SMTPUTF8 message.

@@ -164,12 +164,13 @@ class BackpressureTests(SynchronousTestCase):
         session.send(b"first\r\n", b"second\r\n")
         self.assertEqual(bytes(writer.data), header)
         writer.waits[0].callback(None)
-        self.assertEqual(bytes(writer.data), header + b"first\r\nsecond")
+        # No header section: an empty line after ours.
+        self.assertEqual(bytes(writer.data), header + b"\r\nfirst\r\nsecond")
         self.assertEqual(session.transport.producerState, "paused")
         writer.waits[1].callback(None)
         self.assertEqual(session.transport.producerState, "producing")
         self.assertEqual(session.send(b".\r\nNOOP\r\n"), lines("250 2.0.0 Ok: queued as Q1", OK))
-        self.assertEqual(bytes(writer.data), header + b"first\r\nsecond\r\n")
+        self.assertEqual(bytes(writer.data), header + b"\r\nfirst\r\nsecond\r\n")
         self.assertEqual(session.transport.producerState, "producing")
 
 

@@ -299,8 +299,10 @@ class SMTPCommandHandlers:
         @param reader: the receiver's L{BodyReader}; a DATA reader by
             default.
         @return: the L{MessageReceiver} (completing the header on the
-            submission service) and our C{Received:} header, to be written
-            first; or C{451 4.3.0} if the spool cannot start a message.
+            submission service; on both, putting an empty line after our
+            header when the message has no header section) and our
+            C{Received:} header, to be written first; or C{451 4.3.0} if
+            the spool cannot start a message.
         """
         try:
             writer = self.factory.spool.new_message(expected=(transaction.sender, transaction.envelope_recipients()))
@@ -312,9 +314,13 @@ class SMTPCommandHandlers:
             )
             return replies.QUEUE_FAILED
         now = self._clock.seconds()
-        completer = None
         if self.policy.adds_missing_headers:
             completer = HeaderCompleter(missing_header_fields(writer.queue_id, self.policy.hostname, now))
+        else:
+            # Nothing to add, but our Received: goes in front of the data:
+            # a message without a header section gets the empty line that
+            # keeps its first line out of ours.
+            completer = HeaderCompleter([])
         receiver = MessageReceiver(writer, self.policy.max_message_size, completer, reader)
         self._context["qid"] = receiver.queue_id
         header = received_header(

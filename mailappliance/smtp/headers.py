@@ -4,6 +4,14 @@ Completing the header of a submitted message (RFC 6409 section 8): a
 message without a C{Message-ID:} (section 8.3) or a C{Date:} (section
 8.2) gets one.
 
+The same transform, with no fields to add, serves the C{smtp} service:
+there too our C{Received:} field is written in front of the data, and a
+message that has no header section of its own (RFC 5322 section 3.5 lets
+a client send a body alone) would otherwise have its first line read as
+a malformed field of ours. Such a message gets the empty line that ends
+our header section; with nothing to look for, only its first line is
+looked at.
+
 L{HeaderCompleter} is a stream transform between the DATA reader and the
 spool: it never holds the message, only the start of the current header
 line until it knows what the line is (at most L{MAX_HELD} octets). Once
@@ -27,10 +35,17 @@ How the header section is read (RFC 5322 sections 2.2 and 3.6.8):
   - names compare case-insensitively and must match whole
     (C{X-Date:} or C{Resent-Date:} are not C{Date:});
   - the header section ends at the first empty line; it also ends at the
-    first line that is neither a field nor a continuation (a message with
-    no header section at all is one whose first line is such a line, or
-    is empty). In that case an empty line is added after the new fields,
-    so that they stay in a header section and the rest stays the body.
+    first line that is neither a field nor a continuation. In that case an
+    empty line is added after the new fields, so that they stay in a
+    header section and the rest stays the body;
+  - a message with no header section at all is one whose first line is
+    neither a field nor empty (whitespace first included: nothing to
+    continue), or whose data ends within a first line that has no colon:
+    it always gets the empty line, since the header fields written in
+    front of the data (our C{Received:}, then any added here) need it to
+    end their header section. A message whose first line is empty has
+    an empty header section and its separator already; an empty message
+    needs none (RFC 5322 section 3.5: the body is optional).
 """
 
 from __future__ import annotations
@@ -89,16 +104,20 @@ class HeaderCompleter:
 
     Feed it the message in any chunks with L{feed}, then call L{finish}
     once; the concatenation of what they return is the message with any
-    missing field added. Line ends are CRLF; a bare LF also ends a line
-    here (such a message is refused anyway, see
-    L{mailappliance.smtp.data}, so only robustness matters).
+    missing field added, and with an empty line in front when it has no
+    header section (the data always follows header fields of ours). Line
+    ends are CRLF; a bare LF also ends a line here (such a message is
+    refused anyway, see L{mailappliance.smtp.data}, so only robustness
+    matters).
     """
 
     def __init__(self, fields: list[tuple[bytes, bytes]]) -> None:
         """
         @param fields: C{(lower-case name, whole field line with its
             CRLF)} for each field to add when the message lacks it, in the
-            order to add them.
+            order to add them; empty to add nothing (then only the first
+            line is looked at, to tell whether the message has a header
+            section).
         """
         self._fields = fields
         self._seen: set[bytes] = set()
@@ -153,7 +172,15 @@ class HeaderCompleter:
         """
         if not self._in_header:
             return b""
-        out = bytearray(self._held)
+        held = bytes(self._held)
+        if held and held != b"\r":
+            # The data ended within a line that could still have become a
+            # field: without its colon it is none, and ends the header
+            # section like any such line.
+            out = bytearray()
+            self._end_header(out, held, add_separator=True)
+            return bytes(out)
+        out = bytearray(held)
         self._held.clear()
         if (out or not self._line_start) and not out.endswith(b"\n"):
             # Only a message not ending in a line end gets here (the DATA
@@ -201,11 +228,17 @@ class HeaderCompleter:
         self._held.clear()
         self._first_line = False
         self._line_start = held.endswith(b"\n")
+        if not self._fields:
+            # The message has a header section: nothing else to find out.
+            self._in_header = False
 
     def _end_header(self, out: bytearray, held: bytes, add_separator: bool) -> None:
         missing = self._missing()
         out += missing
-        if add_separator and missing:
+        # On the first line, the header section that ends is ours: the
+        # fields written in front of the data need the empty line even
+        # when none is added here.
+        if add_separator and (missing or self._first_line):
             out += _CRLF
         out += held
         self._held.clear()

@@ -11,9 +11,10 @@ read the data to its end before it replies): the size limit and bare CR or
 LF. Once the message is refused, nothing more is written; the body is
 still read to its real end, so that none of it is ever taken for commands.
 
-On the submission service the body passes through a
-L{mailappliance.smtp.headers.HeaderCompleter} on its way, which adds a
-missing C{Message-ID:} or C{Date:}.
+The body passes through a L{mailappliance.smtp.headers.HeaderCompleter}
+on its way, which adds a missing C{Message-ID:} or C{Date:} on the
+submission service, and on both services puts an empty line after our
+C{Received:} when the message has no header section of its own.
 """
 
 from __future__ import annotations

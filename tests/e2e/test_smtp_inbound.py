@@ -183,16 +183,32 @@ class InboundTests(SynchronousTestCase):
 
     def test_no_headers_and_empty(self):
         """
-        A message with no header section, and an empty one, arrive as sent.
+        A message with no header section arrives as sent after an empty
+        line that ends our header section (else its first line would read
+        as a malformed field after our Received:), a large one streamed
+        into the Maildir too; an empty one arrives as sent.
         """
         server = self.start()
         client = self.client(server)
+        line = b"no header line, just body text, " * 3 + b"\r\n"
+        large = line * (512 * 1024 // len(line))
         client.sendmail("zed@remote.test", ["alice@example.test"], b"just a body line\r\n")
         client.sendmail("zed@remote.test", ["alice@example.test"], b"")
+        client.sendmail("zed@remote.test", ["alice@example.test"], large)
         client.quit()
-        bodies = sorted(split_delivered(d)[1] for d in server.wait_for_messages("alice@example.test", 2))
+        stored = []
+        for data in server.wait_for_messages("alice@example.test", 3):
+            # Return-Path:, Delivered-To:, our Received: (folded), then
+            # the rest exactly.
+            header, rest = split_delivered(data)
+            self.assertEqual(header.count(b"\r\n"), 5, header)
+            self.assertRegex(header.split(b"\r\n")[4], rb"^\tfor <alice@example.test>; .* \+0000$")
+            stored.append(rest)
+        stored.sort(key=len)
         # smtplib sends an empty message as one empty line.
-        self.assertEqual(bodies, [b"\r\n", b"just a body line\r\n"])
+        self.assertEqual(stored[:2], [b"\r\n", b"\r\njust a body line\r\n"])
+        # Not assertEqual: its diff of 512 KiB that differ takes minutes.
+        self.assertTrue(stored[2] == b"\r\n" + large, stored[2][:200])
 
     def test_large_message_and_memory(self):
         """
