@@ -11,7 +11,13 @@ from twisted.internet.defer import fail
 
 from mailappliance.interfaces import DeliveryError, TemporaryResolutionError
 from mailappliance.queue.bounce import Notifier
-from mailappliance.queue.envelope import FAILED, PENDING
+from mailappliance.queue.envelope import (
+    CONTENT_7BIT,
+    CONTENT_8BIT,
+    CONTENT_8BIT_HEADERS,
+    FAILED,
+    PENDING,
+)
 from mailappliance.queue.inject import NoDeliverableRecipient, inject
 from mailappliance.queue.manager import STOP_GRACE
 from mailappliance.queue.spool import Spool
@@ -257,6 +263,23 @@ class InjectTests(NotifierTestCase):
         self.assertIn(b"\r\nReceived: by mx.example.test (mailappliance sendmail)\r\n\tid " +
                       envelope.queue_id.encode(), data)
         self.assertTrue(data.endswith(BODY))
+
+    def test_content_recorded(self):
+        """
+        What the injected message holds is recorded in its envelope as for
+        mail received over SMTP (our Received: header included), so that
+        the relay decides alike for both; C{eight_bit} is recorded as the
+        declaration.
+        """
+        self.start()
+        for data, content in ((b"Subject: s\r\n\r\nplain\r\n", CONTENT_7BIT),
+                              (b"Subject: s\r\n\r\nGr\xc3\xbc\xc3\x9fe\r\n", CONTENT_8BIT),
+                              (b"Subject: Gr\xc3\xbc\xc3\x9fe\r\n\r\nplain\r\n", CONTENT_8BIT_HEADERS)):
+            envelope = self.successResultOf(inject(
+                self.spool, self.chain, self.clock, hostname="mx.example.test", sender=mb("bob@example.test"),
+                recipients=[mb("alice@example.test")], data=data, via="sendmail", eight_bit=not data.isascii()))
+            self.assertEqual(envelope.content, content, data)
+            self.assertEqual(envelope.body, "7BIT" if data.isascii() else "8BITMIME")
 
     def test_nobody(self):
         self.start()

@@ -7,7 +7,17 @@ import json
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailappliance.address import parse_mailbox
-from mailappliance.queue.envelope import DELIVERED, FAILED, Envelope, EnvelopeFormatError, Recipient
+from mailappliance.queue.envelope import (
+    CONTENT_7BIT,
+    CONTENT_8BIT,
+    CONTENT_8BIT_HEADERS,
+    CONTENT_UNKNOWN,
+    DELIVERED,
+    FAILED,
+    Envelope,
+    EnvelopeFormatError,
+    Recipient,
+)
 
 
 def envelope(**kw):
@@ -30,6 +40,7 @@ def envelope(**kw):
         auth="alice@example.test",
         delay_warned=True,
         kind="dsn",
+        content=CONTENT_8BIT_HEADERS,
     )
     args.update(kw)
     return Envelope(**args)
@@ -41,6 +52,18 @@ class EnvelopeTests(SynchronousTestCase):
         Every member survives serialisation; the null sender too.
         """
         for e in (envelope(), envelope(sender=None, kind="")):
+            self.assertEqual(Envelope.from_bytes(e.to_bytes()), e)
+
+    def test_content_round_trip(self):
+        """
+        Each content value is written as the optional member C{"content"}
+        and read back; the default is "unknown".
+        """
+        self.assertEqual(Envelope("Q", None, (), 0.0).content, CONTENT_UNKNOWN)
+        for content, text in ((CONTENT_UNKNOWN, ""), (CONTENT_7BIT, "7bit"), (CONTENT_8BIT, "8bit"),
+                              (CONTENT_8BIT_HEADERS, "8bit-headers")):
+            e = envelope(content=content)
+            self.assertEqual(json.loads(e.to_bytes())["content"], text)
             self.assertEqual(Envelope.from_bytes(e.to_bytes()), e)
 
     def test_format(self):
@@ -58,11 +81,15 @@ class EnvelopeTests(SynchronousTestCase):
         Files written before the optional members existed still load.
         """
         obj = json.loads(envelope().to_bytes())
-        del obj["kind"]
+        del obj["kind"], obj["content"]
         for r in obj["recipients"]:
             del r["status"], r["remote_mta"], r["notified"]
         e = Envelope.from_bytes(json.dumps(obj).encode())
         self.assertEqual(e.kind, "")
+        # Queued before the content was recorded: unknown (the relay then
+        # goes by what was declared).
+        self.assertEqual(e.content, CONTENT_UNKNOWN)
+        self.assertEqual((e.body, e.smtputf8), ("8BITMIME", True))
         self.assertEqual(e.recipients[1].status, "")
         self.assertFalse(e.recipients[1].notified)
 
@@ -82,6 +109,8 @@ class EnvelopeTests(SynchronousTestCase):
                  json.dumps({k: v for k, v in good.items() if k != "sender"}).encode(),
                  json.dumps({**good, "sender": "not an address"}).encode(),
                  json.dumps({**good, "recipients": [{**good["recipients"][0], "state": "lost"}]}).encode(),
-                 json.dumps({**good, "recipients": ["x"]}).encode()]
+                 json.dumps({**good, "recipients": ["x"]}).encode(),
+                 json.dumps({**good, "content": "binary"}).encode(),
+                 json.dumps({**good, "content": None}).encode()]
         for data in cases:
             self.assertRaises(EnvelopeFormatError, Envelope.from_bytes, data)

@@ -16,7 +16,17 @@ from zope.interface.verify import verifyObject
 
 from mailappliance.address import parse_mailbox
 from mailappliance.disk import SynchronousDiskPool
-from mailappliance.queue.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipient
+from mailappliance.queue.envelope import (
+    CONTENT_7BIT,
+    CONTENT_8BIT,
+    CONTENT_8BIT_HEADERS,
+    CONTENT_UNKNOWN,
+    DELIVERED,
+    FAILED,
+    PENDING,
+    Envelope,
+    Recipient,
+)
 from mailappliance.queue.manager import STOP_GRACE, IRemoteDelivery
 from mailappliance.queue.relay import (
     MAX_HOPS,
@@ -61,9 +71,11 @@ class FakeClient:
         self.table = table or {}
         self.calls = []
         self.caches = []
+        self.messages = []
 
     def __call__(self, reactor, hosts, message, options, disk=None, cache=None):
         self.calls.append((hosts[0].name, message.recipients))
+        self.messages.append(message)
         self.caches.append(cache)
         results = []
         for r in message.recipients:
@@ -253,6 +265,84 @@ class RelayTests(RelayTestCase):
             waiting.callback(DeliveryOutcome(tuple(RecipientResult(r, OK, "250 ok", "2.0.0", "h", True)
                                                    for r in message.recipients), host="h", address="1", port=25))
         self.assertEqual([r.state for r in self.successResultOf(d)], [DELIVERED] * 3)
+
+
+class ContentTests(RelayTestCase):
+    """
+    What the next hop must offer (C{BODY=8BITMIME}, C{SMTPUTF8}) follows
+    what the message holds, recorded at reception, not what the client
+    declared; the SMTP client then bounces (5.6.3, 5.6.7) at a server
+    that lacks what is needed, and sends the parameter to one that has it
+    (L{tests.test_smtp_client.ExtensionTests}).
+    """
+
+    def needs(self, recipient="bob@remote.test", sender="alice@example.test", **fields):
+        """
+        @return: C{(eight_bit, smtputf8)} of the message the relay gave the
+            SMTP client for an envelope with C{fields}.
+        """
+        envelope = Envelope("QID", parse_mailbox(sender, allow_utf8=True),
+                            (rcpt(recipient),), T0, size=len(self.body.getContent()), **fields)
+        relay = self.relay()
+        [outcome] = self.deliver_all(relay, envelope)
+        self.assertEqual(outcome.state, DELIVERED)
+        [message] = self.client.messages
+        return message.eight_bit, message.smtputf8
+
+    def test_declared_8bitmime_but_7bit(self):
+        """
+        Declared C{BODY=8BITMIME}, all ASCII: no C{BODY=8BITMIME} needed,
+        so it may go to a server without 8BITMIME as it is.
+        """
+        self.assertEqual(self.needs(body="8BITMIME", content=CONTENT_7BIT), (False, False))
+
+    def test_declared_smtputf8_but_ascii(self):
+        """
+        Declared C{SMTPUTF8}, ASCII addresses and header section: no
+        C{SMTPUTF8} (RFC 6531 section 3.4), also when the body is 8-bit
+        (then 8BITMIME is what it needs).
+        """
+        self.assertEqual(self.needs(smtputf8=True, content=CONTENT_7BIT), (False, False))
+        self.assertEqual(self.needs(smtputf8=True, body="8BITMIME", content=CONTENT_8BIT), (True, False))
+
+    def test_8bit_declared(self):
+        """
+        Really 8-bit and declared: needs 8BITMIME (a server without it
+        means a 5.6.3 bounce, not raw 8-bit octets).
+        """
+        self.assertEqual(self.needs(body="8BITMIME", content=CONTENT_8BIT), (True, False))
+
+    def test_8bit_undeclared(self):
+        """
+        Really 8-bit but not declared: needs 8BITMIME all the same (sent
+        labelled C{BODY=8BITMIME}, or bounced 5.6.3 by a 7-bit server).
+        """
+        self.assertEqual(self.needs(body="7BIT", content=CONTENT_8BIT), (True, False))
+        self.assertEqual(self.needs(body="7BIT", content=CONTENT_8BIT_HEADERS), (True, False))
+
+    def test_utf8_headers(self):
+        """
+        Declared C{SMTPUTF8} with 8-bit octets in the header section:
+        needs SMTPUTF8 (and 8BITMIME).
+        """
+        self.assertEqual(self.needs(smtputf8=True, body="8BITMIME", content=CONTENT_8BIT_HEADERS), (True, True))
+
+    def test_utf8_addresses(self):
+        """
+        A non-ASCII sender or recipient local part always needs SMTPUTF8,
+        whatever the content.
+        """
+        self.assertEqual(self.needs(sender="j\u00f6rg@example.test", smtputf8=True, content=CONTENT_7BIT),
+                         (False, True))
+        self.assertEqual(self.needs(recipient="j\u00f6rg@remote.test", smtputf8=True, content=CONTENT_7BIT),
+                         (False, True))
+
+    def test_unknown_content_as_declared(self):
+        """
+        An envelope queued before the content was recorded: as declared.
+        """
+        self.assertEqual(self.needs(body="8BITMIME", smtputf8=True, content=CONTENT_UNKNOWN), (True, True))
+        self.assertEqual(self.needs(body="7BIT", content=CONTENT_UNKNOWN), (False, False))
 
 
 class RetryTogetherTests(RelayTestCase):

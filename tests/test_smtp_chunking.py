@@ -174,6 +174,8 @@ class ChunkedMessageTests(SynchronousTestCase):
                 body="7BIT",
                 smtputf8=False,
                 client="helo=client.test addr=192.0.2.1",
+                # Not declared, but the second chunk holds 8-bit octets.
+                content="8bit",
             ),
         )
         self.assertEqual(writer.state, "committed")

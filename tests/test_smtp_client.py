@@ -484,6 +484,20 @@ class ExtensionTests(ClientTestCase):
         self.serve(testing.FakeSMTPPeer(eight_bit_mime=False))
         self.assertEqual(set(self.statuses(self.successResultOf(d)).values()), {("permanent", "5.6.3")})
 
+    def test_seven_bit_to_seven_bit_server(self) -> None:
+        """
+        A message that needs neither 8BITMIME nor SMTPUTF8 (what the relay
+        decides for an all-ASCII message, whatever was declared) goes to
+        a server that offers neither, with no C{BODY=} and no
+        C{SMTPUTF8}.
+        """
+        peer = testing.FakeSMTPPeer(eight_bit_mime=False, smtputf8=False)
+        d = self.start(message=self.message(eight_bit=False, smtputf8=False))
+        self.serve(peer)
+        self.assertEqual(set(self.statuses(self.successResultOf(d)).values()), {("delivered", "2.0.0")})
+        self.assertEqual(peer.sessions[0].mail_from, "alice@local.test")
+        self.assertEqual(peer.sessions[0].mail_parameters, [])
+
     def test_smtputf8_not_offered(self) -> None:
         """
         SMTPUTF8 needed and not offered: permanent 5.6.7.

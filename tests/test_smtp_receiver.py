@@ -9,6 +9,11 @@ import errno
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from mailappliance.queue.envelope import (
+    CONTENT_7BIT,
+    CONTENT_8BIT,
+    CONTENT_8BIT_HEADERS,
+)
 from mailappliance.smtp import replies
 from mailappliance.smtp.chunking import ChunkBodyReader
 from mailappliance.smtp.headers import HeaderCompleter
@@ -138,6 +143,34 @@ class MessageReceiverTests(SynchronousTestCase):
         self.assertIs(receiver.refusal(), replies.BARE_LINE_END_IN_DATA)
         # Nothing from the completer after the refusal.
         self.assertEqual(bytes(writer.data), b"S: s\r")
+
+    def test_content(self) -> None:
+        """
+        What was written is classified as it goes: our header, the body
+        (dot-unstuffed, completed) as stored; 8-bit octets after the
+        empty line are body, before it header section.
+        """
+        for header, data, content in (
+            (b"H: 1\r\n", b"Subject: s\r\n\r\nplain\r\n.\r\n", CONTENT_7BIT),
+            (b"H: 1\r\n", b"Subject: s\r\n\r\n\xc3\xa9\r\n.\r\n", CONTENT_8BIT),
+            (b"H: 1\r\n", b"Subject: \xc3\xa9\r\n\r\nplain\r\n.\r\n", CONTENT_8BIT_HEADERS),
+            ("H: jöran\r\n".encode(), b"\r\nplain\r\n.\r\n", CONTENT_8BIT_HEADERS),
+        ):
+            receiver = MessageReceiver(FakeWriter("Q"), 100, HeaderCompleter([(b"date", b"Date: D\r\n")]))
+            receiver.write_header(header)
+            for octet in range(len(data)):
+                receiver.feed(data[octet:octet + 1])
+            self.assertEqual(receiver.content, content, data)
+        # Without a completer too; no header section (the completer's
+        # empty line is written first).
+        receiver = MessageReceiver(FakeWriter("Q"), 100)
+        receiver.write_header(b"H: 1\r\n")
+        receiver.feed(b"\r\n\xc3\xa9\r\n.\r\n")
+        self.assertEqual(receiver.content, CONTENT_8BIT)
+        receiver = MessageReceiver(FakeWriter("Q"), 100, HeaderCompleter([]))
+        receiver.write_header(b"H: 1\r\n")
+        receiver.feed(b"\xc3\xa9 no header section\r\n.\r\n")
+        self.assertEqual(receiver.content, CONTENT_8BIT)
 
     def test_commit_failure_reply(self) -> None:
         """

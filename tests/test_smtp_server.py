@@ -487,6 +487,7 @@ class DataTests(DialogueTestCase):
                 body="8BITMIME",
                 smtputf8=False,
                 client="helo=client.test addr=192.0.2.1",
+                content="7bit",
             ),
         )
         self.assertEqual(writer.state, "committed")

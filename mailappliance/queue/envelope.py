@@ -14,8 +14,9 @@ reads or writes it. Version 1::
    "sender": "alice@example.test" | "",        # "" is the null sender <>
    "arrival": 1700000000.25,                   # Unix time, float
    "size": 1234,                               # bytes of the spooled body
-   "body": "7BIT" | "8BITMIME",
-   "smtputf8": false,
+   "body": "7BIT" | "8BITMIME",                # as the client declared it
+   "smtputf8": false,                          # likewise
+   "content": "7bit" | "8bit" | "8bit-headers",  # optional: what it holds
    "client": "helo=... addr=...",              # for Received:/logs
    "auth": "alice@example.test" | "",
    "delay_warned": false,
@@ -34,8 +35,9 @@ reads or writes it. Version 1::
    "kind": ""}                                 # optional: "" | "dsn" | "double-bounce"
 
 Members marked optional may be missing (files written before they were
-added) and then take the defaults shown. Readers refuse any other version
-with L{EnvelopeFormatError}.
+added) and then take the defaults shown, C{""} for C{"content"}: not known
+(see L{Envelope.content}). Readers refuse any other version with
+L{EnvelopeFormatError}.
 """
 
 from __future__ import annotations
@@ -46,6 +48,14 @@ from dataclasses import dataclass, field, replace
 from mailappliance.address import AddressError, Mailbox, parse_mailbox
 
 ENVELOPE_VERSION = 1
+
+# What the message holds (Envelope.content; found by
+# mailappliance.queue.content while it was received).
+CONTENT_UNKNOWN = ""
+CONTENT_7BIT = "7bit"
+CONTENT_8BIT = "8bit"
+CONTENT_8BIT_HEADERS = "8bit-headers"
+_CONTENTS = (CONTENT_UNKNOWN, CONTENT_7BIT, CONTENT_8BIT, CONTENT_8BIT_HEADERS)
 
 PENDING = "pending"
 DELIVERED = "delivered"
@@ -96,6 +106,15 @@ class Recipient:
 class Envelope:
     """
     Everything about a queued message except its body.
+
+    @ivar body: C{"7BIT"} or C{"8BITMIME"}, as the client declared it
+        (C{BODY=} of MAIL).
+    @ivar smtputf8: whether the client declared C{SMTPUTF8}.
+    @ivar content: what the stored message holds: L{CONTENT_7BIT} (no
+        octet above 127), L{CONTENT_8BIT} (such octets in the body only)
+        or L{CONTENT_8BIT_HEADERS} (in the header section, and perhaps
+        the body); L{CONTENT_UNKNOWN} for a message queued before this was
+        recorded, which is then taken to be as declared.
     """
 
     queue_id: str
@@ -109,6 +128,7 @@ class Envelope:
     auth: str = ""
     delay_warned: bool = False
     kind: str = ""
+    content: str = CONTENT_UNKNOWN
     version: int = field(default=ENVELOPE_VERSION)
 
     @property
@@ -138,6 +158,7 @@ class Envelope:
                 "size": self.size,
                 "body": self.body,
                 "smtputf8": self.smtputf8,
+                "content": self.content,
                 "client": self.client,
                 "auth": self.auth,
                 "delay_warned": self.delay_warned,
@@ -177,6 +198,9 @@ class Envelope:
             raise EnvelopeFormatError("not a JSON object")
         if obj.get("version") != ENVELOPE_VERSION:
             raise EnvelopeFormatError(f"unsupported envelope version {obj.get('version')!r}")
+        content = _optional(obj, "content", str, CONTENT_UNKNOWN)
+        if content not in _CONTENTS:
+            raise EnvelopeFormatError(f"unknown content {content!r}")
         try:
             recipients = tuple(_recipient(r) for r in _typed(obj, "recipients", list))
             sender_text = _typed(obj, "sender", str)
@@ -192,6 +216,7 @@ class Envelope:
                 auth=_typed(obj, "auth", str),
                 delay_warned=_typed(obj, "delay_warned", bool),
                 kind=_optional(obj, "kind", str, ""),
+                content=content,
             )
         except AddressError as e:
             raise EnvelopeFormatError(f"bad address: {e.reason}") from None

@@ -19,6 +19,7 @@ from twisted.internet import defer
 
 from mailappliance.address import Mailbox
 from mailappliance.interfaces import ResolutionError
+from mailappliance.queue.content import ContentScan
 from mailappliance.queue.envelope import FAILED, Envelope, Recipient
 from mailappliance.smtp.received import rfc5322_date
 
@@ -88,6 +89,9 @@ def inject(spool: Any, resolver: Any, clock: Any, *, hostname: str, sender: Mail
     @param data: the message (CRLF line ends), held in memory: DSNs are
         small, and sendmail drops are bounded by C{max_message_size}.
     @param via: what made it (C{"dsn"}, C{"sendmail"}), for C{Received:}.
+    @param eight_bit: record the message as C{BODY=8BITMIME} (what a
+        client would have declared); what it really holds is found here
+        (L{Envelope.content}).
     @param bounce_refused: queue refused recipients as failed, so that the
         sender gets a bounce (for mail whose sender cannot be told at once,
         such as a sendmail drop), instead of leaving them out.
@@ -105,9 +109,15 @@ def inject(spool: Any, resolver: Any, clock: Any, *, hostname: str, sender: Mail
     if not envelope_recipients or not bounce_refused and not any(r.state != FAILED for r in envelope_recipients):
         raise NoDeliverableRecipient(errors or {str(a): ResolutionError("no target") for a in recipients})
     writer = spool.new_message()
+    # What the message holds is recorded as for SMTP (see
+    # mailappliance.smtp.receiver), so that the relay decides alike.
+    scan = ContentScan()
     try:
         if received:
-            yield writer.write(local_received_header(hostname, writer.queue_id, via, clock.seconds()))
+            header = local_received_header(hostname, writer.queue_id, via, clock.seconds())
+            scan.feed(header)
+            yield writer.write(header)
+        scan.feed(data)
         yield writer.write(data)
         envelope = Envelope(
             queue_id=writer.queue_id,
@@ -119,6 +129,7 @@ def inject(spool: Any, resolver: Any, clock: Any, *, hostname: str, sender: Mail
             or any(r.target.needs_smtputf8 for r in envelope_recipients),
             client=client,
             kind=kind,
+            content=scan.content,
         )
         yield writer.commit(envelope)
     except BaseException:

@@ -48,6 +48,14 @@ L{mailappliance.queue.rounds}): a slow destination (a DNS time-out, a
 host that stops answering, for minutes) does not keep the recipients
 another destination accepted unrecorded.
 
+What the next hop must offer is decided on what the message holds, as
+recorded at reception (L{Envelope.content}), not on what the client
+declared (see L{needs_8bitmime} and L{needs_smtputf8}): a 7-bit message
+declared C{BODY=8BITMIME} goes to a server without 8BITMIME as it is, an
+all-ASCII one declared C{SMTPUTF8} goes without C{SMTPUTF8}; 8-bit
+content is never converted, so a server without 8BITMIME gets a bounce
+(5.6.3) instead.
+
 Crash safety: the remote's 250 and our durable record of it are not
 atomic. A crash after the remote accepted the message and before the
 manager wrote the envelope (one envelope write after that transaction
@@ -69,7 +77,15 @@ from zope.interface import implementer
 
 from mailappliance.address import log_address
 from mailappliance.queue.dsn import count_received_headers
-from mailappliance.queue.envelope import DELIVERED, FAILED, Envelope, Recipient
+from mailappliance.queue.envelope import (
+    CONTENT_7BIT,
+    CONTENT_8BIT_HEADERS,
+    CONTENT_UNKNOWN,
+    DELIVERED,
+    FAILED,
+    Envelope,
+    Recipient,
+)
 from mailappliance.queue.manager import IRemoteDelivery
 from mailappliance.queue.routing import RoutingError
 from mailappliance.smtp import client as smtp_client
@@ -83,6 +99,54 @@ JITTER = 0.1
 SMARTHOST_GROUP = "*"
 
 _default_log = Logger(namespace="mailappliance.relay")
+
+
+def needs_8bitmime(envelope: Envelope) -> bool:
+    """
+    Whether the message must be sent as C{BODY=8BITMIME}, and so only to a
+    server that offers 8BITMIME.
+
+    RFC 6152 section 3 is about 8-bit content: a message that holds no
+    octet above 127 needs no conversion and no 8BITMIME, whatever its
+    C{BODY=} said (many clients declare 8BITMIME for every message), so
+    it goes to a 7-bit server as it is. A message that does hold 8-bit
+    octets needs 8BITMIME whether or not it was declared: undeclared
+    8-bit data is the client's error, but passing it raw to a server that
+    did not offer 8BITMIME would make the error ours (RFC 6152 section 3),
+    and we do not convert to 7 bits, so such a server means a bounce
+    (5.6.3, L{mailappliance.smtp.client_session}); to a server that offers
+    8BITMIME it goes labelled C{BODY=8BITMIME}, as it should have been.
+
+    A message queued before its content was recorded is as declared.
+    """
+    if envelope.content == CONTENT_UNKNOWN:
+        return envelope.body == "8BITMIME"
+    return envelope.content != CONTENT_7BIT
+
+
+def needs_smtputf8(envelope: Envelope, recipients: list[Recipient]) -> bool:
+    """
+    Whether the transaction that sends C{envelope} to C{recipients} must
+    say C{SMTPUTF8}, and so go only to a server that offers it.
+
+    RFC 6531 section 3.4: a client that knows that neither the envelope
+    nor the message needs SMTPUTF8 should not send it. An address with a
+    non-ASCII local part always needs it (an alias may lead to one even
+    when the client did not declare it). Otherwise a message declared
+    C{SMTPUTF8} needs it only when its header section holds 8-bit octets
+    (RFC 6532 header fields, or a non-ASCII recipient in our
+    C{Received:}); undeclared 8-bit header octets are left to 8BITMIME,
+    as before (Postfix, by default, likewise asks for SMTPUTF8 only for
+    mail that declared it). A message queued before its content was
+    recorded is as declared.
+    """
+    if (envelope.sender is not None and envelope.sender.needs_smtputf8) or any(
+        r.target.needs_smtputf8 for r in recipients
+    ):
+        return True
+    if not envelope.smtputf8:
+        return False
+    return envelope.content in (CONTENT_UNKNOWN, CONTENT_8BIT_HEADERS)
 
 
 @dataclass(frozen=True)
@@ -254,8 +318,8 @@ class Relay:
             recipients=tuple(str(r.target) for r in recipients),
             body_path=body_path,
             size=envelope.size,
-            eight_bit=envelope.body == "8BITMIME",
-            smtputf8=envelope.smtputf8,
+            eight_bit=needs_8bitmime(envelope),
+            smtputf8=needs_smtputf8(envelope, recipients),
             queue_id=envelope.queue_id,
         )
         outcome = yield self._deliver(self.reactor, hosts, message, self.options, disk=self.disk,

@@ -150,8 +150,12 @@ class OutboundMessage:
     @ivar size: the body's size in bytes (for C{SIZE=}): exactly the first
         C{size} bytes of C{body_path} are sent, never what follows them (the
         envelope, in a queue file of layout version 2).
-    @ivar eight_bit: C{BODY=8BITMIME} was declared.
-    @ivar smtputf8: the message needs SMTPUTF8.
+    @ivar eight_bit: the message holds 8-bit octets: it is sent with
+        C{BODY=8BITMIME}, and only to a server that offers 8BITMIME (see
+        L{mailappliance.queue.relay.needs_8bitmime}).
+    @ivar smtputf8: the message needs SMTPUTF8: it is sent with
+        C{SMTPUTF8}, and only to a server that offers it (see
+        L{mailappliance.queue.relay.needs_smtputf8}).
     @ivar queue_id: for the log lines.
     """
 

@@ -295,6 +295,10 @@ class Session:
             why = f"message size {message.size} exceeds the limit of {limit} announced by {self._host}"
             self._decide_all(PERMANENT, why, "5.3.4")
         elif message.eight_bit and "8BITMIME" not in extensions:
+            # RFC 6152 section 3: 8-bit content may not go to a server
+            # without 8BITMIME; we do not convert it to 7 bits, so it is
+            # returned. (A 7-bit message declared 8BITMIME never gets
+            # here: eight_bit says what the message holds.)
             why = f"{self._host} does not support 8BITMIME; the 8-bit message is not converted"
             self._decide_all(PERMANENT, why, "5.6.3")
         elif message.smtputf8 and "SMTPUTF8" not in extensions:

@@ -411,6 +411,7 @@ class SMTPCommandHandlers:
             body=transaction.mail.body,
             smtputf8=transaction.mail.smtputf8,
             client=f"helo={self._helo} addr={self._peer_key}",
+            content=receiver.content,
         )
 
         user = self.policy.facts.user

@@ -15,6 +15,10 @@ The body passes through a L{mailappliance.smtp.headers.HeaderCompleter}
 on its way, which adds a missing C{Message-ID:} or C{Date:} on the
 submission service, and on both services puts an empty line after our
 C{Received:} when the message has no header section of its own.
+
+Every octet written also passes a L{mailappliance.queue.content.ContentScan},
+so that the envelope records whether the message really holds 8-bit octets
+(and where), whatever the client declared.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Protocol
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
+from mailappliance.queue.content import ContentScan
 from mailappliance.queue.envelope import Envelope
 from mailappliance.smtp.data import DataReader
 from mailappliance.smtp.headers import HeaderCompleter
@@ -98,10 +103,19 @@ class MessageReceiver:
         self._reader: BodyReader = reader if reader is not None else DataReader()
         self._too_big = False
         self._finished = False
+        self._scan = ContentScan()
 
     @property
     def queue_id(self) -> str:
         return self.writer.queue_id  # type: ignore[attr-defined]
+
+    @property
+    def content(self) -> str:
+        """
+        What the octets written so far hold (see
+        L{mailappliance.queue.envelope.Envelope.content}).
+        """
+        return self._scan.content
 
     def write_header(self, header: bytes) -> Deferred | None:
         """
@@ -194,4 +208,5 @@ class MessageReceiver:
         return self._write(body)
 
     def _write(self, data: bytes) -> Deferred | None:
+        self._scan.feed(data)
         return self.writer.write(data)  # type: ignore[attr-defined]

@@ -158,6 +158,39 @@ class RelayTests(RelayTestCase):
         self.assertNotIn("good@remote.test", report)
         self.assertIn("Subject: outbound", dsn.get_payload()[2].as_string())
 
+    def test_seven_bit_peer(self):
+        """
+        A peer that offers neither 8BITMIME nor SMTPUTF8 gets an all-ASCII
+        message declared BODY=8BITMIME, and one declared SMTPUTF8, as they
+        are, without BODY= or SMTPUTF8 (RFC 6152 section 3, RFC 6531
+        section 3.4); a message that really holds 8-bit octets, declared
+        or not, bounces 5.6.3 instead of reaching it raw.
+        """
+        dns = self.dns()
+        sink = self.sink("--no-8bitmime", "--no-smtputf8")
+        server = self.server(dns, sink.port)
+        ascii_body = b"From: alice@example.test\r\nSubject: ascii but declared 8bit\r\n\r\nplain ascii\r\n"
+        client = smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30)
+        try:
+            client.sendmail("alice@example.test", ["a8@remote.test"], ascii_body, mail_options=["BODY=8BITMIME"])
+            client.sendmail("alice@example.test", ["u8@remote.test"], ascii_body, mail_options=["SMTPUTF8"])
+            client.sendmail("alice@example.test", ["e8@remote.test"], BODY)
+        finally:
+            client.quit()
+        received = self.received(sink, 2)
+        self.assertEqual(sorted(facts["rcpt_to"] for _, facts in received), [["a8@remote.test"], ["u8@remote.test"]])
+        for data, facts in received:
+            self.assertEqual(facts["mail_from"], "alice@example.test")
+            self.assertEqual(facts["mail_parameters"], [])
+            self.assertTrue(data.startswith(b"Received: from "), data[:80])
+            self.assertTrue(data.endswith(ascii_body), data)
+        [dsn] = self.dsn(server)
+        report = dsn.get_payload()[1].as_string()
+        self.assertIn("Final-Recipient: rfc822; e8@remote.test", report)
+        self.assertIn("Status: 5.6.3", report)
+        self.assertIn("to=<e8@remote.test> relay=mx.remote.test", server.log())
+        self.assertEqual(len([n for n in os.listdir(sink.spool) if n.endswith(".eml")]), 2)
+
     def test_lifetime_expiry(self):
         """
         A message still deferred after max_queue_lifetime bounces.
