@@ -84,6 +84,27 @@ class CommandLineReaderTests(SynchronousTestCase):
         self.assertEqual(read_all(reader), [BARE_LF, BARE_LF, b"NOOP", b"RSET\r"])
         self.assertEqual(reader.buffered, len(b"MAIL"))
 
+    def test_dropped_prefix(self) -> None:
+        """
+        The first five bytes of the last line reported as L{BARE_LF} or
+        L{OVERLONG} are kept, to tell its verb.
+        """
+        reader = CommandLineReader()
+        reader.feed(b"BDAT 5\n")
+        self.assertEqual(read_all(reader), [BARE_LF])
+        self.assertEqual(reader.dropped_prefix, b"BDAT ")
+        reader.feed(b"NOOP\r\nQU\n")
+        self.assertEqual(read_all(reader), [b"NOOP", BARE_LF])
+        self.assertEqual(reader.dropped_prefix, b"QU")
+        reader.feed(b"bdat " + b"9" * MAX_COMMAND_LINE)
+        self.assertEqual(read_all(reader), [])
+        reader.feed(b"\n")
+        self.assertEqual(read_all(reader), [BARE_LF])
+        self.assertEqual(reader.dropped_prefix, b"bdat ")
+        reader.feed(b"RSET " + b"x" * MAX_COMMAND_LINE + b"\r\n")
+        self.assertEqual(read_all(reader), [OVERLONG])
+        self.assertEqual(reader.dropped_prefix, b"RSET ")
+
     def test_bare_lf_every_split(self) -> None:
         """
         Wherever the stream is cut, bare LFs and CRLFs give the same

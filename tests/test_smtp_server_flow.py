@@ -218,6 +218,23 @@ class LineLengthTests(SynchronousTestCase):
         self.assertEqual(session.send(b"QUIT\r\n"), lines(BYE))
         self.assertTrue(session.closed)
 
+    def test_bare_lf_after_bdat_closes(self) -> None:
+        """
+        A BDAT line ended by a bare LF is not acted on, so the chunk's
+        octets that follow it at once cannot be counted or told from
+        commands: 500, then 421 4.5.0, and the session is closed before
+        they are read (as for a BDAT whose size cannot be read).
+        """
+        for line in (b"BDAT 5 LAST\n", b"bdat 5\n", b"BDAT\n"):
+            session = SMTPHarness()
+            session.send(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<alice@example.test>\r\n")
+            output = session.send(line + b"RSET\r\n")
+            self.assertEqual(output, lines("500 5.5.2 Error: bare <LF> received",
+                                           f"421 4.5.0 {HOST} Error: BDAT command ended by a bare <LF>, "
+                                           "closing connection"), line)
+            self.assertTrue(session.closed)
+            self.assertEqual(session.spool.writers, [])
+
     def test_bare_lf_counts_as_error(self) -> None:
         """
         Each bare-LF reply counts toward L{MAX_ERRORS}, like every 500.

@@ -21,6 +21,9 @@ What this server does with each case:
   - a size that is not a number of at most 20 digits: the octets that
     follow cannot be counted, so they cannot be told from commands:
     C{501 5.5.4}, then C{421 4.5.0} and the session is closed;
+  - a BDAT line ended by a bare LF is not acted on (see
+    L{mailappliance.smtp.lines}), so neither are its octets counted:
+    C{500 5.5.2}, then C{421 4.5.0} and the session is closed;
   - a readable size followed by something other than C{LAST}: C{501
     5.5.4} after the octets are discarded;
   - chunks adding up to more than the size limit: C{552 5.3.4} (the

@@ -14,7 +14,9 @@ idle time-out. The line is dropped up to and including the LF and
 reported once as L{BARE_LF}, so that the server answers it at once and
 stays in step with the client (Postfix's C{smtpd_forbid_bare_newline =
 reject} gives the same answer, "bare <LF> received", but then
-disconnects).
+disconnects). L{CommandLineReader.dropped_prefix} tells the verb of the
+dropped line: after BDAT, whose octets follow at once, nothing can stay
+in step, and the server closes the session.
 
 A line longer than its limit is not kept: its bytes are dropped as they
 arrive, up to its line end, so an endless line costs no memory, and it is
@@ -117,6 +119,15 @@ class CommandLineReader:
         self._dropped_ended: _Overlong | _BareLF | None = None
         # While discarding: the last byte seen was a CR.
         self._held_cr = False
+        self._dropped_prefix = b""
+
+    @property
+    def dropped_prefix(self) -> bytes:
+        """
+        The first (up to) L{LIMIT_PREFIX} bytes of the last line reported
+        as L{OVERLONG} or L{BARE_LF}: enough to tell its verb.
+        """
+        return self._dropped_prefix
 
     @property
     def buffered(self) -> int:
@@ -166,15 +177,18 @@ class CommandLineReader:
             shortest = len(self._buffer) + (1 if self._buffer.endswith(b"\r") else 2)
             if shortest > limit:
                 self._held_cr = self._buffer.endswith(b"\r")
+                self._dropped_prefix = bytes(self._buffer[:LIMIT_PREFIX])
                 del self._buffer[:]
                 self._discarding = True
             return None
         if newline == 0 or self._buffer[newline - 1] != _CR:
+            self._dropped_prefix = bytes(self._buffer[: min(newline, LIMIT_PREFIX)])
             del self._buffer[: newline + 1]
             return BARE_LF
         line = bytes(self._buffer[: newline - 1])
         del self._buffer[: newline + 1]
         if len(line) + 2 > self._limit_for(line[:LIMIT_PREFIX]):
+            self._dropped_prefix = line[:LIMIT_PREFIX]
             return OVERLONG
         return line
 
@@ -219,3 +233,4 @@ class CommandLineReader:
         self._discarding = False
         self._dropped_ended = None
         self._held_cr = False
+        self._dropped_prefix = b""

@@ -125,6 +125,13 @@ def chunk_size_unknown(hostname: str) -> Reply:
     return reply(421, "4.5.0", f"{hostname} Error: BDAT chunk size unreadable, closing connection")
 
 
+def bare_lf_after_bdat(hostname: str) -> Reply:
+    # The octets of a chunk follow its BDAT line at once (RFC 3030 section
+    # 2); that line not being acted on, they cannot be told from commands,
+    # as after a BDAT whose size cannot be read: the session ends.
+    return reply(421, "4.5.0", f"{hostname} Error: BDAT command ended by a bare <LF>, closing connection")
+
+
 def timeout(hostname: str) -> Reply:
     return reply(421, "4.4.2", f"{hostname} Error: timeout exceeded")
 

@@ -514,8 +514,12 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLS
             # Not acted on (see mailappliance.smtp.lines), but answered at
             # once, so that a client ending its lines with LF alone is not
             # left waiting for the idle time-out; counted as an error like
-            # every 500.
+            # every 500. Only after a BDAT line can the session not stay
+            # in step: the chunk's octets follow without a reply awaited.
             self._send(replies.BARE_LF_RECEIVED)
+            if self._lines.dropped_prefix.upper() in (b"BDAT", b"BDAT ") and not self._closing:
+                self._send(replies.bare_lf_after_bdat(self.policy.hostname))
+                self._close()
             return
         assert isinstance(line, bytes)
         if is_http_request(line):
