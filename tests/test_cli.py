@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mailappliance.accounts import hashing
 from mailappliance.accounts.hashing import verify_password
-from mailappliance.cli.main import main
+from mailappliance.cli.main import config_path, main
 
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -127,6 +127,41 @@ class UserCommandTests(CLITestCase):
         self.assertEqual(status, 1)
         self.assertEqual(err, f"mailappliance: {self.config.path}:2: server.hostnme: unknown key "
                               "(known keys: hostname, data_dir, local_domains, postmaster)\n")
+
+
+class ConfigPathTests(CLITestCase):
+    def test_order(self):
+        """
+        --config first, then a non-empty C{MAILAPPLIANCE_CONFIG}, then
+        C{etc/mailappliance.toml} in the current folder, else the built-in
+        defaults (L{None}).
+        """
+        variable = {"MAILAPPLIANCE_CONFIG": "/env/m.toml"}
+        cwd = self.base.path
+        self.assertEqual(config_path("/given.toml", variable, cwd), "/given.toml")
+        self.assertEqual(config_path(None, variable, cwd), "/env/m.toml")
+        self.assertIsNone(config_path(None, {"MAILAPPLIANCE_CONFIG": ""}, cwd))
+        self.assertIsNone(config_path(None, {}, cwd))
+        self.base.child("etc").makedirs()
+        self.base.child("etc").child("mailappliance.toml").setContent(b"[server]\n")
+        self.assertEqual(config_path(None, {}, cwd), os.path.join(cwd, "etc", "mailappliance.toml"))
+        self.assertEqual(config_path(None, variable, cwd), "/env/m.toml")
+
+    def test_commands_use_environment(self):
+        """
+        Every command, not only sendmail, reads the file named by
+        C{MAILAPPLIANCE_CONFIG} when no --config is given.
+        """
+        self.users.setContent(b"alice@example.test:{PLAIN}x\n")
+        out, err = io.StringIO(), io.StringIO()
+        status = main(["user", "list"], stdin=io.StringIO(), stdout=out, stderr=err,
+                      environ={"MAILAPPLIANCE_CONFIG": self.config.path})
+        self.assertEqual((status, out.getvalue(), err.getvalue()), (0, "alice@example.test\n", ""))
+        out, err = io.StringIO(), io.StringIO()
+        status = main(["check"], stdin=io.StringIO(), stdout=out, stderr=err,
+                      environ={"MAILAPPLIANCE_CONFIG": self.config.path})
+        self.assertEqual((status, err.getvalue()), (0, ""))
+        self.assertIn(f"configuration: {self.config.path}\n", out.getvalue())
 
 
 class CheckCommandTests(CLITestCase):

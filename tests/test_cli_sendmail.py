@@ -10,8 +10,13 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailappliance.address import parse_mailbox
+from mailappliance.cli import sendmail
 from mailappliance.cli.main import CommandError, main
-from mailappliance.cli.sendmail import parse_arguments, read_message, recipients_from_headers
+from mailappliance.cli.sendmail import (
+    parse_arguments,
+    read_message,
+    recipients_from_headers,
+)
 from mailappliance.queue.incoming import (
     STALE_TEMPORARY_AGE,
     DropFormatError,
@@ -32,10 +37,31 @@ class ArgumentTests(SynchronousTestCase):
         self.assertTrue(parse_arguments([]).dot_ends)
 
     def test_usage_errors(self):
-        for bad in (["-f"], ["-Z"], ["-bp"], ["-q"]):
+        for bad in (["-f"], ["-Z"], ["-bp"], ["-q"], ["-c"], ["-C"], ["--config"], ["--config="]):
             with self.assertRaises(CommandError) as cm:
                 parse_arguments(bad)
             self.assertEqual(cm.exception.status, 64)
+
+    def test_config_options(self):
+        """
+        C{--config FILE}, C{-c FILE} and sendmail's C{-C FILE}, also
+        attached, name the configuration file; the last one given wins,
+        and none is taken for a recipient.
+        """
+        for arguments in (["--config", "m.toml"], ["--config=m.toml"], ["-c", "m.toml"], ["-cm.toml"],
+                          ["-C", "m.toml"], ["-Cm.toml"], ["-c", "other.toml", "-oi", "-C", "m.toml"]):
+            o = parse_arguments(["-oi", *arguments, "-t", "a@example.test"])
+            self.assertEqual((o.config, o.recipients, o.from_headers, o.dot_ends),
+                             ("m.toml", ["a@example.test"], True, False), arguments)
+        self.assertIsNone(parse_arguments(["-oi", "a@example.test"]).config)
+
+    def test_config_option_is_an_option_like_the_others(self):
+        """
+        As the value of C{-f} or C{-F}, or after C{--}, C{-c} is not the
+        configuration option.
+        """
+        o = parse_arguments(["-f", "-c", "-F", "-C", "--", "-c", "x.toml"])
+        self.assertEqual((o.config, o.sender, o.recipients), (None, "-c", ["-c", "x.toml"]))
 
 
 class MessageTests(SynchronousTestCase):
@@ -117,25 +143,95 @@ class CommandTests(SynchronousTestCase):
         self.config = self.base.child("m.toml")
         self.config.setContent(b'[server]\nhostname = "mail.example.test"\nlocal_domains = ["example.test"]\n')
 
-    def run_cli(self, argv, stdin=b""):
+    def run_cli(self, argv, stdin=b"", environ=None):
         out, err = io.StringIO(), io.StringIO()
         source = io.TextIOWrapper(io.BytesIO(stdin))
-        return main(argv, stdin=source, stdout=out, stderr=err), out.getvalue(), err.getvalue()
+        status = main(argv, stdin=source, stdout=out, stderr=err, environ=environ or {})
+        return status, out.getvalue(), err.getvalue()
+
+    def make_incoming(self):
+        incoming = self.base.child("var").child("queue").child("incoming")
+        incoming.makedirs()
+        return incoming
+
+    def only_drop(self, incoming):
+        [name] = list_drops(incoming.path)
+        return parse_drop(incoming.child(name).getContent())
 
     def test_drop_written(self):
         """
-        The message lands in the drop folder with the invoking user as
-        sender; --config may follow the subcommand.
+        The message lands in the drop folder with the invoking user at the
+        first local domain as sender; --config may follow the subcommand.
         """
-        incoming = self.base.child("var").child("queue").child("incoming")
-        incoming.makedirs()
+        self.patch(sendmail, "_user", lambda: "cronuser")
+        incoming = self.make_incoming()
         status, out, err = self.run_cli(["sendmail", "--config", self.config.path, "-oi", "alice@example.test"],
                                         b"Subject: cron\n\nall good\n")
         self.assertEqual((status, err), (0, ""))
-        [name] = list_drops(incoming.path)
-        drop = parse_drop(incoming.child(name).getContent())
+        drop = self.only_drop(incoming)
         self.assertEqual(drop.message, b"Subject: cron\r\n\r\nall good\r\n")
-        self.assertTrue(str(drop.sender).endswith("@mail.example.test"))
+        self.assertEqual(str(drop.sender), "cronuser@example.test")
+
+    def test_short_config_option_after_subcommand(self):
+        """
+        C{-c FILE} (and C{-cFILE}, C{-C FILE}) after the subcommand name the
+        configuration, among sendmail's own options, as for every other
+        subcommand.
+        """
+        incoming = self.make_incoming()
+        for config in (["-c", self.config.path], ["-c" + self.config.path], ["-C", self.config.path]):
+            status, out, err = self.run_cli(["sendmail", "-FCronDaemon", "-i", *config, "-B8BITMIME", "-oem",
+                                             "alice@example.test"], b"Subject: cron\n\nout\n")
+            self.assertEqual((status, err), (0, ""), config)
+        self.assertEqual(len(list_drops(incoming.path)), 3)
+
+    def test_config_from_environment(self):
+        """
+        Without --config, the file named by MAILAPPLIANCE_CONFIG is used
+        (whatever the current folder); --config still wins over it.
+        """
+        incoming = self.make_incoming()
+        status, out, err = self.run_cli(["sendmail", "-oi", "alice@example.test"], b"x\n",
+                                        environ={"MAILAPPLIANCE_CONFIG": self.config.path})
+        self.assertEqual((status, err), (0, ""))
+        missing = self.base.child("nonexistent.toml").path
+        status, out, err = self.run_cli(["sendmail", "-c", self.config.path, "alice@example.test"], b"x\n",
+                                        environ={"MAILAPPLIANCE_CONFIG": missing})
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(len(list_drops(incoming.path)), 2)
+        status, out, err = self.run_cli(["sendmail", "alice@example.test"], b"x\n",
+                                        environ={"MAILAPPLIANCE_CONFIG": missing})
+        self.assertEqual((status, err),
+                         (1, f"mailappliance: {missing}: cannot read configuration: No such file or directory\n"))
+
+    def test_bare_names_qualified(self):
+        """
+        A bare recipient name (as cron passes C{root}), also from C{To:}
+        with C{-t}, and a bare C{-f} sender get the first local domain.
+        """
+        incoming = self.make_incoming()
+        status, out, err = self.run_cli(["-c", self.config.path, "sendmail", "-f", "cron", "-t", "root"],
+                                        b"To: <admin>, bob@elsewhere.test\nSubject: t\n\nb\n")
+        self.assertEqual((status, err), (0, ""))
+        drop = self.only_drop(incoming)
+        self.assertEqual(str(drop.sender), "cron@example.test")
+        self.assertEqual([str(r) for r in drop.recipients],
+                         ["root@example.test", "admin@example.test", "bob@elsewhere.test"])
+
+    def test_no_local_domains(self):
+        """
+        With no local domain, bare names and the default sender get the
+        postmaster's domain.
+        """
+        self.patch(sendmail, "_user", lambda: "cronuser")
+        self.config.setContent(b'[server]\nhostname = "mail.example.test"\nlocal_domains = []\n'
+                               b'postmaster = "pm@corp.test"\n')
+        incoming = self.make_incoming()
+        status, out, err = self.run_cli(["-c", self.config.path, "sendmail", "root"], b"x\n")
+        self.assertEqual((status, err), (0, ""))
+        drop = self.only_drop(incoming)
+        self.assertEqual((str(drop.sender), [str(r) for r in drop.recipients]),
+                         ("cronuser@corp.test", ["root@corp.test"]))
 
     def test_no_queue_folder(self):
         status, out, err = self.run_cli(["-c", self.config.path, "sendmail", "a@example.test"], b"x\n")
@@ -147,5 +243,14 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(status, 64)
 
     def test_bad_recipient(self):
-        status, out, err = self.run_cli(["-c", self.config.path, "sendmail", "not an address"], b"x\n")
-        self.assertEqual(status, 67)
+        """
+        What is not an address is refused, bare or not.
+        """
+        for bad in ("not an address", "root@", "@example.test", "a@b@example.test", ""):
+            status, out, err = self.run_cli(["-c", self.config.path, "sendmail", bad], b"x\n")
+            self.assertEqual(status, 67, bad)
+            self.assertEqual(err.count("\n"), 1)
+
+    def test_bad_sender(self):
+        status, out, err = self.run_cli(["-c", self.config.path, "sendmail", "-f", "no body", "root"], b"x\n")
+        self.assertEqual(status, 65)

@@ -2,9 +2,12 @@
 """
 The C{mailappliance} admin command (SPEC section 6).
 
-Every subcommand takes C{--config FILE}, before or after the subcommand
-(default as for twistd: C{etc/mailappliance.toml} if it exists, else the
-built-in defaults), and exits non-zero with a one-line error on failure.
+Every subcommand takes C{--config FILE} (or C{-c FILE}), before or after
+the subcommand, and exits non-zero with a one-line error on failure.
+Without C{--config}, the file named by the environment variable
+C{MAILAPPLIANCE_CONFIG} is used (so that a C{sendmail} link run by cron
+from any folder finds the configuration), else the default as for twistd:
+C{etc/mailappliance.toml} if it exists, else the built-in defaults.
 The commands work on the configuration and the data folder only, so they
 are safe to run while the server is running.
 """
@@ -14,10 +17,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Mapping
 from typing import Callable, TextIO
 
 from mailappliance.config.load import default_config_path, load_config
 from mailappliance.config.model import ConfigError
+
+# The environment variable naming the configuration file when no --config
+# is given.
+CONFIG_ENVIRONMENT = "MAILAPPLIANCE_CONFIG"
 
 
 class CommandError(Exception):
@@ -39,7 +47,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from mailappliance.cli import check, queue, sendmail, status, user
 
-    config_help = "the configuration file (default: etc/mailappliance.toml if it exists, else built-in defaults)"
+    config_help = (f"the configuration file (default: ${CONFIG_ENVIRONMENT} if set, else etc/mailappliance.toml "
+                   "if it exists, else built-in defaults)")
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS keeps a --config given before the subcommand when none
     # follows it.
@@ -57,35 +66,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _take_config(arguments: list[str]) -> tuple[str | None, list[str]]:
+def config_path(given: str | None, environ: Mapping[str, str], cwd: str | None = None) -> str | None:
     """
-    Take C{--config FILE} (or C{--config=FILE}) out of sendmail's own
-    arguments, which the main parser does not look into.
+    The configuration file a command uses.
+
+    @param given: the C{--config} argument, if any: it always wins.
+    @param environ: the environment; a non-empty L{CONFIG_ENVIRONMENT}
+        comes next (a relative path is relative to the current folder, as
+        for C{--config}).
+    @param cwd: the current folder, for the default lookup.
+    @return: the path, or L{None} for the built-in defaults (no
+        C{etc/mailappliance.toml} in the current folder).
     """
-    rest: list[str] = []
-    config = None
-    i = 0
-    while i < len(arguments):
-        arg = arguments[i]
-        if arg == "--config" and i + 1 < len(arguments):
-            config = arguments[i + 1]
-            i += 2
-            continue
-        if arg.startswith("--config="):
-            config = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
-        i += 1
-    return config, rest
+    return given or environ.get(CONFIG_ENVIRONMENT) or default_config_path(cwd)
 
 
 def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None,
-         stderr: TextIO | None = None) -> int:
+         stderr: TextIO | None = None, environ: Mapping[str, str] | None = None) -> int:
     """
     Run the command line.
 
+    @param environ: the environment (L{os.environ} by default).
     @return: the exit status.
     """
+    environ = os.environ if environ is None else environ
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
@@ -98,10 +102,14 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
                 argv = ["sendmail", *argv]
         args = parser.parse_args(argv)
         if getattr(args, "raw_sendmail", False):
-            config, args.arguments = _take_config(args.arguments)
-            if config:
-                args.config = config
-        path = getattr(args, "config", None) or default_config_path()
+            # sendmail parses its own options (the main parser does not
+            # look into them), --config and -c included.
+            from mailappliance.cli.sendmail import parse_arguments
+
+            args.options = parse_arguments(args.arguments)
+            if args.options.config:
+                args.config = args.options.config
+        path = config_path(getattr(args, "config", None), environ)
         config = load_config(path)
         run: Callable[..., int | None] = args.run
         return run(config, args, stdin, stdout) or 0

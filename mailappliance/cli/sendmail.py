@@ -16,11 +16,23 @@ the drop folder cannot be written.
 
 Options: C{-f SENDER} (or C{-fSENDER}, C{-r}) sets the envelope sender
 (C{<>} or an empty string for the null sender); by default it is the
-invoking user at the server's host name. C{-t} takes the recipients from
-the C{To:}, C{Cc:} and C{Bcc:} headers, in addition to those given, and
-removes C{Bcc:}. Without C{-i} (or C{-oi}), a line holding a single C{.}
-ends the message, as in sendmail. C{-F NAME}, C{-o...}, C{-B TYPE},
+invoking user at the qualifying domain (below). C{-t} takes the recipients
+from the C{To:}, C{Cc:} and C{Bcc:} headers, in addition to those given,
+and removes C{Bcc:}. Without C{-i} (or C{-oi}), a line holding a single
+C{.} ends the message, as in sendmail. C{-F NAME}, C{-o...}, C{-B TYPE},
 C{-bm}, C{-v} and C{-N ...} are accepted and ignored.
+
+C{--config FILE} and C{-c FILE}, as before the subcommand, and
+sendmail's own C{-C FILE} (its alternate configuration file) name the
+configuration file; also in the attached forms C{--config=FILE},
+C{-cFILE}, C{-CFILE}. They are options like the others: after C{--} they
+are recipients, and as the value of an option that takes one (C{-f -c})
+they are that value.
+
+A bare name without C{@} (C{root}, as cron passes it), as a recipient or
+as the sender, is qualified with the qualifying domain: the first of
+C{local_domains}, or the postmaster's domain when there is none (Postfix's
+C{append_at_myorigin}). Anything else that is not an address is refused.
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ import email.utils
 import getpass
 import os
 
-from mailappliance.address import AddressError, parse_mailbox
+from mailappliance.address import AddressError, Mailbox, parse_mailbox
 from mailappliance.cli.main import CommandError
 from mailappliance.queue.incoming import write_drop
 
@@ -42,6 +54,9 @@ EX_IOERR = 74
 EX_TEMPFAIL = 75
 
 READ_CHUNK = 64 * 1024
+
+# The options naming the configuration file (see the module docstring).
+_CONFIG_OPTIONS = ("--config", "-c", "-C")
 
 
 def add_parser(commands, common) -> None:
@@ -59,6 +74,7 @@ class Options:
         self.from_headers = False
         self.dot_ends = True
         self.recipients: list[str] = []
+        self.config: str | None = None
 
 
 def parse_arguments(arguments: list[str]) -> Options:
@@ -77,6 +93,18 @@ def parse_arguments(arguments: list[str]) -> Options:
             break
         if not arg.startswith("-") or arg == "-":
             options.recipients.append(arg)
+            continue
+        if arg in _CONFIG_OPTIONS:
+            if i >= len(arguments):
+                raise CommandError(f"option {arg} needs a value", EX_USAGE)
+            options.config = arguments[i]
+            i += 1
+            continue
+        if arg.startswith("--config=") or arg[:2] in ("-c", "-C"):
+            value = arg.split("=", 1)[1] if arg.startswith("--") else arg[2:]
+            if not value:
+                raise CommandError(f"option {arg} needs a value", EX_USAGE)
+            options.config = value
             continue
         if arg in ("-f", "-r", "-F", "-B", "-N", "-R", "-V", "-X", "-L", "-O"):
             if i >= len(arguments):
@@ -172,9 +200,33 @@ def recipients_from_headers(message: bytes) -> tuple[list[str], bytes]:
     return addresses, b"".join(kept) + body
 
 
+def qualifying_domain(config) -> str:
+    """
+    The domain that bare names get (Postfix's C{myorigin}): the first of
+    C{local_domains}, so that mail to C{root} and bounces to the default
+    sender stay here, or the postmaster's domain when there is none.
+    """
+    server = config.server
+    return server.local_domains[0] if server.local_domains else server.postmaster.domain
+
+
+def parse_address(text: str, domain: str) -> Mailbox:
+    """
+    Parse a recipient or sender given to sendmail: a mailbox (with or
+    without angle brackets), or a bare name without C{@}, which is
+    qualified with C{domain}.
+
+    @raise AddressError: if it is neither.
+    """
+    text = text.strip().strip("<>")
+    if "@" not in text:
+        text = f"{text}@{domain}"
+    return parse_mailbox(text)
+
+
 def run(config, args, stdin, stdout) -> int:
-    arguments = list(args.arguments)
-    options = parse_arguments(arguments)
+    options = getattr(args, "options", None) or parse_arguments(list(args.arguments))
+    domain = qualifying_domain(config)
     binary_stdin = getattr(stdin, "buffer", stdin)
     message = read_message(binary_stdin, options.dot_ends, config.limits.max_message_size)
     recipients = list(options.recipients)
@@ -184,17 +236,17 @@ def run(config, args, stdin, stdout) -> int:
     if not recipients:
         raise CommandError("no recipients given (name them, or use -t)", EX_USAGE)
     try:
-        parsed = [parse_mailbox(r.strip().strip("<>")) for r in recipients]
+        parsed = [parse_address(r, domain) for r in recipients]
     except AddressError as e:
         raise CommandError(f"bad recipient address: {e.reason}", EX_NOUSER) from None
     user = _user()
-    sender_text = options.sender if options.sender is not None else f"{user}@{config.server.hostname}"
+    sender_text = options.sender if options.sender is not None else user
     sender_text = sender_text.strip()
     if sender_text in ("", "<>"):
         sender = None
     else:
         try:
-            sender = parse_mailbox(sender_text.strip("<>"))
+            sender = parse_address(sender_text, domain)
         except AddressError as e:
             raise CommandError(f"bad sender address {sender_text!r}: {e.reason}", EX_DATAERR) from None
     incoming = os.path.join(config.queue_dir, "incoming")
