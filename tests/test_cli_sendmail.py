@@ -5,6 +5,8 @@ Tests for L{mailappliance.cli.sendmail} and the drop folder format
 
 import io
 import os
+import re
+from types import SimpleNamespace
 
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
@@ -13,10 +15,14 @@ from mailappliance.address import parse_mailbox
 from mailappliance.cli import sendmail
 from mailappliance.cli.main import CommandError, main
 from mailappliance.cli.sendmail import (
+    MAX_FULL_NAME,
+    complete_message,
+    from_field,
     parse_arguments,
     read_message,
     recipients_from_headers,
 )
+from mailappliance.queue.ids import is_queue_id
 from mailappliance.queue.incoming import (
     STALE_TEMPORARY_AGE,
     DropFormatError,
@@ -33,7 +39,9 @@ class ArgumentTests(SynchronousTestCase):
         self.assertEqual((o.sender, o.from_headers, o.dot_ends, o.recipients),
                          ("cron@example.test", True, False, ["a@example.test"]))
         o = parse_arguments(["-fme@x.test", "-i", "-F", "Cron Daemon", "-odi", "--", "-odd@x.test"])
-        self.assertEqual((o.sender, o.dot_ends, o.recipients), ("me@x.test", False, ["-odd@x.test"]))
+        self.assertEqual((o.sender, o.dot_ends, o.recipients, o.full_name),
+                         ("me@x.test", False, ["-odd@x.test"], "Cron Daemon"))
+        self.assertEqual(parse_arguments(["-FCronDaemon"]).full_name, "CronDaemon")
         self.assertTrue(parse_arguments([]).dot_ends)
 
     def test_usage_errors(self):
@@ -93,6 +101,70 @@ class MessageTests(SynchronousTestCase):
         self.assertEqual(found, ["a@x.test", "b@x.test", "c@x.test", "secret@x.test", "other@x.test"])
         self.assertEqual(rest, b"From: me@x.test\r\nTo: A <a@x.test>,\r\n b@x.test\r\nCc: c@x.test\r\n"
                                b"Subject: s\r\n\r\nTo: not@header.test\r\n")
+
+
+class HeaderCompletionTests(SynchronousTestCase):
+    """
+    L{complete_message} and L{from_field}.
+    """
+
+    FIELDS = (b"From: Cron Daemon <root@example.test>\r\nMessage-ID: <1M8KFEBFK00MEFWJ@mail.example.test>\r\n"
+              b"Date: Tue, 14 Nov 2023 22:13:20 +0000\r\n")
+
+    def complete(self, message, sender="root@example.test", full_name="Cron Daemon"):
+        return complete_message(message, parse_mailbox(sender) if sender else None, full_name, "example.test",
+                                "mail.example.test", 1700000000.0, "1M8KFEBFK00MEFWJ")
+
+    def test_missing_fields_added(self):
+        """
+        The missing fields go at the end of the header section.
+        """
+        self.assertEqual(self.complete(b"Subject: t\r\n\r\nbody\r\n"),
+                         b"Subject: t\r\n" + self.FIELDS + b"\r\nbody\r\n")
+        self.assertEqual(self.complete(b"Subject: only a header\r\n"),
+                         b"Subject: only a header\r\n" + self.FIELDS)
+
+    def test_no_header_section(self):
+        """
+        Input that does not start with a header section gets the fields
+        and an empty line before it, so that it stays the body.
+        """
+        self.assertEqual(self.complete(b"no header line here just text\r\nsecond: line\r\n"),
+                         self.FIELDS + b"\r\nno header line here just text\r\nsecond: line\r\n")
+        self.assertEqual(self.complete(b"\r\nbody after an empty line\r\n"),
+                         self.FIELDS + b"\r\nbody after an empty line\r\n")
+        self.assertEqual(self.complete(b""), self.FIELDS)
+
+    def test_present_fields_kept(self):
+        """
+        Fields the message has (in any case) are neither added nor
+        changed; C{Resent-From:} is not C{From:}.
+        """
+        message = b"FROM: a@x.test\r\nmessage-id: <m@x.test>\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\nb\r\n"
+        self.assertEqual(self.complete(message), message)
+        self.assertEqual(self.complete(b"Resent-From: a@x.test\r\nDate: d\r\nMessage-ID: <m@x>\r\n\r\nb\r\n"),
+                         b"Resent-From: a@x.test\r\nDate: d\r\nMessage-ID: <m@x>\r\n"
+                         b"From: Cron Daemon <root@example.test>\r\n\r\nb\r\n")
+
+    def test_from_field(self):
+        """
+        The envelope sender, with the -F name quoted or encoded, control
+        characters made spaces (no field can be injected), and
+        C{MAILER-DAEMON} for the null sender.
+        """
+        root = parse_mailbox("root@example.test")
+        self.assertEqual(from_field(root, "", "example.test"), b"From: root@example.test\r\n")
+        self.assertEqual(from_field(None, "", "example.test"), b"From: MAILER-DAEMON@example.test\r\n")
+        self.assertEqual(from_field(root, 'Cron "the" Daemon', "example.test"),
+                         b'From: "Cron \\"the\\" Daemon" <root@example.test>\r\n')
+        self.assertEqual(from_field(root, "x\r\nBcc: victim@x.test", "example.test"),
+                         b"From: \"x Bcc: victim@x.test\" <root@example.test>\r\n")
+        self.assertEqual(from_field(root, "J\u00fcrgen", "example.test"),
+                         b"From: =?utf-8?q?J=C3=BCrgen?= <root@example.test>\r\n")
+        self.assertEqual(from_field(parse_mailbox("j\u00fc@example.test"), "J", "example.test"),
+                         'From: "J" <j\u00fc@example.test>\r\n'.encode())
+        self.assertEqual(len(from_field(root, "n" * 5000, "example.test")),
+                         MAX_FULL_NAME + len(b"From:  <root@example.test>\r\n"))
 
 
 class DropTests(SynchronousTestCase):
@@ -160,17 +232,42 @@ class CommandTests(SynchronousTestCase):
 
     def test_drop_written(self):
         """
-        The message lands in the drop folder with the invoking user at the
-        first local domain as sender; --config may follow the subcommand.
+        The message lands in the drop folder, its header completed, with
+        the invoking user at the first local domain as sender; --config
+        may follow the subcommand.
         """
         self.patch(sendmail, "_user", lambda: "cronuser")
         incoming = self.make_incoming()
         status, out, err = self.run_cli(["sendmail", "--config", self.config.path, "-oi", "alice@example.test"],
+                                        b"From: me@example.test\nDate: whenever\nMessage-ID: <1@x>\n"
                                         b"Subject: cron\n\nall good\n")
         self.assertEqual((status, err), (0, ""))
         drop = self.only_drop(incoming)
-        self.assertEqual(drop.message, b"Subject: cron\r\n\r\nall good\r\n")
+        self.assertEqual(drop.message, b"From: me@example.test\r\nDate: whenever\r\nMessage-ID: <1@x>\r\n"
+                                       b"Subject: cron\r\n\r\nall good\r\n")
         self.assertEqual(str(drop.sender), "cronuser@example.test")
+
+    def test_header_completed(self):
+        """
+        C{echo text | sendmail root}: the message gets C{From:} (the
+        envelope sender, with the C{-F} name), C{Message-ID:} (a fresh
+        queue id at the host name) and C{Date:}, and the empty line that
+        keeps the text in the body.
+        """
+        self.patch(sendmail, "_user", lambda: "root")
+        self.patch(sendmail, "time", SimpleNamespace(time=lambda: 1700000000.0))
+        incoming = self.make_incoming()
+        status, out, err = self.run_cli(["-c", self.config.path, "sendmail", "-F", "Cron Daemon", "root"],
+                                        b"disk full\n")
+        self.assertEqual((status, err), (0, ""))
+        message = self.only_drop(incoming).message
+        match = re.fullmatch(rb"From: Cron Daemon <root@example\.test>\r\n"
+                             rb"Message-ID: <([0-9A-Z]{16})@mail\.example\.test>\r\n"
+                             rb"Date: Tue, 14 Nov 2023 22:13:20 \+0000\r\n"
+                             rb"\r\n"
+                             rb"disk full\r\n", message)
+        self.assertIsNotNone(match, message)
+        self.assertTrue(is_queue_id(match.group(1).decode()))
 
     def test_short_config_option_after_subcommand(self):
         """

@@ -6,8 +6,9 @@ through a symbolic link).
 
     mailappliance sendmail [-f SENDER] [-t] [-i|-oi] [RECIPIENT...] < message
 
-The message is read from standard input, its line ends made CRLF, and it
-is written durably into the queue's drop folder (see
+The message is read from standard input, its line ends made CRLF, its
+header completed (below), and it is written durably into the queue's drop
+folder (see
 L{mailappliance.queue.incoming}); the server picks it up within a second,
 or as soon as it starts. Exit status per sendmail and sysexits(3): 0 when
 the message is safely in the drop folder, 64 for a usage error, 65 for bad
@@ -19,7 +20,8 @@ Options: C{-f SENDER} (or C{-fSENDER}, C{-r}) sets the envelope sender
 invoking user at the qualifying domain (below). C{-t} takes the recipients
 from the C{To:}, C{Cc:} and C{Bcc:} headers, in addition to those given,
 and removes C{Bcc:}. Without C{-i} (or C{-oi}), a line holding a single
-C{.} ends the message, as in sendmail. C{-F NAME}, C{-o...}, C{-B TYPE},
+C{.} ends the message, as in sendmail. C{-F NAME} is the full name in
+the C{From:} field this command adds (below). C{-o...}, C{-B TYPE},
 C{-bm}, C{-v} and C{-N ...} are accepted and ignored.
 
 C{--config FILE} and C{-c FILE}, as before the subcommand, and
@@ -33,6 +35,18 @@ A bare name without C{@} (C{root}, as cron passes it), as a recipient or
 as the sender, is qualified with the qualifying domain: the first of
 C{local_domains}, or the postmaster's domain when there is none (Postfix's
 C{append_at_myorigin}). Anything else that is not an address is refused.
+
+The message becomes a valid RFC 5322 message (section 3.6: C{Date:} and
+C{From:} are required), as Postfix's cleanup does for local submissions
+and as RFC 6409 section 8 allows a submission server: a message without
+C{Date:}, C{Message-ID:} (made like the submission service's, with the
+server's host name) or C{From:} (the envelope sender, with the C{-F}
+name; C{MAILER-DAEMON} at the qualifying domain for the null sender) gets
+them, by the submission service's own
+L{mailappliance.smtp.headers.HeaderCompleter}: at the end of the header
+section, and, when the input does not start with a header section at all
+(C{echo text | sendmail root}), followed by the empty line that makes the
+text the body.
 """
 
 from __future__ import annotations
@@ -40,10 +54,14 @@ from __future__ import annotations
 import email.utils
 import getpass
 import os
+import time
 
 from mailappliance.address import AddressError, Mailbox, parse_mailbox
 from mailappliance.cli.main import CommandError
+from mailappliance.queue.ids import QueueIdGenerator
 from mailappliance.queue.incoming import write_drop
+from mailappliance.smtp.handlers import missing_header_fields
+from mailappliance.smtp.headers import HeaderCompleter
 
 EX_USAGE = 64
 EX_DATAERR = 65
@@ -54,6 +72,10 @@ EX_IOERR = 74
 EX_TEMPFAIL = 75
 
 READ_CHUNK = 64 * 1024
+
+# A -F name longer than this is cut, so that the From: field stays well
+# under the 998-octet line limit of RFC 5322 section 2.1.1.
+MAX_FULL_NAME = 200
 
 # The options naming the configuration file (see the module docstring).
 _CONFIG_OPTIONS = ("--config", "-c", "-C")
@@ -75,6 +97,7 @@ class Options:
         self.dot_ends = True
         self.recipients: list[str] = []
         self.config: str | None = None
+        self.full_name = ""
 
 
 def parse_arguments(arguments: list[str]) -> Options:
@@ -113,9 +136,13 @@ def parse_arguments(arguments: list[str]) -> Options:
             i += 1
             if arg in ("-f", "-r"):
                 options.sender = value
+            elif arg == "-F":
+                options.full_name = value
             continue
         if arg[:2] in ("-f", "-r"):
             options.sender = arg[2:]
+        elif arg[:2] == "-F":
+            options.full_name = arg[2:]
         elif arg == "-t":
             options.from_headers = True
         elif arg in ("-i", "-oi"):
@@ -224,6 +251,56 @@ def parse_address(text: str, domain: str) -> Mailbox:
     return parse_mailbox(text)
 
 
+class _At:
+    """
+    A clock that always says C{when} (for L{QueueIdGenerator}).
+    """
+
+    def __init__(self, when: float) -> None:
+        self.when = when
+
+    def seconds(self) -> float:
+        return self.when
+
+
+def from_field(sender: Mailbox | None, full_name: str, domain: str) -> bytes:
+    """
+    The C{From:} field for a message that has none: the envelope sender
+    (C{MAILER-DAEMON@domain} for the null sender) with the C{-F} name.
+    The name is the invoker's text: line breaks and other control
+    characters become spaces, so it cannot end the field, it is cut at
+    L{MAX_FULL_NAME} characters, and it is quoted where needed, or RFC
+    2047-encoded when it is not ASCII.
+    """
+    address = str(sender) if sender is not None else f"MAILER-DAEMON@{domain}"
+    name = " ".join("".join(c if c.isprintable() else " " for c in full_name[:MAX_FULL_NAME]).split())
+    if not name:
+        value = address
+    elif address.isascii():
+        value = email.utils.formataddr((name, address))
+    else:
+        # An SMTPUTF8 address (RFC 6532): formataddr only takes ASCII ones.
+        quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+        value = f'"{quoted}" <{address}>'
+    return f"From: {value}\r\n".encode("utf-8")
+
+
+def complete_message(message: bytes, sender: Mailbox | None, full_name: str, domain: str, hostname: str,
+                     now: float, message_id: str) -> bytes:
+    """
+    Add C{From:}, C{Message-ID:} and C{Date:} where missing (see the
+    module docstring), with the submission service's L{HeaderCompleter}.
+
+    @param message: the message, CRLF line ends.
+    @param message_id: unique; the local part of C{Message-ID:}, whose
+        right-hand side is C{hostname}.
+    @param now: the Unix time of submission, for C{Date:}.
+    """
+    fields = [(b"from", from_field(sender, full_name, domain)), *missing_header_fields(message_id, hostname, now)]
+    completer = HeaderCompleter(fields)
+    return completer.feed(message) + completer.finish()
+
+
 def run(config, args, stdin, stdout) -> int:
     options = getattr(args, "options", None) or parse_arguments(list(args.arguments))
     domain = qualifying_domain(config)
@@ -249,6 +326,9 @@ def run(config, args, stdin, stdout) -> int:
             sender = parse_address(sender_text, domain)
         except AddressError as e:
             raise CommandError(f"bad sender address {sender_text!r}: {e.reason}", EX_DATAERR) from None
+    now = time.time()
+    message = complete_message(message, sender, options.full_name, domain, config.server.hostname, now,
+                               QueueIdGenerator(_At(now)).next_id())
     incoming = os.path.join(config.queue_dir, "incoming")
     if not os.path.isdir(incoming):
         raise CommandError(f"{incoming}: no such folder (start the server once to create the queue)",
