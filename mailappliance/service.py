@@ -136,23 +136,110 @@ def load_tls(config: Config):
         raise StartupError(f"{config.path or 'configuration'}: tls: {e}") from None
 
 
-def validate(config: Config) -> dict:
+def listen_keys(config: Config) -> list[tuple[str, str]]:
+    """
+    Every listener of the configuration.
+
+    @return: C{(key, endpoint description)} pairs, the key as in the
+        configuration file (C{"smtp.listen"}, C{"pop3.listen_tls"}).
+    """
+    result = []
+    for name in ("smtp", "submission", "pop3"):
+        section = getattr(config, name)
+        if section is None:
+            continue
+        for key in ("listen", "listen_tls"):
+            result += [(f"{name}.{key}", description) for description in getattr(section, key)]
+    return result
+
+
+def _systemd_socket(description: str) -> tuple[str | None, str | None] | None:
+    """
+    @return: the C{(index, name)} a C{systemd:} endpoint asks for, or
+        L{None} for other endpoints.
+    """
+    try:
+        args, kwargs = endpoints._parse(description)  # type: ignore[attr-defined]
+    except ValueError:
+        return None
+    if not args or str(args[0]).lower() != "systemd":
+        return None
+    return kwargs.get("index"), kwargs.get("name")
+
+
+def _missing_systemd_socket(index: str | None, name: str | None) -> str:
+    what = f"with index {index}" if index is not None else f"named {name!r}"
+    return f"systemd passed no socket {what} (is the server started by its socket unit?)"
+
+
+def systemd_socket_problem(description: str, fds: Any) -> str | None:
+    """
+    Whether systemd passed this process the socket that a C{systemd:}
+    endpoint names (by C{index=} or C{name=}). Twisted's parser opens it
+    at once, and fails with an C{IndexError} or C{KeyError} when it is
+    missing.
+
+    @param fds: a L{twisted.python.systemd.ListenFDs}.
+    @return: what is wrong, or L{None} when the socket is there or the
+        endpoint is not a C{systemd:} one.
+    """
+    socket = _systemd_socket(description)
+    if socket is None:
+        return None
+    index, name = socket
+    if index is not None and int(index) < len(fds.inheritedDescriptors()):
+        return None
+    if index is None and name in fds.inheritedNamedDescriptors():
+        return None
+    return _missing_systemd_socket(index, name)
+
+
+def listener_error(source: str | None, key: str, description: str, reason: str) -> str:
+    """
+    The one-line start-up error for an endpoint that cannot be used, naming
+    the configuration file, the key and the endpoint (SPEC section 1).
+    """
+    return f"{source or 'configuration'}: {key}: cannot use {description}: {reason}"
+
+
+def validate(config: Config, systemd_fds: Any = None) -> dict:
     """
     Run the start-up checks that need no reactor and no listening sockets
     (for C{mailappliance check}).
 
+    C{systemd:} listeners are checked against the sockets systemd passed
+    to this process, when it passed any; when it passed none (C{check}
+    run from a shell, as usual), whether the server will get them cannot
+    be told here, and they are listed as unchecked.
+
+    @param systemd_fds: a L{twisted.python.systemd.ListenFDs}; by default
+        this process's.
     @return: facts for the summary (C{users}, C{aliases}; C{missing}, the
-        users or aliases files named that do not exist).
+        users or aliases files named that do not exist;
+        C{systemd_unchecked}, the C{systemd:} listeners not checked).
     @raise StartupError: as start-up would.
     """
+    from twisted.python.systemd import ListenFDs
+
     from mailappliance.disk import SynchronousDiskPool
 
     accounts = load_accounts(config, None, SynchronousDiskPool())
     load_tls(config)
+    fds = ListenFDs.fromEnvironment() if systemd_fds is None else systemd_fds
+    unchecked = []
+    for key, description in listen_keys(config):
+        if not fds.inheritedDescriptors():
+            if _systemd_socket(description) is not None:
+                unchecked.append(description)
+            continue
+        problem = systemd_socket_problem(description, fds)
+        if problem is not None:
+            raise StartupError(listener_error(config.path, key, description, problem))
     aliases = sum(len(getattr(r, "table", ())) for r in accounts.resolvers if getattr(r, "name", "") == "aliases")
     named = (config.accounts.users_file, config.accounts.aliases_file)
     missing = [path for path in named if path and not os.path.exists(path)]
-    return {"users": len(accounts.users.addresses()), "aliases": aliases, "missing": missing}
+    return {"users": len(accounts.users.addresses()), "aliases": aliases, "missing": missing,
+            "systemd_unchecked": unchecked}
 
 
 class Reloader(Service):
@@ -212,19 +299,40 @@ class Listener(Service):
     """
     One listening endpoint. Listens in C{privilegedStartService} (before
     twistd drops privileges) and fails start-up with a one-line
-    L{StartupError} if the port cannot be bound.
+    L{StartupError} if the endpoint cannot be made (a C{systemd:} socket
+    that systemd did not pass) or the port cannot be bound.
     """
 
-    def __init__(self, reactor: Any, service_name: str, description: str, factory: Any) -> None:
+    def __init__(self, reactor: Any, service_name: str, description: str, factory: Any,
+                 key: str | None = None, source: str | None = None) -> None:
+        """
+        @param key: the configuration key that names the endpoint
+            (C{"smtp.listen"}), for errors.
+        @param source: the configuration file, for errors.
+        """
         self.reactor = reactor
         self.service_name = service_name
         self.description = description
         self.factory = factory
+        self.key = key or f"{service_name}.listen"
+        self.source = source
         self.port = None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        endpoint = endpoints.serverFromString(self.reactor, self.description)
+        try:
+            endpoint = endpoints.serverFromString(self.reactor, self.description)
+        except Exception as e:
+            # Not a traceback (SPEC section 1): the configuration names an
+            # endpoint that cannot be had here, typically a systemd socket
+            # that was not passed (Twisted's parser opens it at once and
+            # fails with an IndexError or KeyError).
+            socket = _systemd_socket(self.description)
+            if isinstance(e, (IndexError, KeyError)) and socket is not None:
+                reason = _missing_systemd_socket(*socket)
+            else:
+                reason = str(e) or type(e).__name__
+            raise StartupError(listener_error(self.source, self.key, self.description, reason)) from None
         d = endpoint.listen(self.factory)
         failures = []
         d.addCallbacks(self._listening, failures.append)
@@ -362,13 +470,15 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     def listen(service_name: str, section: Any, factory: Any) -> None:
         factories[service_name] = factory
         for description in section.listen:
-            Listener(reactor, service_name, description, factory).setServiceParent(root)
+            Listener(reactor, service_name, description, factory, key=f"{service_name}.listen",
+                     source=config.path).setServiceParent(root)
         if section.listen_tls:
             from mailappliance.tls import wrap_implicit_tls
 
             wrapped = wrap_implicit_tls(factory, tls)
             for description in section.listen_tls:
-                Listener(reactor, service_name + "+tls", description, wrapped).setServiceParent(root)
+                Listener(reactor, service_name + "+tls", description, wrapped, key=f"{service_name}.listen_tls",
+                         source=config.path).setServiceParent(root)
 
     if config.smtp is not None:
         listen("smtp", config.smtp, _smtp_factory(config, "smtp", accounts, spool, reactor, tls))

@@ -199,6 +199,19 @@ class CheckCommandTests(CLITestCase):
         self.assertTrue(err.startswith(f"mailappliance: {self.users.path}:2: "), err)
         self.assertEqual(err.count("\n"), 1)
 
+    def test_systemd_listener_not_checkable(self):
+        """
+        check, run without sockets from systemd, says that it could not
+        check a systemd: listener, and still accepts the configuration.
+        """
+        self.config.setContent(self.config.getContent().replace(b"tcp:2525:interface=127.0.0.1",
+                                                                b"systemd:domain=INET:index=0"))
+        status, out, err = self.run_cli("check", "--config", self.config.path)
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("systemd sockets: none passed to this command, so not checked: systemd:domain=INET:index=0 "
+                      "(start-up refuses a socket systemd does not pass)\n", out)
+        self.assertTrue(out.endswith("configuration OK\n"))
+
     def test_unknown_resolver(self):
         self.config.setContent(self.config.getContent() + b'[accounts]\nresolvers = ["users", "ldap"]\n')
         status, out, err = self.run_cli("check", "--config", self.config.path)

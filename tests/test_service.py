@@ -1,15 +1,25 @@
 """
-Tests for L{mailappliance.service}: configuration reload on SIGHUP.
+Tests for L{mailappliance.service}: configuration reload on SIGHUP,
+listeners, start-up checks.
 """
 
+from twisted.internet.testing import MemoryReactor
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.filepath import FilePath
+from twisted.python.systemd import ListenFDs
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailappliance.config.load import load_config
 from mailappliance.disk import SynchronousDiskPool
 from mailappliance.queue.relay import RetryPolicy
-from mailappliance.service import LiveConfiguration, config_changes
+from mailappliance.service import (
+    Listener,
+    LiveConfiguration,
+    StartupError,
+    config_changes,
+    systemd_socket_problem,
+    validate,
+)
 from mailappliance.smtp.client import ClientOptions
 from mailappliance.smtp.policy import ConnectionLimiter
 
@@ -93,3 +103,72 @@ class ChangesTests(SynchronousTestCase):
         b = folder.child("b.toml")
         b.setContent(BASE.replace('hostname = "mx.example.test"', 'hostname = "other.example.test"').encode())
         self.assertEqual(config_changes(load_config(a.path), load_config(b.path)), [("server.hostname", False)])
+
+
+class SystemdListenerTests(SynchronousTestCase):
+    """
+    A C{systemd:} endpoint whose socket systemd did not pass (here: this
+    test process got none) is a one-line L{StartupError}, not a traceback.
+    """
+
+    def start(self, description, key="smtp.listen"):
+        listener = Listener(MemoryReactor(), "smtp", description, object(), key=key, source="/etc/m.toml")
+        with self.assertRaises(StartupError) as cm:
+            listener.privilegedStartService()
+        return str(cm.exception)
+
+    def test_index_not_passed(self):
+        self.assertEqual(self.start("systemd:domain=INET:index=99"),
+                         "/etc/m.toml: smtp.listen: cannot use systemd:domain=INET:index=99: systemd passed no "
+                         "socket with index 99 (is the server started by its socket unit?)")
+
+    def test_name_not_passed(self):
+        self.assertEqual(self.start("systemd:domain=INET6:name=nosuch", key="pop3.listen_tls"),
+                         "/etc/m.toml: pop3.listen_tls: cannot use systemd:domain=INET6:name=nosuch: systemd "
+                         "passed no socket named 'nosuch' (is the server started by its socket unit?)")
+
+    def test_socket_problem(self):
+        """
+        L{systemd_socket_problem} checks the index or name against the
+        sockets passed, and has nothing to say about other endpoints.
+        """
+        fds = ListenFDs([3, 4], ("smtp", "pop3"))
+        self.assertIsNone(systemd_socket_problem("systemd:domain=INET:index=1", fds))
+        self.assertIsNone(systemd_socket_problem("systemd:domain=INET:name=pop3", fds))
+        self.assertIsNone(systemd_socket_problem("tcp:25", fds))
+        self.assertEqual(systemd_socket_problem("systemd:domain=INET:index=2", fds),
+                         "systemd passed no socket with index 2 (is the server started by its socket unit?)")
+        self.assertEqual(systemd_socket_problem("systemd:domain=INET:name=imap", fds),
+                         "systemd passed no socket named 'imap' (is the server started by its socket unit?)")
+
+
+class ValidateTests(SynchronousTestCase):
+    def config(self, listen):
+        path = FilePath(self.mktemp())
+        path.makedirs()
+        path.child("m.toml").setContent(f'[server]\nhostname = "a.test"\n[smtp]\nlisten = ["{listen}"]\n'.encode())
+        return load_config(path.child("m.toml").path)
+
+    def test_systemd_socket_checked_when_passed(self):
+        """
+        When systemd passed sockets to this process, C{check} reports a
+        missing one as start-up does.
+        """
+        config = self.config("systemd:domain=INET:index=1")
+        with self.assertRaises(StartupError) as cm:
+            validate(config, ListenFDs([3], ("smtp",)))
+        self.assertEqual(str(cm.exception),
+                         f"{config.path}: smtp.listen: cannot use systemd:domain=INET:index=1: systemd passed no "
+                         "socket with index 1 (is the server started by its socket unit?)")
+        facts = validate(self.config("systemd:domain=INET:index=0"), ListenFDs([3], ("smtp",)))
+        self.assertEqual(facts["systemd_unchecked"], [])
+
+    def test_systemd_socket_unchecked_when_none_passed(self):
+        """
+        With no socket passed (C{check} run from a shell), whether the
+        server will get it cannot be told: it is listed as unchecked.
+        """
+        facts = validate(self.config("systemd:domain=INET:index=0"), ListenFDs([], ()))
+        self.assertEqual(facts["systemd_unchecked"], ["systemd:domain=INET:index=0"])
+        facts = validate(self.config("tcp:2525:interface=127.0.0.1"), ListenFDs([], ()))
+        self.assertEqual(facts["systemd_unchecked"], [])

@@ -56,6 +56,10 @@ def summary(config, facts: dict) -> list[str]:
             # Its own idle time-out; the connection limits are [smtp]'s.
             listeners += f" (idle {_duration(section.idle_timeout)})"
         lines.append(f"{name}: {listeners}")
+    unchecked = facts.get("systemd_unchecked", ())
+    if unchecked:
+        lines.append(f"systemd sockets: none passed to this command, so not checked: {', '.join(unchecked)} "
+                     "(start-up refuses a socket systemd does not pass)")
     limits = config.limits
     lines.append(
         f"limits: message {_size(limits.max_message_size)}, {limits.max_recipients} recipients, "

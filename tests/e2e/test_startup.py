@@ -96,6 +96,21 @@ class StartupTests(SynchronousTestCase):
         self.assertIn(f"tcp:{port}:interface=127.0.0.1", output)
         self.assertNotIn("Traceback", output)
 
+    def test_systemd_socket_not_passed(self):
+        """
+        A systemd: listener whose socket systemd did not pass (here: not
+        started by systemd at all) stops start-up with one line naming the
+        file, the key and the endpoint, no traceback.
+        """
+        server = ServerProcess(
+            self, config_text='[server]\nhostname = "a.test"\n[smtp]\nlisten = ["systemd:domain=INET:index=0"]\n'
+        )
+        status, output = server.run_to_exit()
+        self.assertEqual(status, 1, output)
+        self.assertIn(f"mailappliance: {server.config_path}: smtp.listen: cannot use systemd:domain=INET:index=0: "
+                      "systemd passed no socket with index 0 (is the server started by its socket unit?)\n", output)
+        self.assertNotIn("Traceback", output)
+
     def test_port_in_use_daemon(self):
         """
         Without C{-n} (a daemon), a listener that cannot bind makes twistd
