@@ -12,7 +12,10 @@ from types import SimpleNamespace
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from mailappliance.cli import queue as queue_cli
+from mailappliance.cli.main import CommandError
 from mailappliance.cli.queue import _delete, _flush, _list, read_queue
+from mailappliance.queue.control import ServerLock
 from mailappliance.queue.envelope import DELIVERED, Envelope
 from mailappliance.queue.layout import encode_tail
 from tests.test_queue_writer import make_envelope
@@ -131,3 +134,55 @@ class CommandTests(QueueFilesTestCase):
         with open(os.path.join(self.messages, QID_A), "rb") as f:
             self.assertEqual(f.read(), BODY + encode_tail(delayed))
         self.assertEqual(read_queue(self.config), [flushed])
+
+
+class OnlineFlushTests(QueueFilesTestCase):
+    """
+    C{queue flush} while a server runs (here: this test holds the server's
+    lock) checks the ids against the queue folder first, as the offline
+    path does.
+    """
+
+    def setUp(self):
+        super().setUp()
+        lock = ServerLock(self.queue_dir)
+        self.assertTrue(lock.acquire())
+        self.addCleanup(lock.release)
+        self.commands = []
+
+        def write_command(queue_dir, command, ids):
+            self.commands.append((command, list(ids)))
+            # A path that does not exist: as if the server took it at once.
+            return os.path.join(queue_dir, "control", "taken")
+
+        self.patch(queue_cli, "write_command", write_command)
+
+    def test_unknown_id(self):
+        """
+        An unknown id: one-line error, exit status 1, nothing handed to the
+        server, nothing said to be flushed.
+        """
+        out = io.StringIO()
+        with self.assertRaises(CommandError) as cm:
+            _flush(self.config, Namespace(ids=[QID_B]), None, out)
+        self.assertEqual((str(cm.exception), cm.exception.status), (f"not in the queue: {QID_B}", 1))
+        self.assertEqual((self.commands, out.getvalue()), ([], ""))
+
+    def test_some_unknown(self):
+        """
+        The known ids are flushed by the server, the unknown ones reported.
+        """
+        self.put_v2(QID_A, 1000.0)
+        out = io.StringIO()
+        with self.assertRaises(CommandError) as cm:
+            _flush(self.config, Namespace(ids=[QID_A, QID_B, QID_C]), None, out)
+        self.assertEqual(str(cm.exception), f"not in the queue: {QID_B}, {QID_C}")
+        self.assertEqual((self.commands, out.getvalue()), ([("flush", [QID_A])], f"flushed {QID_A}\n"))
+
+    def test_known_and_all(self):
+        self.put_v2(QID_A, 1000.0)
+        out = io.StringIO()
+        self.assertEqual(_flush(self.config, Namespace(ids=[QID_A]), None, out), 0)
+        self.assertEqual(_flush(self.config, Namespace(ids=[]), None, out), 0)
+        self.assertEqual(self.commands, [("flush", [QID_A]), ("flush", [])])
+        self.assertEqual(out.getvalue(), f"flushed {QID_A}\nflushed all messages\n")

@@ -16,7 +16,7 @@ import time
 
 from mailappliance.cli.main import CommandError
 from mailappliance.disk import fsync_directory, write_file_durably
-from mailappliance.queue.control import ServerLock, write_command
+from mailappliance.queue.control import ServerLock, server_running, write_command
 from mailappliance.queue.envelope import PENDING, Envelope, EnvelopeFormatError
 from mailappliance.queue.ids import is_queue_id
 from mailappliance.queue.layout import CorruptTrailer, NoTrailer
@@ -134,8 +134,22 @@ def _via_server(config, command: str, ids: list[str], stdout) -> bool:
 
 def _flush(config, args, stdin, stdout) -> int:
     _check_ids(args.ids)
-    if _via_server(config, "flush", args.ids, stdout):
-        stdout.write(f"flushed {', '.join(args.ids) or 'all messages'}\n")
+    # The ids are checked against the queue folder first, whether a server
+    # runs or not: an unknown id is an error either way (a running server
+    # handed one finds nothing to do and cannot say so to this command).
+    present = {e.queue_id for e in read_queue(config)} if args.ids else set()
+    wanted = [i for i in args.ids if i in present]
+    missing = [i for i in args.ids if i not in present]
+    if wanted or not args.ids:
+        handed = _via_server(config, "flush", wanted, stdout)
+    else:
+        # Nothing to hand over; only whether the offline path may run.
+        handed = server_running(config.queue_dir)
+    if handed:
+        if wanted or not args.ids:
+            stdout.write(f"flushed {', '.join(wanted) or 'all messages'}\n")
+        if missing:
+            raise CommandError(f"not in the queue: {', '.join(missing)}")
         return 0
     with _offline(config):
         known = {e.queue_id: e for e in read_queue(config)}
