@@ -22,6 +22,20 @@ class FakeTTY(io.StringIO):
         return True
 
 
+def prompts_then_eof(answers):
+    """
+    A getpass that gives C{answers}, then raises EOFError (Ctrl-D).
+    """
+    given = iter(answers)
+
+    def prompt(text):
+        for answer in given:
+            return answer
+        raise EOFError()
+
+    return prompt
+
+
 class CLITestCase(SynchronousTestCase):
     def setUp(self):
         # Cheap argon2 parameters keep the tests fast; the format is the same.
@@ -94,6 +108,21 @@ class UserCommandTests(CLITestCase):
         status, out, err = self.run_cli("-c", self.config.path, "user", "add", "bob@example.test",
                                         stdin=FakeTTY(""))
         self.assertEqual((status, err), (1, "mailappliance: the passwords differ\n"))
+
+    def test_tty_end_of_input(self):
+        """
+        Ctrl-D at either prompt (getpass raises EOFError) is a one-line
+        error with exit status 1, for add and passwd, and nothing changes.
+        """
+        self.run_cli("-c", self.config.path, "user", "add", "alice@example.test", stdin="old\n")
+        before = self.users.getContent()
+        for answers in ([], ["pw"]):
+            for command in (["add", "bob@example.test"], ["passwd", "alice@example.test"]):
+                self.patch(__import__("mailappliance.cli.user", fromlist=["x"]), "getpass",
+                           type("G", (), {"getpass": staticmethod(prompts_then_eof(answers))}))
+                status, out, err = self.run_cli("-c", self.config.path, "user", *command, stdin=FakeTTY(""))
+                self.assertEqual((status, out, err), (1, "", "mailappliance: no password given (end of input)\n"))
+        self.assertEqual(self.users.getContent(), before)
 
     def test_passwd(self):
         self.run_cli("-c", self.config.path, "user", "add", "alice@example.test", stdin="old\n")

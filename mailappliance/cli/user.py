@@ -40,12 +40,18 @@ def read_password(stdin: TextIO, prompt=None) -> bytes:
     Read a new password: from a terminal, asked twice without echo; else the
     first line of standard input.
 
-    @raise CommandError: if it is empty, too long or the two differ.
+    @raise CommandError: if it is empty, too long or the two differ, or
+        the terminal ends the input (Ctrl-D) at a prompt.
     """
     if stdin.isatty():
         prompt = prompt or getpass.getpass
-        first = prompt("New password: ")
-        if prompt("Repeat password: ") != first:
+        try:
+            first = prompt("New password: ")
+            second = prompt("Repeat password: ")
+        except EOFError:
+            # Ctrl-D at a prompt: getpass raises EOFError.
+            raise CommandError("no password given (end of input)") from None
+        if second != first:
             raise CommandError("the passwords differ")
         password = first
     else:
