@@ -5,7 +5,8 @@ C{make_service(config, reactor)}: the one service tree of the appliance.
 Start-up order (children of the L{MultiService} start in this order and
 stop in reverse):
 
-  1. the disk thread pool;
+  1. the disk thread pool, and the guard that makes a second SIGTERM or
+     SIGINT during the shutdown harmless (L{StopSignalGuard});
   2. the queue manager (recovers the spool: whatever a previous run left is
      resumed before any new mail is accepted);
   3. the reloader (users and aliases files polled every second; SIGHUP
@@ -369,6 +370,73 @@ class Drainer(Service):
         return DeferredList([f.drain(self.grace) for f in self.factories])
 
 
+class StopSignalGuard(Service):
+    """
+    Makes a repeated SIGTERM or SIGINT harmless while the server shuts
+    down.
+
+    The reactor's handlers, installed when it starts running, call
+    C{reactor.stop()} for every such signal; once the reactor is stopping,
+    C{stop()} raises C{ReactorNotRunning}, which Twisted logs as a critical
+    error with a traceback (a second Ctrl-C, or C{timeout(1)}, which
+    signals the process and its group, during the drain of
+    L{SHUTDOWN_GRACE} seconds). When the reactor runs, this service puts
+    itself in front of those handlers: the first signal goes to the
+    reactor's handler as before (twistd still exits by that signal); a
+    signal once the shutdown has begun, however it began, is ignored, and
+    the first one so ignored is logged at info. The drain in progress is
+    not cut short (a SIGKILL is the way to do that).
+
+    @param signals: the signal numbers to guard.
+    @param getsignal: L{signal.getsignal}, or a fake.
+    @param setsignal: L{signal.signal}, or a fake.
+    """
+
+    name = "stop-signals"
+
+    def __init__(self, reactor: Any, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
+                 getsignal: Any = signal.getsignal, setsignal: Any = signal.signal) -> None:
+        self.reactor = reactor
+        self.signals = signals
+        self._getsignal = getsignal
+        self._setsignal = setsignal
+        self._handlers: dict[int, Any] = {}
+        self._stopping = False
+        self._told = False
+
+    def startService(self) -> None:
+        super().startService()
+        self.reactor.addSystemEventTrigger("before", "shutdown", self._shutting_down)
+        # twistd starts the services before the reactor runs, and the
+        # reactor installs its handlers as it starts running.
+        self.reactor.callWhenRunning(self._install)
+
+    def _install(self) -> None:
+        for number in self.signals:
+            handler = self._getsignal(number)
+            # Python's own SIGINT handler (KeyboardInterrupt) or none at
+            # all: the reactor installed nothing to guard.
+            if callable(handler) and handler is not signal.default_int_handler:
+                self._handlers[number] = handler
+                self._setsignal(number, self._received)
+
+    def _shutting_down(self) -> None:
+        self._stopping = True
+
+    def _received(self, number: int, frame: Any) -> None:
+        if not self._stopping:
+            self._stopping = True
+            self._handlers[number](number, frame)
+            return
+        if not self._told:
+            self._told = True
+            self.reactor.callFromThread(self._log_ignored, number)
+
+    def _log_ignored(self, number: int) -> None:
+        log.info('event=shutdown signal={signal} status=ignored reason="already shutting down"',
+                 signal=signal.Signals(number).name)
+
+
 class StartupErrorExit(MultiService):
     """
     The root service. It turns a L{StartupError} raised while listening
@@ -435,6 +503,7 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     root = StartupErrorExit()
     disk = DiskPool(reactor)
     disk.setServiceParent(root)
+    StopSignalGuard(reactor).setServiceParent(root)
     accounts = load_accounts(config, reactor, disk)
     tls = load_tls(config)
 

@@ -3,6 +3,8 @@ Tests for L{mailappliance.service}: configuration reload on SIGHUP,
 listeners, start-up checks.
 """
 
+import signal
+
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.filepath import FilePath
@@ -16,6 +18,7 @@ from mailappliance.service import (
     Listener,
     LiveConfiguration,
     StartupError,
+    StopSignalGuard,
     config_changes,
     systemd_socket_problem,
     validate,
@@ -172,3 +175,98 @@ class ValidateTests(SynchronousTestCase):
         self.assertEqual(facts["systemd_unchecked"], ["systemd:domain=INET:index=0"])
         facts = validate(self.config("tcp:2525:interface=127.0.0.1"), ListenFDs([], ()))
         self.assertEqual(facts["systemd_unchecked"], [])
+
+
+class FakeSignalReactor:
+    """
+    System event triggers and callFromThread, run at once.
+    """
+
+    def __init__(self):
+        self.triggers = []
+
+    def addSystemEventTrigger(self, phase, event, f, *args):
+        self.triggers.append((phase, event, f))
+
+    def callFromThread(self, f, *args):
+        f(*args)
+
+    def callWhenRunning(self, f, *args):
+        self.triggers.append(("after", "startup", f))
+
+    def fire(self, phase, event):
+        for p, e, f in self.triggers:
+            if (p, e) == (phase, event):
+                f()
+
+
+class StopSignalGuardTests(SynchronousTestCase):
+    """
+    L{StopSignalGuard}: a second SIGTERM or SIGINT during the shutdown no
+    longer reaches the reactor's handler (whose C{reactor.stop()} raised
+    C{ReactorNotRunning}, logged as critical with a traceback).
+    """
+
+    def setUp(self):
+        self.stops = []
+        self.handlers = {signal.SIGTERM: self.reactor_handler, signal.SIGINT: self.reactor_handler}
+        self.reactor = FakeSignalReactor()
+        self.guard = StopSignalGuard(self.reactor, getsignal=self.handlers.get, setsignal=self.handlers.__setitem__)
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def reactor_handler(self, number, frame):
+        self.stops.append(number)
+
+    def lines(self):
+        return [formatEvent(e) for e in self.events if "event=shutdown" in formatEvent(e)]
+
+    def start(self):
+        self.guard.startService()
+        # The reactor installs its handlers as it starts running, after
+        # twistd has started the services.
+        self.assertEqual(self.handlers[signal.SIGTERM], self.reactor_handler)
+        self.reactor.fire("after", "startup")
+
+    def test_first_signal_passed_on(self):
+        self.start()
+        self.assertNotEqual(self.handlers[signal.SIGTERM], self.reactor_handler)
+        self.handlers[signal.SIGTERM](signal.SIGTERM, None)
+        self.assertEqual((self.stops, self.lines()), ([signal.SIGTERM], []))
+
+    def test_later_signals_ignored(self):
+        """
+        Later signals (SIGTERM or SIGINT) are ignored; the first ignored
+        one is logged once, at info.
+        """
+        self.start()
+        self.handlers[signal.SIGTERM](signal.SIGTERM, None)
+        self.reactor.fire("before", "shutdown")
+        self.handlers[signal.SIGTERM](signal.SIGTERM, None)
+        self.handlers[signal.SIGINT](signal.SIGINT, None)
+        self.assertEqual(self.stops, [signal.SIGTERM])
+        self.assertEqual(self.lines(), ['event=shutdown signal=SIGTERM status=ignored reason="already shutting down"'])
+        self.assertEqual([e["log_level"].name for e in self.events], ["info"])
+
+    def test_shutdown_begun_otherwise(self):
+        """
+        Once the shutdown has begun without a signal (reactor.stop()), a
+        signal is ignored too: the reactor is already stopping.
+        """
+        self.start()
+        self.reactor.fire("before", "shutdown")
+        self.handlers[signal.SIGINT](signal.SIGINT, None)
+        self.assertEqual(self.stops, [])
+        self.assertEqual(self.lines(), ['event=shutdown signal=SIGINT status=ignored reason="already shutting down"'])
+
+    def test_nothing_to_guard(self):
+        """
+        Without the reactor's handlers (the default action, Python's
+        KeyboardInterrupt), nothing is changed.
+        """
+        self.handlers[signal.SIGTERM] = signal.SIG_DFL
+        self.handlers[signal.SIGINT] = signal.default_int_handler
+        self.guard.startService()
+        self.reactor.fire("after", "startup")
+        self.assertEqual(self.handlers, {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler})

@@ -133,6 +133,35 @@ class ShutdownTests(SynchronousTestCase):
         self.assertIn(b"first half\r\nsecond half\r\n", data)
 
 
+    def test_second_sigterm_harmless(self):
+        """
+        A second SIGTERM while a transaction drains (Ctrl-C twice,
+        timeout(1) signalling the process and its group) is logged once at
+        info and ignored: no ReactorNotRunning traceback, and the
+        transaction still finishes.
+        """
+        from tests.e2e.test_smtp_inbound import RawSMTP
+
+        server = ServerProcess(self, services=("smtp",), users={"alice@example.test": "a"}).start()
+        busy = RawSMTP(server.ports["smtp"])
+        busy.send(b"EHLO x\r\nMAIL FROM:<z@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+        self.assertEqual([busy.reply()[:3] for _ in range(4)], [b"250", b"250", b"250", b"354"])
+        busy.send(b"Subject: in flight\r\n\r\nfirst half\r\n")
+        server.signal(signal.SIGTERM)
+        server.wait_for_log("event=shutdown status=draining")
+        server.signal(signal.SIGTERM)
+        server.wait_for_log('event=shutdown signal=SIGTERM status=ignored reason="already shutting down"')
+        server.signal(signal.SIGINT)
+        busy.send(b"second half\r\n.\r\n")
+        self.assertEqual(busy.reply()[:3], b"250")
+        server.process.wait(20)
+        log = server.log()
+        self.assertIn("event=shutdown status=done", log)
+        self.assertEqual(log.count("status=ignored"), 1, log)
+        self.assertNotIn("ReactorNotRunning", log)
+        self.assertNotIn("Traceback", log)
+
+
 def _refused(port):
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
