@@ -197,6 +197,55 @@ class AddUserTests(EditTestsMixin, SynchronousTestCase):
         self.assertEqual((status.st_uid, status.st_gid), (4321, 4322))
 
 
+class SymbolicLinkTests(EditTestsMixin, SynchronousTestCase):
+    """
+    A users file that is a symbolic link is written through it: the
+    target changes, the link stays a link.
+    """
+
+    def setUp(self) -> None:
+        base = self.mktemp()
+        os.makedirs(os.path.join(base, "real"))
+        os.mkdir(os.path.join(base, "config"))
+        self.target = os.path.join(base, "real", "users")
+        self.link = os.path.join(base, "config", "users")
+        os.symlink(os.path.join("..", "real", "users"), self.link)
+
+    def assert_through_link(self, content: bytes) -> None:
+        self.assertTrue(os.path.islink(self.link))
+        self.assertEqual(os.readlink(self.link), os.path.join("..", "real", "users"))
+        self.assertEqual(self.read(self.target), content)
+        # The temporary file was made next to the target (and is gone);
+        # nothing was left beside the link.
+        self.assertEqual(sorted(os.listdir(os.path.dirname(self.target))), ["users", "users.lock"])
+        self.assertEqual(os.listdir(os.path.dirname(self.link)), ["users"])
+
+    def test_add_passwd_del(self) -> None:
+        self.write(self.target, b"# kept elsewhere\nbob@example.test:{PLAIN}bob\n", 0o640)
+        add_user(self.link, "alice@example.test", "{PLAIN}a")
+        self.assert_through_link(b"# kept elsewhere\nbob@example.test:{PLAIN}bob\nalice@example.test:{PLAIN}a\n")
+        set_password(self.link, "bob@example.test", "{PLAIN}new")
+        self.assert_through_link(b"# kept elsewhere\nbob@example.test:{PLAIN}new\nalice@example.test:{PLAIN}a\n")
+        delete_user(self.link, "alice@example.test")
+        self.assert_through_link(b"# kept elsewhere\nbob@example.test:{PLAIN}new\n")
+        self.assertEqual(stat.S_IMODE(os.stat(self.target).st_mode), 0o640)
+
+    def test_dangling_link(self) -> None:
+        """
+        A link to a file that does not exist yet: the target is created.
+        """
+        add_user(self.link, "alice@example.test", "{PLAIN}a")
+        self.assert_through_link(b"alice@example.test:{PLAIN}a\n")
+        self.assertEqual(stat.S_IMODE(os.stat(self.target).st_mode), 0o600)
+
+    def test_errors_name_the_configured_path(self) -> None:
+        self.write(self.target, b"alice@example.test:nohash\n")
+        with self.assertRaises(AccountError) as caught:
+            add_user(self.link, "bob@example.test", "{PLAIN}b")
+        self.assertEqual(str(caught.exception),
+                         f"{self.link}:1: alice@example.test: password hash has no {{SCHEME}} prefix")
+
+
 class SetPasswordTests(EditTestsMixin, SynchronousTestCase):
     """
     Tests for L{set_password}.

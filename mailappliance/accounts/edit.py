@@ -8,7 +8,8 @@ C{PATH.lock}, so that two commands run at once never lose an update, and
 the new version replaces the file atomically
 (L{mailappliance.disk.write_file_durably}), so that the running server,
 which reads the file without the lock, sees the old version or the new one
-and never a half-written file.
+and never a half-written file. A users file that is a symbolic link is
+written through it (its target is replaced; the link stays).
 
 Only the line concerned changes: comments, blank lines and every other
 line are kept byte for byte, and C{passwd} replaces only the password field
@@ -180,6 +181,9 @@ def _exclusive_lock(path: str) -> Iterator[None]:
     Hold an exclusive C{flock} on C{PATH.lock} (created if missing). The
     lock is on a sidecar file because the users file itself is replaced by
     each change, and a lock on a replaced file protects nothing.
+
+    @param path: the users file's real path (symbolic links resolved), so
+        that edits through different links to one file share one lock.
     """
     fd = os.open(path + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, NEW_FILE_MODE)
     try:
@@ -190,14 +194,16 @@ def _exclusive_lock(path: str) -> Iterator[None]:
         os.close(fd)
 
 
-def _read(path: str) -> tuple[bytes, os.stat_result | None]:
+def _read(path: str, real_path: str | None = None) -> tuple[bytes, os.stat_result | None]:
     """
+    @param real_path: the file to read when not C{path} itself (C{path}
+        with its symbolic links resolved); errors name C{path}.
     @return: the content and status of the file, or C{(b"", None)} if it is
         missing.
     @raise UsersFileError: if it cannot be read.
     """
     try:
-        with open(path, "rb") as f:
+        with open(real_path or path, "rb") as f:
             return f.read(), os.fstat(f.fileno())
     except FileNotFoundError:
         return b"", None
@@ -208,16 +214,25 @@ def _read(path: str) -> tuple[bytes, os.stat_result | None]:
 def _edit(path: str, change: _Change) -> None:
     """
     Apply C{change} to the file under the lock and write the result.
+
+    When C{path} is a symbolic link (the file kept elsewhere, by
+    configuration management or in a shared folder), the change is written
+    through it: the link's target is replaced (its temporary file next to
+    it, renamed over it, the target's folder synced), and the link stays.
+    A dangling link gets its target created.
     """
+    # Renaming over the link itself would replace the link with a plain
+    # file and leave its target unchanged.
+    target = os.path.realpath(path)
     try:
-        with _exclusive_lock(path):
-            data, status = _read(path)
+        with _exclusive_lock(target):
+            data, status = _read(path, target)
             new_data = change(data, parse_users(data, path))
             mode = NEW_FILE_MODE if status is None else stat.S_IMODE(status.st_mode)
             # The new version keeps the old one's mode, owner and group (an
             # administrator running this as root must not leave the server,
             # running as another user, unable to read its users file).
             owner = None if status is None else (status.st_uid, status.st_gid)
-            write_file_durably(path, new_data, mode, owner=owner)
+            write_file_durably(target, new_data, mode, owner=owner)
     except OSError as e:
         raise AccountError(f"cannot update {path}: {e.strerror or e}") from None
