@@ -277,6 +277,29 @@ class SchemeTests(SynchronousTestCase):
             self.assertEqual(str(caught.exception), reason)
 
 
+    def test_trailing_white_space_refused(self) -> None:
+        """
+        An C{{ARGON2ID}} or C{{BLF-CRYPT}} hash followed by white space
+        (space, tab, CR) is refused with a reason that says so: it would
+        never match (argon2 reads the parameters of such a hash, so it
+        passed as well-formed). A C{{PLAIN}} password keeps its white
+        space, as in Dovecot.
+        """
+        argon = hash_password(b"pw", CHEAP_ARGON2)
+        bcrypt_hash = blf_crypt(b"pw")
+        for stored, scheme in ((argon, "ARGON2ID"), (bcrypt_hash, "BLF-CRYPT"),
+                               (argon.replace("{ARGON2ID}", "{argon2id}"), "argon2id")):
+            for tail in (" ", "\t", "\r", "  \t"):
+                with self.assertRaises(MalformedHash, msg=repr(stored + tail)) as caught:
+                    check_hash_format(stored + tail)
+                self.assertEqual(caught.exception.reason,
+                                 "{%s} hash ends with white space; remove it (no password could match)" % (scheme,))
+                self.assertFalse(verify_password(stored + tail, b"pw"))
+            self.assertTrue(verify_password(stored, b"pw"))
+        self.assertEqual(check_hash_format("{PLAIN}secret "), "PLAIN")
+        self.assertTrue(verify_password("{PLAIN}secret ", b"secret "))
+
+
 class DummyHashTests(SynchronousTestCase):
     """
     Tests for L{DUMMY_HASH}.

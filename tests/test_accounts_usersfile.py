@@ -102,6 +102,16 @@ class ParseUsersTests(SynchronousTestCase):
                 "alice@example.test: malformed {ARGON2ID} hash",
             ),
             (b"alice@example.test:{BLF-CRYPT}$2b$04$short\n", 1, "alice@example.test: malformed {BLF-CRYPT} hash"),
+            (
+                b"# c\nalice@example.test:{ARGON2ID}$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA \r\n",
+                2,
+                "alice@example.test: {ARGON2ID} hash ends with white space; remove it (no password could match)",
+            ),
+            (
+                b"alice@example.test:{ARGON2ID}$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA\t:1000\n",
+                1,
+                "alice@example.test: {ARGON2ID} hash ends with white space; remove it (no password could match)",
+            ),
             (b"#\xff\n\xffalice@example.test:{PLAIN}x\n", 2, "line is not valid UTF-8"),
             (
                 b"Alice@Example.test:{PLAIN}a\n# c\nalice@example.TEST:{PLAIN}b\n",

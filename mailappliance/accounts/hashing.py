@@ -53,6 +53,9 @@ MAX_ARGON2_PARALLELISM = 64
 MAX_BCRYPT_COST = 18
 
 _SCHEME_PREFIX = re.compile(r"\{([^{}]*)\}")
+# White space an editor may leave at the end of a line (a CR of a CRLF
+# line end is taken off before: this is one more).
+_TRAILING_WHITE_SPACE = " \t\r"
 _BCRYPT = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}\Z")
 
 
@@ -136,7 +139,8 @@ def check_hash_format(stored: str) -> str:
     @return: the scheme, as L{scheme_of} gives it.
     @raise MalformedHash: if the prefix is missing, the scheme unknown, or
         the hash after it is not well-formed for its scheme (including cost
-        parameters above the limits of this module).
+        parameters above the limits of this module, and white space after
+        an C{{ARGON2ID}} or C{{BLF-CRYPT}} hash).
     """
     if not isinstance(stored, str):
         raise MalformedHash("password hash must be text")
@@ -145,6 +149,14 @@ def check_hash_format(stored: str) -> str:
         raise MalformedHash("password hash has no {SCHEME} prefix")
     scheme = match.group(1).upper()
     payload = stored[match.end() :]
+    if scheme in (SCHEME_ARGON2ID, SCHEME_BLF_CRYPT) and payload != payload.rstrip(_TRAILING_WHITE_SPACE):
+        # Such a hash never matches, and nothing said why. Dovecot's
+        # passwd-file neither strips nor refuses it (it keeps the field as
+        # it is); refused here, the mistake is found, with its line, when
+        # the file is read. A {PLAIN} password may end in white space: it
+        # is compared as it is, as Dovecot does.
+        raise MalformedHash("{%s} hash ends with white space; remove it (no password could match)"
+                            % (match.group(1),))
     if scheme == SCHEME_ARGON2ID:
         _check_argon2id(payload)
     elif scheme == SCHEME_BLF_CRYPT:
