@@ -3,8 +3,9 @@
 The twistd side of the plug-in: options and C{makeService}.
 
 C{twistd -n mailappliance --config FILE}. Without C{--config}, the file
-C{etc/mailappliance.toml} in the current directory is used if it exists,
-else the built-in defaults (SPEC section 1).
+named by C{$MAILAPPLIANCE_CONFIG} if set, else C{etc/mailappliance.toml}
+in the current directory if it exists, else the built-in defaults (SPEC
+section 1), as for the admin command line.
 
 A configuration mistake ends the process with a one-line message on
 standard error and exit status 1, never a traceback: twistd prints the
@@ -13,11 +14,12 @@ argument of C{SystemExit} as it is.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from twisted.python import usage
 
-from mailappliance.config.load import default_config_path, load_config
+from mailappliance.config.load import config_path, load_config
 from mailappliance.config.model import ConfigError
 
 
@@ -25,9 +27,10 @@ class Options(usage.Options):
     synopsis = "[--config FILE]"
     longdesc = (
         "Run every configured mailappliance service (SMTP, submission, POP3, "
-        "relay) in this process. Without --config, etc/mailappliance.toml in "
-        "the current directory is used if it exists, else built-in defaults "
-        "(loopback only, high ports)."
+        "relay) in this process. Without --config, the file named by "
+        "$MAILAPPLIANCE_CONFIG if set, else etc/mailappliance.toml in the "
+        "current directory if it exists, else built-in defaults (loopback "
+        "only, high ports)."
     )
     optParameters = [["config", "c", None, "The configuration file (TOML)."]]
 
@@ -42,7 +45,7 @@ def makeService(options: Options):
 
     from mailappliance.service import StartupError, make_service
 
-    path = options["config"] or default_config_path()
+    path = config_path(options["config"], os.environ)
     try:
         config = load_config(path)
         root = make_service(config, reactor)

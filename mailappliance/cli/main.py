@@ -20,12 +20,8 @@ import sys
 from collections.abc import Mapping
 from typing import Callable, TextIO
 
-from mailappliance.config.load import default_config_path, load_config
+from mailappliance.config.load import CONFIG_ENVIRONMENT, config_path, load_config
 from mailappliance.config.model import ConfigError
-
-# The environment variable naming the configuration file when no --config
-# is given.
-CONFIG_ENVIRONMENT = "MAILAPPLIANCE_CONFIG"
 
 
 class CommandError(Exception):
@@ -64,21 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
     sendmail.add_parser(commands, common)
     status.add_parser(commands, common)
     return parser
-
-
-def config_path(given: str | None, environ: Mapping[str, str], cwd: str | None = None) -> str | None:
-    """
-    The configuration file a command uses.
-
-    @param given: the C{--config} argument, if any: it always wins.
-    @param environ: the environment; a non-empty L{CONFIG_ENVIRONMENT}
-        comes next (a relative path is relative to the current folder, as
-        for C{--config}).
-    @param cwd: the current folder, for the default lookup.
-    @return: the path, or L{None} for the built-in defaults (no
-        C{etc/mailappliance.toml} in the current folder).
-    """
-    return given or environ.get(CONFIG_ENVIRONMENT) or default_config_path(cwd)
 
 
 def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 
 from mailappliance.config.model import Config, ConfigError
 from mailappliance.config.reader import Context
@@ -27,6 +28,27 @@ def default_config_path(cwd: str | None = None) -> str | None:
     """
     path = os.path.join(cwd or os.getcwd(), DEFAULT_CONFIG_PATH)
     return path if os.path.exists(path) else None
+
+
+# The environment variable naming the configuration file when no --config
+# is given (twistd and every CLI command), so that a sendmail link run by
+# cron, or a service manager's environment, finds it from any folder.
+CONFIG_ENVIRONMENT = "MAILAPPLIANCE_CONFIG"
+
+
+def config_path(given: str | None, environ: Mapping[str, str], cwd: str | None = None) -> str | None:
+    """
+    The configuration file to use.
+
+    @param given: the C{--config} argument, if any: it always wins.
+    @param environ: the environment; a non-empty L{CONFIG_ENVIRONMENT}
+        comes next (a relative path is relative to the current folder, as
+        for C{--config}).
+    @param cwd: the current folder, for the default lookup.
+    @return: the path, or L{None} for the built-in defaults (no
+        C{etc/mailappliance.toml} in the current folder).
+    """
+    return given or environ.get(CONFIG_ENVIRONMENT) or default_config_path(cwd)
 
 
 def load_config(path: str | None) -> Config:

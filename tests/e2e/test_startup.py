@@ -11,7 +11,7 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e.harness import ServerProcess
+from tests.e2e.harness import ServerProcess, wait_until
 
 
 class StartupTests(SynchronousTestCase):
@@ -135,4 +135,20 @@ class StartupTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 1, output)
         self.assertIn("An error has occurred", output)
         self.assertIn(f"tcp:{port}", output)
-        self.assertFalse(os.path.exists(pidfile))
+        # twistd's daemon removes the pid file just after telling its
+        # parent, which may exit first.
+        wait_until(lambda: not os.path.exists(pidfile), 10, what="the pid file to be removed")
+
+    def test_config_from_environment(self):
+        """
+        Without C{--config}, twistd uses the file named by
+        C{$MAILAPPLIANCE_CONFIG}, as the admin command line does.
+        """
+        server = ServerProcess(self, config_text='[server]\nhostname = "a.test"\nbogus = 1\n')
+        command = [part for part in server.command() if part not in ("--config", server.config_path)]
+        env = dict(server.env(), MAILAPPLIANCE_CONFIG=server.config_path)
+        result = subprocess.run(command, cwd=server.base, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                                timeout=30)
+        output = (result.stdout + result.stderr).decode("utf-8", "replace")
+        self.assertEqual(result.returncode, 1, output)
+        self.assertIn(f"{server.config_path}:3: server.bogus: unknown key", output)
