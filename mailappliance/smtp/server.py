@@ -223,14 +223,7 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLS
             self._flow.connection_lost()
         self._disarm_timer()
         self._lines.clear()
-        if self._receiver is not None:
-            # The data did not end: nothing may be queued (RFC 5321
-            # section 4.1.1.4).
-            self._log_event(LogLevel.info, event="abort", qid=self._receiver.queue_id, peer=self._peer_key,
-                            reason=quote("connection lost during DATA"))
-            self._receiver.abort()
-            self._receiver = None
-        self._abort_chunks("connection lost during BDAT")
+        self._abandon_message("lost")
         if self._admitted:
             self._admitted = False
             self.factory.connections.release(self._peer_key)
@@ -267,10 +260,7 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLS
         queued, as when the connection is lost.
         """
         self._input_ended = True
-        try:
-            self._process()
-        except Exception:
-            self._crashed(Failure())
+        self._process_safely()
 
     def writeConnectionLost(self) -> None:
         # Only our side could close it, and it never does half-way.
@@ -309,13 +299,23 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLS
         Everything the half-closed client sent is answered: close. Data
         that did not end is not queued.
         """
+        self._abandon_message("closed")
+        self._close()
+
+    def _abandon_message(self, how: str) -> None:
+        """
+        The connection was lost or closed by the client in the middle of a
+        message: nothing may be queued (RFC 5321 section 4.1.1.4, RFC 3030
+        section 3); say so in the log.
+
+        @param how: C{"lost"} or C{"closed"}, for the log line.
+        """
         if self._receiver is not None:
             self._log_event(LogLevel.info, event="abort", qid=self._receiver.queue_id, peer=self._peer_key,
-                            reason=quote("connection closed during DATA"))
+                            reason=quote(f"connection {how} during DATA"))
             self._receiver.abort()
             self._receiver = None
-        self._abort_chunks("connection closed during BDAT")
-        self._close()
+        self._abort_chunks(f"connection {how} during BDAT")
 
     def _flow_control(self) -> None:
         """
@@ -344,8 +344,12 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLS
         The transport's send buffer went over its limit or drained (see
         L{mailappliance.flow}): hold the commands or go on answering them.
         """
-        if self._closing or self._flow.blocked:
-            return
+        if not (self._closing or self._flow.blocked):
+            self._process_safely()
+
+    def _process_safely(self) -> None:
+        # From the reactor (not from dataReceived): a bug ends this session
+        # only.
         try:
             self._process()
         except Exception:

@@ -47,6 +47,24 @@ def free_port() -> int:
             return port
 
 
+def send_and_half_close(port: int, data: bytes, timeout: float = 30.0) -> bytes:
+    """
+    Connect to C{127.0.0.1:port}, send C{data}, close the write side (as
+    C{printf ... | nc -N} does) and read until the server closes.
+
+    @return: everything the server sent, greeting included.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        received = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return b"".join(received)
+            received.append(chunk)
+
+
 def wait_until(predicate, timeout: float = 10.0, interval: float = POLL_INTERVAL, what: str = "condition"):
     """
     Poll C{predicate} until it returns something true, or fail after

@@ -4,14 +4,18 @@ End-to-end: POP3 against the real twistd, with poplib and fetchmail.
 
 import os
 import poplib
-import socket
 import ssl
 import subprocess
 import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e.harness import ServerProcess, require_client, wait_until
+from tests.e2e.harness import (
+    ServerProcess,
+    require_client,
+    send_and_half_close,
+    wait_until,
+)
 
 USER = "alice@example.test"
 PASSWORD = "correct horse"
@@ -164,16 +168,8 @@ class POP3Tests(SynchronousTestCase):
         server = self.start()
         put_message(server, USER, DOTTY)
         put_message(server, USER, EIGHT_BIT)
-        sock = socket.create_connection(("127.0.0.1", server.ports["pop3"]), timeout=20)
-        self.addCleanup(sock.close)
-        sock.sendall(f"USER {USER}\r\nPASS {PASSWORD}\r\nSTAT\r\nDELE 1\r\nQUIT\r\n".encode())
-        sock.shutdown(socket.SHUT_WR)
-        received = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            received += chunk
+        received = send_and_half_close(
+            server.ports["pop3"], f"USER {USER}\r\nPASS {PASSWORD}\r\nSTAT\r\nDELE 1\r\nQUIT\r\n".encode())
         replies = received.split(b"\r\n")
         self.assertEqual([r[:3] for r in replies[:6]], [b"+OK"] * 6, received)
         self.assertEqual(replies[5][:7], b"+OK Bye")

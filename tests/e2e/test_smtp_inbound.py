@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mailappliance.queue.ids import is_queue_id
 from mailappliance.queue.spool import read_current_envelope
-from tests.e2e.harness import ServerProcess, wait_until
+from tests.e2e.harness import ServerProcess, send_and_half_close, wait_until
 
 USERS = {"alice@example.test": "a", "bob@example.test": "b", "carol@example.test": "c"}
 ALIASES = (
@@ -339,17 +339,11 @@ class InboundTests(SynchronousTestCase):
         arrives, QUIT's included, and the message is delivered.
         """
         server = self.start()
-        sock = socket.create_connection(("127.0.0.1", server.ports["smtp"]), timeout=30)
-        self.addCleanup(sock.close)
-        sock.sendall(b"EHLO x\r\nMAIL FROM:<zed@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
-                     b"Subject: half-closed\r\n\r\nbody\r\n.\r\nQUIT\r\n")
-        sock.shutdown(socket.SHUT_WR)
-        received = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            received += chunk
+        received = send_and_half_close(
+            server.ports["smtp"],
+            b"EHLO x\r\nMAIL FROM:<zed@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
+            b"Subject: half-closed\r\n\r\nbody\r\n.\r\nQUIT\r\n",
+        )
         codes = [line[:4] for line in received.split(b"\r\n") if line[3:4] == b" "]
         self.assertEqual(codes, [b"220 ", b"250 ", b"250 ", b"250 ", b"354 ", b"250 ", b"221 "], received)
         [delivered] = server.wait_for_messages("alice@example.test", 1)

@@ -15,6 +15,16 @@ from tests.e2e.harness import ServerProcess, wait_until
 
 
 class StartupTests(SynchronousTestCase):
+    def taken_port(self) -> int:
+        """
+        A loopback port that something else listens on (for this test).
+        """
+        blocker = socket.socket()
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(1)
+        self.addCleanup(blocker.close)
+        return blocker.getsockname()[1]
+
     def test_starts_and_logs_services(self):
         """
         Every configured listener accepts connections and the log names each
@@ -83,11 +93,7 @@ class StartupTests(SynchronousTestCase):
         """
         A listener that cannot bind stops start-up with a one-line error.
         """
-        blocker = socket.socket()
-        blocker.bind(("127.0.0.1", 0))
-        blocker.listen(1)
-        self.addCleanup(blocker.close)
-        port = blocker.getsockname()[1]
+        port = self.taken_port()
         server = ServerProcess(
             self, config_text=f'[server]\nhostname = "a.test"\n[smtp]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n'
         )
@@ -117,11 +123,7 @@ class StartupTests(SynchronousTestCase):
         exit 1 with the reason, and removes its pid file (it used to wait
         for ever for word from the daemon).
         """
-        blocker = socket.socket()
-        blocker.bind(("127.0.0.1", 0))
-        blocker.listen(1)
-        self.addCleanup(blocker.close)
-        port = blocker.getsockname()[1]
+        port = self.taken_port()
         server = ServerProcess(
             self, config_text=f'[server]\nhostname = "a.test"\n[smtp]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n'
         )
