@@ -164,8 +164,10 @@ class LoadTests(DatabaseTestsMixin, SynchronousTestCase):
         self.assertEqual(
             self.messages("warn"),
             [
-                f"users file {self.path} line 2 stores a plain-text password",
-                f"users file {self.path} line 4 stores a plain-text password",
+                f'users file={self.path} line=2 user=alice@example.test status=plain-text-password '
+                'reason="store a hash: mailappliance user passwd"',
+                f'users file={self.path} line=4 user=carol@example.test status=plain-text-password '
+                'reason="store a hash: mailappliance user passwd"',
             ],
         )
 
@@ -249,8 +251,9 @@ class ReloadTests(DatabaseTestsMixin, SynchronousTestCase):
     def test_picks_up_edit(self) -> None:
         """
         An edit is picked up: stat and read both in the pool, new accounts
-        in force, one log line (and the warnings about C{{PLAIN}} lines of
-        the new version).
+        in force, one log line (and a warning about each C{{PLAIN}} line
+        that the version before did not have: alice's was warned about at
+        start-up).
         """
         self.write(b"alice@example.test:{PLAIN}a\nbob@example.test:{PLAIN}b\n")
         self.assertIs(self.successResultOf(self.database.reload_if_changed()), True)
@@ -260,11 +263,20 @@ class ReloadTests(DatabaseTestsMixin, SynchronousTestCase):
             self.messages(),
             [
                 f"users file={self.path} status=loaded users=2",
-                f"users file {self.path} line 1 stores a plain-text password",
-                f"users file {self.path} line 2 stores a plain-text password",
+                f'users file={self.path} line=2 user=bob@example.test status=plain-text-password '
+                'reason="store a hash: mailappliance user passwd"',
             ],
         )
         self.assertIs(self.successResultOf(self.database.reload_if_changed()), False)
+        # A new version warns only about {PLAIN} lines it did not have.
+        del self.events[:]
+        self.write(b"alice@example.test:{PLAIN}a\nbob@example.test:{PLAIN}b\ncarol@example.test:{PLAIN}c\n")
+        self.assertIs(self.successResultOf(self.database.reload()), True)
+        self.assertEqual(self.messages(), [
+            f"users file={self.path} status=loaded users=3",
+                f'users file={self.path} line=3 user=carol@example.test status=plain-text-password '
+                'reason="store a hash: mailappliance user passwd"',
+        ])
 
     def test_picks_up_cli_edit(self) -> None:
         """

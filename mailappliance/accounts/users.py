@@ -69,6 +69,9 @@ class UsersDatabase(WatchedFile):
         super().__init__(path, disk, log if log is not None else _log)
         # Replaced whole, never changed in place (see the module docstring).
         self._records: dict[str, UserRecord] = {}
+        # (address, stored hash) of the {PLAIN} lines already warned about,
+        # so that a reload warns only about new ones.
+        self._plain_warned: set[tuple[str, str]] = set()
 
     def __len__(self) -> int:
         """
@@ -116,10 +119,16 @@ class UsersDatabase(WatchedFile):
         # The one assignment that makes a version current.
         self._records = records
         self._log.info("users file={path} status=loaded users={count}", path=self.path, count=len(records))
-        for record in records.values():
+        plain = set()
+        for key, record in records.items():
             if scheme_of(record.password_hash) == SCHEME_PLAIN:
-                self._log.warn(
-                    "users file {path} line {line} stores a plain-text password",
-                    path=self.path,
-                    line=record.line_number,
-                )
+                plain.add((key, record.password_hash))
+                if (key, record.password_hash) not in self._plain_warned:
+                    self._log.warn(  # noqa: G010 -- twisted.logger.Logger has no warning()
+                        "users file={path} line={line} user={user} status=plain-text-password "
+                        'reason="store a hash: mailappliance user passwd"',
+                        path=self.path,
+                        line=record.line_number,
+                        user=key,
+                    )
+        self._plain_warned = plain
