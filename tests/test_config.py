@@ -206,6 +206,27 @@ class ErrorTests(ConfigTestsMixin, SynchronousTestCase):
                          "pop3.listen_tls: 'ssl:995': listen_tls takes a plain tcp: endpoint; "
                          "the product adds TLS from [tls]", line=3)
 
+    def test_same_port_twice(self):
+        """
+        Two listeners of one address family on one TCP port and interface,
+        or one of them on all interfaces, are refused (start-up could not
+        bind the second); other interfaces, families or ports are fine.
+        """
+        self.assertError('[server]\n[smtp]\nlisten = ["tcp:2525:interface=127.0.0.1"]\n'
+                         '[pop3]\nlisten = ["tcp:2525:interface=127.0.0.1"]\n',
+                         "pop3.listen: port 2525 (tcp:2525:interface=127.0.0.1) is also in smtp.listen", line=5)
+        self.assertError('[server]\n[smtp]\nlisten = ["tcp:2525", "tcp:port=2525:interface=127.0.0.1"]\n',
+                         "smtp.listen: port 2525 (tcp:port=2525:interface=127.0.0.1) is also in smtp.listen",
+                         line=3)
+        self.assertError('[server]\n[submission]\nlisten = ["tcp6:2587:interface=\\\\:\\\\:1"]\n'
+                         '[pop3]\nlisten = ["tcp6:2587"]\n',
+                         "pop3.listen: port 2587 (tcp6:2587) is also in submission.listen", line=5)
+        config = self.load('[server]\n[smtp]\nlisten = ["tcp:2525:interface=127.0.0.1"]\n'
+                           '[pop3]\nlisten = ["tcp:2525:interface=127.0.0.2", "tcp:2110", "tcp6:2110:interface=\\\\:\\\\:1"]\n')
+        self.assertEqual(config.pop3.listen, ("tcp:2525:interface=127.0.0.2", "tcp:2110", "tcp6:2110:interface=\\:\\:1"))
+        self.assertError('[server]\n[pop3]\nlisten = ["tcp:2110", "tcp6:2110"]\n',
+                         "pop3.listen: port 2110 (tcp6:2110) is also in pop3.listen", line=3)
+
     def test_listen_tls_needs_tls(self):
         self.assertError('[server]\n[submission]\nlisten_tls = ["tcp:2465"]\n',
                          "submission.listen_tls: listen_tls needs a [tls] section with certificate and key",

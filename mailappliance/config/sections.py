@@ -80,11 +80,68 @@ def build_config(data: dict[str, Any], ctx: Context) -> Config:
     tls = _tls(Section(ctx, "tls", data["tls"])) if "tls" in data else None
     accounts = _accounts(Section(ctx, "accounts", data.get("accounts", {})))
     relay = _relay(Section(ctx, "relay", data.get("relay", {})))
+    services = (("smtp", smtp), ("submission", submission), ("pop3", pop3))
     if tls is None:
-        for name, section in (("smtp", smtp), ("submission", submission), ("pop3", pop3)):
+        for name, section in services:
             if section is not None and section.listen_tls:
                 raise ctx.error(name, "listen_tls", "listen_tls needs a [tls] section with certificate and key")
+    _check_ports_unique(ctx, services)
     return Config(ctx.path, server, smtp, submission, pop3, tls, accounts, relay)
+
+
+def _tcp_address(endpoint: str) -> tuple[str, int, str] | None:
+    """
+    The kind (C{tcp} or C{tcp6}), port and interface (C{""} for all) of a
+    C{tcp:}/C{tcp6:} endpoint string, as L{check_endpoint} accepted it;
+    L{None} for other kinds.
+    """
+    parts = endpoint.replace("\\:", "\0").split(":")
+    if parts[0] not in ("tcp", "tcp6") or len(parts) < 2:
+        return None
+    port, interface = None, ""
+    for part in parts[1:]:
+        name, equals, value = part.partition("=")
+        if not equals and port is None:
+            port = name
+        elif name == "port":
+            port = value
+        elif name == "interface":
+            interface = value.replace("\0", ":")
+    try:
+        return parts[0], int(port or ""), interface
+    except ValueError:
+        return None
+
+
+def _check_ports_unique(ctx: Context, services: tuple[tuple[str, Any], ...]) -> None:
+    """
+    Refuse two listeners of one address family on the same TCP port and
+    interface (or one of them on all interfaces): start-up could not bind
+    the second, and check would not have said so.
+    """
+    seen: dict[tuple[str, int], list[tuple[str, str, str]]] = {}
+    for name, section in services:
+        if section is None:
+            continue
+        for key in ("listen", "listen_tls"):
+            for endpoint in getattr(section, key):
+                address = _tcp_address(endpoint)
+                if address is None:
+                    continue
+                kind, port, interface = address
+                families = [(kind, port)]
+                if kind == "tcp6" and interface in ("", "::"):
+                    # A dual-stack socket on all IPv6 addresses takes the
+                    # port for IPv4 too (Linux's default).
+                    interface = ""
+                    families.append(("tcp", port))
+                for family in families:
+                    for other_name, other_key, other_interface in seen.get(family, []):
+                        if interface == other_interface or "" in (interface, other_interface):
+                            raise ctx.error(name, key,
+                                            f"port {port} ({endpoint}) is also in {other_name}.{other_key}")
+                for family in families:
+                    seen.setdefault(family, []).append((name, key, interface))
 
 
 def _server(s: Section) -> ServerConfig:
