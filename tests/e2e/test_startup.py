@@ -11,7 +11,7 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e.harness import ServerProcess, wait_until
+from tests.e2e.harness import ServerProcess, free_port, wait_until
 
 
 class StartupTests(SynchronousTestCase):
@@ -88,6 +88,33 @@ class StartupTests(SynchronousTestCase):
         self.assertIn(f"{os.path.join(server.base, 'users')}:3:", output)
         self.assertNotIn("Traceback", output)
         self.assertEqual(len([line for line in output.splitlines() if line.strip()]), 1, output)
+
+    def test_empty_plain_password(self):
+        """
+        A users-file line with an empty C{{PLAIN}} password (anyone could
+        log in with an empty password) stops start-up with its file and
+        line.
+        """
+        server = ServerProcess(self, services=("smtp",))
+        with open(os.path.join(server.base, "users"), "w") as f:
+            f.write("alice@example.test:{PLAIN}x\nopen@example.test:{PLAIN}\n")
+        status, output = server.run_to_exit()
+        self.assertEqual(status, 1, output)
+        self.assertIn(f"{os.path.join(server.base, 'users')}:2: open@example.test: empty {{PLAIN}} password", output)
+        self.assertNotIn("Traceback", output)
+
+    def test_same_port_twice(self):
+        """
+        Two services on one port: a one-line configuration error naming
+        both keys, before anything listens.
+        """
+        port = free_port()
+        listen = f'listen = ["tcp:{port}:interface=127.0.0.1"]\n'
+        server = ServerProcess(self, config_text=f'[server]\nhostname = "a.test"\n[smtp]\n{listen}[pop3]\n{listen}')
+        status, output = server.run_to_exit()
+        self.assertEqual(status, 1, output)
+        self.assertIn(f"pop3.listen: port {port} (tcp:{port}:interface=127.0.0.1) is also in smtp.listen", output)
+        self.assertNotIn("Traceback", output)
 
     def test_port_in_use(self):
         """
