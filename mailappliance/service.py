@@ -137,23 +137,6 @@ def load_tls(config: Config):
         raise StartupError(f"{config.path or 'configuration'}: tls: {e}") from None
 
 
-def listen_keys(config: Config) -> list[tuple[str, str]]:
-    """
-    Every listener of the configuration.
-
-    @return: C{(key, endpoint description)} pairs, the key as in the
-        configuration file (C{"smtp.listen"}, C{"pop3.listen_tls"}).
-    """
-    result = []
-    for name in ("smtp", "submission", "pop3"):
-        section = getattr(config, name)
-        if section is None:
-            continue
-        for key in ("listen", "listen_tls"):
-            result += [(f"{name}.{key}", description) for description in getattr(section, key)]
-    return result
-
-
 def _systemd_socket(description: str) -> tuple[str | None, str | None] | None:
     """
     @return: the C{(index, name)} a C{systemd:} endpoint asks for, or
@@ -228,7 +211,8 @@ def validate(config: Config, systemd_fds: Any = None) -> dict:
     load_tls(config)
     fds = ListenFDs.fromEnvironment() if systemd_fds is None else systemd_fds
     unchecked = []
-    for key, description in listen_keys(config):
+    for service, key_name, description in config.listeners():
+        key = f"{service}.{key_name}"
         if not fds.inheritedDescriptors():
             if _systemd_socket(description) is not None:
                 unchecked.append(description)

@@ -126,6 +126,22 @@ class Config:
     accounts: AccountsConfig
     relay: RelayConfig = field(default_factory=RelayConfig)
 
+    def listeners(self) -> list[tuple[str, str, str]]:
+        """
+        Every listener of the configuration, in file order of the services.
+
+        @return: C{(service, key, endpoint description)} triples, the
+            service and key as in the file (C{"pop3"}, C{"listen_tls"}).
+        """
+        result = []
+        for name in ("smtp", "submission", "pop3"):
+            section = getattr(self, name)
+            if section is None:
+                continue
+            for key in ("listen", "listen_tls"):
+                result += [(name, key, description) for description in getattr(section, key)]
+        return result
+
     @property
     def trusted_networks(self) -> tuple[Network, ...]:
         """

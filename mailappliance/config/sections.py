@@ -85,8 +85,9 @@ def build_config(data: dict[str, Any], ctx: Context) -> Config:
         for name, section in services:
             if section is not None and section.listen_tls:
                 raise ctx.error(name, "listen_tls", "listen_tls needs a [tls] section with certificate and key")
-    _check_ports_unique(ctx, services)
-    return Config(ctx.path, server, smtp, submission, pop3, tls, accounts, relay)
+    config = Config(ctx.path, server, smtp, submission, pop3, tls, accounts, relay)
+    _check_ports_unique(ctx, config)
+    return config
 
 
 def _tcp_address(endpoint: str) -> tuple[str, int, str] | None:
@@ -113,35 +114,30 @@ def _tcp_address(endpoint: str) -> tuple[str, int, str] | None:
         return None
 
 
-def _check_ports_unique(ctx: Context, services: tuple[tuple[str, Any], ...]) -> None:
+def _check_ports_unique(ctx: Context, config: Config) -> None:
     """
     Refuse two listeners of one address family on the same TCP port and
     interface (or one of them on all interfaces): start-up could not bind
     the second, and check would not have said so.
     """
     seen: dict[tuple[str, int], list[tuple[str, str, str]]] = {}
-    for name, section in services:
-        if section is None:
+    for name, key, endpoint in config.listeners():
+        address = _tcp_address(endpoint)
+        if address is None:
             continue
-        for key in ("listen", "listen_tls"):
-            for endpoint in getattr(section, key):
-                address = _tcp_address(endpoint)
-                if address is None:
-                    continue
-                kind, port, interface = address
-                families = [(kind, port)]
-                if kind == "tcp6" and interface in ("", "::"):
-                    # A dual-stack socket on all IPv6 addresses takes the
-                    # port for IPv4 too (Linux's default).
-                    interface = ""
-                    families.append(("tcp", port))
-                for family in families:
-                    for other_name, other_key, other_interface in seen.get(family, []):
-                        if interface == other_interface or "" in (interface, other_interface):
-                            raise ctx.error(name, key,
-                                            f"port {port} ({endpoint}) is also in {other_name}.{other_key}")
-                for family in families:
-                    seen.setdefault(family, []).append((name, key, interface))
+        kind, port, interface = address
+        families = [(kind, port)]
+        if kind == "tcp6" and interface in ("", "::"):
+            # A dual-stack socket on all IPv6 addresses takes the port for
+            # IPv4 too (Linux's default).
+            interface = ""
+            families.append(("tcp", port))
+        for family in families:
+            for other_name, other_key, other_interface in seen.get(family, []):
+                if interface == other_interface or "" in (interface, other_interface):
+                    raise ctx.error(name, key, f"port {port} ({endpoint}) is also in {other_name}.{other_key}")
+        for family in families:
+            seen.setdefault(family, []).append((name, key, interface))
 
 
 def _server(s: Section) -> ServerConfig:
