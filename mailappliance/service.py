@@ -43,6 +43,7 @@ from twisted.internet.defer import (
 from twisted.logger import Logger
 
 from mailappliance.config.model import Config
+from mailappliance.logtext import quote
 
 RELOAD_INTERVAL = 1.0
 # SIGTERM: how long SMTP transactions in flight may take to finish.
@@ -80,15 +81,47 @@ def prepare_data_dir(config: Config) -> None:
     """
     from mailappliance.disk import ensure_directory
 
-    queue_folders = [os.path.join(config.queue_dir, name) for name in ("tmp", "messages", "corrupt", "incoming",
-                                                                       "control")]
-    for path in (config.server.data_dir, config.queue_dir, config.mail_dir, *queue_folders):
+    for path in _data_folders(config):
         try:
             ensure_directory(path)
         except OSError as e:
             raise StartupError(f"data folder {path}: cannot create: {e.strerror}") from None
         if not os.access(path, os.W_OK | os.X_OK):
             raise StartupError(f"data folder {path}: not writable by this user")
+
+
+def _data_folders(config: Config) -> list[str]:
+    queue_folders = [os.path.join(config.queue_dir, name) for name in ("tmp", "messages", "corrupt", "incoming",
+                                                                       "control")]
+    return [config.server.data_dir, config.queue_dir, config.mail_dir, *queue_folders]
+
+
+def check_data_dir(config: Config) -> None:
+    """
+    What L{prepare_data_dir} would find, without creating anything (for
+    C{mailappliance check}): each folder must be a writable folder, or be
+    creatable in the nearest folder above it that exists.
+
+    @raise StartupError: as L{prepare_data_dir} would.
+    """
+    for path in _data_folders(config):
+        existing = path
+        while not os.path.lexists(existing):
+            parent = os.path.dirname(existing)
+            if parent == existing:
+                break
+            existing = parent
+        if existing == path:
+            if not os.path.isdir(path):
+                raise StartupError(f"data folder {path}: cannot create: File exists and is not a folder")
+        elif not os.path.isdir(existing):
+            raise StartupError(f"data folder {path}: cannot create: {existing} is not a folder")
+        if os.statvfs(existing).f_flag & os.ST_RDONLY:
+            raise StartupError(f"data folder {path}: cannot create: {existing} is on a read-only file system")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            if existing == path:
+                raise StartupError(f"data folder {path}: not writable by this user")
+            raise StartupError(f"data folder {path}: cannot create: {existing} is not writable by this user")
 
 
 def load_accounts(config: Config, reactor: Any, disk: Any) -> Accounts:
@@ -207,6 +240,7 @@ def validate(config: Config, systemd_fds: Any = None) -> dict:
 
     from mailappliance.disk import SynchronousDiskPool
 
+    check_data_dir(config)
     accounts = load_accounts(config, None, SynchronousDiskPool())
     load_tls(config)
     fds = ListenFDs.fromEnvironment() if systemd_fds is None else systemd_fds
@@ -582,7 +616,7 @@ class LiveConfiguration:
 
         def refused(failure: Any) -> list:
             failure.trap(ConfigError)
-            log.error("event=reload what=configuration status=refused reason={reason}", reason=str(failure.value))
+            log.error("event=reload what=configuration status=refused reason={reason}", reason=quote(str(failure.value)))
             return []
 
         d = self.disk.run(load_config, self.config.path)

@@ -30,6 +30,8 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
+from mailappliance.logtext import quote
+
 MINIMUM_TLS_VERSION = TLSVersion.TLSv1_2
 
 # PEM files bigger than this are not certificates or keys we should parse.
@@ -148,7 +150,7 @@ class ServerTLS:
         try:
             options = load_certificate_options(self.certificate_path, self.key_path)
         except TLSConfigError as e:
-            self._log.error("service=tls event=reload status=failed error={error}", error=str(e))
+            self._log.error("service=tls event=reload status=failed error={error}", error=quote(str(e)))
             raise
         self._options = options
         self._log.info("service=tls event=reload status=ok certificate={path}", path=self.certificate_path)
@@ -170,7 +172,7 @@ class ServerTLS:
 
         def failed(failure: Any) -> bool:
             failure.trap(TLSConfigError)
-            self._log.error("service=tls event=reload status=failed error={error}", error=str(failure.value))
+            self._log.error("service=tls event=reload status=failed error={error}", error=quote(str(failure.value)))
             return False
 
         d = disk.run(load_certificate_options, self.certificate_path, self.key_path)

@@ -11,6 +11,7 @@ from twisted.python.filepath import FilePath
 from twisted.python.systemd import ListenFDs
 from twisted.trial.unittest import SynchronousTestCase
 
+from mailappliance import service as service_module
 from mailappliance.config.load import load_config
 from mailappliance.disk import SynchronousDiskPool
 from mailappliance.queue.relay import RetryPolicy
@@ -90,7 +91,10 @@ class LiveConfigurationTests(SynchronousTestCase):
     def test_bad_file_refused(self):
         self.path.setContent(b"[server]\nbogus = 1\n")
         self.assertEqual(self.successResultOf(self.live.reload()), [])
-        self.assertTrue(any("status=refused" in line and "server.bogus" in line for line in self.lines()))
+        refused = [line for line in self.lines() if "status=refused" in line]
+        self.assertEqual(len(refused), 1, self.lines())
+        # The reason is one quoted value: its spaces cannot read as fields.
+        self.assertRegex(refused[0], r'status=refused reason="[^"]*server\.bogus[^"]*"$')
 
     def test_unchanged(self):
         self.assertEqual(self.successResultOf(self.live.reload()), [])
@@ -146,11 +150,58 @@ class SystemdListenerTests(SynchronousTestCase):
 
 
 class ValidateTests(SynchronousTestCase):
-    def config(self, listen):
+    def config(self, listen="tcp:2525:interface=127.0.0.1", data_dir=None):
         path = FilePath(self.mktemp())
         path.makedirs()
-        path.child("m.toml").setContent(f'[server]\nhostname = "a.test"\n[smtp]\nlisten = ["{listen}"]\n'.encode())
+        data = f'data_dir = "{data_dir}"\n' if data_dir else ""
+        path.child("m.toml").setContent(
+            f'[server]\nhostname = "a.test"\n{data}[smtp]\nlisten = ["{listen}"]\n'.encode())
         return load_config(path.child("m.toml").path)
+
+    def test_data_folder_not_created(self):
+        """
+        C{check} tells whether the data folder can be created, and creates
+        nothing.
+        """
+        config = self.config()
+        validate(config, ListenFDs([], ()))
+        self.assertFalse(FilePath(config.server.data_dir).exists())
+
+    def test_data_folder_under_a_file(self):
+        """
+        A data folder that start-up could not create (a file where a folder
+        must be) is refused by C{check} as by start-up.
+        """
+        blocker = FilePath(self.mktemp())
+        blocker.setContent(b"")
+        config = self.config(data_dir=blocker.child("data").path)
+        with self.assertRaises(StartupError) as cm:
+            validate(config, ListenFDs([], ()))
+        self.assertEqual(str(cm.exception),
+                         f"data folder {config.server.data_dir}: cannot create: {blocker.path} is not a folder")
+
+    def test_data_folder_is_a_file(self):
+        blocker = FilePath(self.mktemp())
+        blocker.setContent(b"")
+        config = self.config(data_dir=blocker.path)
+        with self.assertRaises(StartupError) as cm:
+            validate(config, ListenFDs([], ()))
+        self.assertEqual(str(cm.exception),
+                         f"data folder {blocker.path}: cannot create: File exists and is not a folder")
+
+    def test_data_folder_not_writable(self):
+        """
+        A data folder whose nearest existing parent this user cannot write
+        is refused (as start-up would).
+        """
+        parent = FilePath(self.mktemp())
+        parent.makedirs()
+        config = self.config(data_dir=parent.child("data").path)
+        self.patch(service_module.os, "access", lambda path, mode: path != parent.path)
+        with self.assertRaises(StartupError) as cm:
+            validate(config, ListenFDs([], ()))
+        self.assertEqual(str(cm.exception), f"data folder {config.server.data_dir}: cannot create: "
+                                            f"{parent.path} is not writable by this user")
 
     def test_systemd_socket_checked_when_passed(self):
         """

@@ -8,7 +8,8 @@ from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailappliance.address import Mailbox
-from mailappliance.smtp.events import angle_path, log_event, quote
+from mailappliance.logtext import quote
+from mailappliance.smtp.events import angle_path, log_event
 
 
 class EventTests(SynchronousTestCase):

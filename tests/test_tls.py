@@ -191,7 +191,7 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(served_certificate(self.tls), self.old)
         self.assertEqual(
             formatEvent(self.events[-1]),
-            f"service=tls event=reload status=failed error={os.path.abspath(self.key_path)}: not a PEM private key",
+            f'service=tls event=reload status=failed error="{os.path.abspath(self.key_path)}: not a PEM private key"',
         )
 
     def test_half_renewed_keeps_old(self):

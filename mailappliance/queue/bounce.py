@@ -29,6 +29,7 @@ from twisted.logger import Logger
 
 from mailappliance.address import log_address
 from mailappliance.interfaces import ResolutionError
+from mailappliance.logtext import quote
 from mailappliance.queue.dsn import (
     DELAYED,
     RecipientReport,
@@ -121,7 +122,7 @@ class Notifier:
         else:
             for r in recipients:
                 self.log.warn("qid={qid} to=<{to}> status=undeliverable reason={reason}", qid=qid,
-                              to=log_address(r.target), reason=_quote("double bounce dropped: " + r.last_error))
+                              to=log_address(r.target), reason=quote("double bounce dropped: " + r.last_error))
             return True
         reports = [
             RecipientReport(
@@ -151,18 +152,13 @@ class Notifier:
                                eight_bit=not data.isascii())
         except NoDeliverableRecipient as e:
             self.log.warn("qid={qid} status=dsn-undeliverable to=<{to}> reason={reason}", qid=qid, to=log_address(to),
-                          reason=_quote(str(e)))
+                          reason=quote(str(e)))
             return True
         except (ResolutionError, OSError) as e:
             self.log.error("qid={qid} status=dsn-deferred to=<{to}> reason={reason}", qid=qid, to=log_address(to),
-                           reason=_quote(getattr(e, "reason", None) or str(e)))
+                           reason=quote(getattr(e, "reason", None) or str(e)))
             return False
         self.log.info("qid={qid} status={status} dsn={dsn} to=<{to}> nrcpt={n}", qid=qid,
                       status="bounced" if action == ACTION_FAILED else "delay-warned",
                       dsn=dsn.queue_id, to=log_address(to), n=len(recipients))
         return True
-
-
-def _quote(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "\\r").replace("\n", "\\n")
-    return f'"{escaped}"'

@@ -46,6 +46,7 @@ from mailappliance.disk import (
     remove_old_files,
     write_all,
 )
+from mailappliance.logtext import quote
 
 DROP_VERSION = 1
 DROP_SUFFIX = ".msg"
@@ -207,7 +208,7 @@ class DropFolder:
                 except DropFormatError as e:
                     yield self.disk.run(os.rename, path, os.path.join(self.corrupt_dir, name))
                     self.log.error("file=incoming/{name} status=corrupt reason={reason} moved_to=corrupt/",
-                                   name=name, reason=_quote(str(e)))
+                                   name=name, reason=quote(str(e)))
                     continue
                 try:
                     envelope = yield self.importer(drop)
@@ -215,7 +216,7 @@ class DropFolder:
                     # Leave the drop for the next poll (a full disk, a
                     # resolver that is down).
                     self.log.error("file=incoming/{name} status=deferred reason={reason}", name=name,
-                                   reason=_quote(str(e) or type(e).__name__))
+                                   reason=quote(str(e) or type(e).__name__))
                     break
                 yield self.disk.run(_unlink_and_sync, path, self.incoming_dir)
                 imported += 1
@@ -231,8 +232,3 @@ class DropFolder:
 def _unlink_and_sync(path: str, directory: str) -> None:
     os.unlink(path)
     fsync_directory(directory)
-
-
-def _quote(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "\\r").replace("\n", "\\n")
-    return f'"{escaped}"'

@@ -40,9 +40,10 @@ from twisted.python.failure import Failure
 
 from mailappliance.address import log_address
 from mailappliance.interfaces import DeliveryError, IRemoteDelivery  # noqa: F401 (re-exported)
+from mailappliance.logtext import quote
 from mailappliance.queue.direct import DirectDelivery
 from mailappliance.queue.envelope import DELIVERED, FAILED, PENDING, Envelope
-from mailappliance.queue.outcomes import HISTORY_SECONDS, OutcomeLog, quote
+from mailappliance.queue.outcomes import HISTORY_SECONDS, OutcomeLog
 from mailappliance.queue.rounds import (
     DeliveryRounds,
     delivery_prefix,  # noqa: F401 (re-exported)

@@ -19,20 +19,12 @@ from typing import Any
 from twisted.logger import Logger
 
 from mailappliance.address import log_address
+from mailappliance.logtext import quote
 from mailappliance.queue.envelope import Recipient
 
 # Outcomes remembered for "mailappliance status" (deliveries and bounces
 # over the last hour).
 HISTORY_SECONDS = 3600.0
-
-
-def quote(text: str) -> str:
-    """
-    Quote a logged value that may hold spaces: C{"..."} with backslash,
-    quote and line ends escaped.
-    """
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "\\r").replace("\n", "\\n")
-    return f'"{escaped}"'
 
 
 def after_attempt(recipient: Recipient, **changes: Any) -> Recipient:

@@ -76,6 +76,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailappliance.address import log_address
+from mailappliance.logtext import quote
 from mailappliance.queue.dsn import count_received_headers
 from mailappliance.queue.envelope import (
     CONTENT_7BIT,
@@ -386,7 +387,7 @@ class Relay:
         self.log.info(
             "qid={qid} to=<{to}> relay={relay} delay={delay:.1f} tls={tls} status={status} dsn={dsn} reply={reply}",
             qid=envelope.queue_id, to=log_address(r.target), relay=relay, delay=self.clock.seconds() - envelope.arrival,
-            tls=tls, status=status, dsn=r.status or "-", reply=_quote(text),
+            tls=tls, status=status, dsn=r.status or "-", reply=quote(text),
         )
 
 
@@ -401,8 +402,3 @@ def _age(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
-
-
-def _quote(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "\\r").replace("\n", "\\n")
-    return f'"{escaped}"'

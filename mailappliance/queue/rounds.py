@@ -63,8 +63,9 @@ from twisted.python.failure import Failure
 
 from mailappliance.address import log_address
 from mailappliance.interfaces import DeliveryError
+from mailappliance.logtext import quote
 from mailappliance.queue.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipient
-from mailappliance.queue.outcomes import after_attempt, quote
+from mailappliance.queue.outcomes import after_attempt
 
 
 def delivery_prefix(sender: Any, target: Any) -> bytes:

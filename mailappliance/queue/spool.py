@@ -85,6 +85,7 @@ from zope.interface import implementer
 
 from mailappliance.disk import ensure_directory, fsync_directory, write_all
 from mailappliance.interfaces import ISpool
+from mailappliance.logtext import quote
 from mailappliance.queue.envelope import Envelope, EnvelopeFormatError
 from mailappliance.queue.ids import QueueIdGenerator, is_queue_id
 from mailappliance.queue.layout import CorruptTrailer, NoTrailer, read_embedded_envelope
@@ -107,11 +108,6 @@ class _Event:
     status: str
     name: str
     reason: str = ""
-
-
-def _quote(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "\\r").replace("\n", "\\n")
-    return f'"{escaped}"'
 
 
 def _unlink_quietly(path: str) -> None:
@@ -213,7 +209,7 @@ class Spool:
 
     def _commit_failed(self, queue_id: str, reason: Failure) -> None:
         self.log.error(
-            "qid={qid} status=error reason={reason}", qid=queue_id, reason=_quote(f"commit failed: {reason.value}")
+            "qid={qid} status=error reason={reason}", qid=queue_id, reason=quote(f"commit failed: {reason.value}")
         )
 
     def _direct_failed(self, queue_id: str, reason: Failure) -> None:
@@ -225,7 +221,7 @@ class Spool:
         self.log.error(
             "qid={qid} status=error reason={reason}",
             qid=queue_id,
-            reason=_quote(f"discarding an aborted message failed: {reason.value}"),
+            reason=quote(f"discarding an aborted message failed: {reason.value}"),
         )
 
     # -- paths -------------------------------------------------------------
@@ -343,7 +339,7 @@ class Spool:
                     self.log.error(
                         "{where} status=corrupt reason={reason} moved_to={corrupt}",
                         where=where,
-                        reason=_quote(event.reason),
+                        reason=quote(event.reason),
                         corrupt=self.corrupt_dir,
                     )
                 else:
@@ -351,7 +347,7 @@ class Spool:
                         "{where} status={status} reason={reason}",
                         where=where,
                         status=event.status,
-                        reason=_quote(event.reason),
+                        reason=quote(event.reason),
                     )
             self.log.info("event=recover status=done messages={count}", count=len(envelopes))
             return envelopes

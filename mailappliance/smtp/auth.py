@@ -34,8 +34,8 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from mailappliance.address import parse_mailbox
+from mailappliance.logtext import quote
 from mailappliance.smtp import replies
-from mailappliance.smtp.events import quote
 from mailappliance.smtp.lines import BARE_LF, OVERLONG
 from mailappliance.smtp.policy import SessionPolicy, SMTPSettings
 from mailappliance.smtp.replies import Reply, printable

@@ -47,10 +47,11 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred
 from twisted.logger import LogLevel
 
+from mailappliance.logtext import quote
 from mailappliance.smtp import replies
 from mailappliance.smtp.commands import BadChunkCommand, ChunkCommand, parse_bdat
 from mailappliance.smtp.data import has_bare_line_end
-from mailappliance.smtp.events import angle_path, quote
+from mailappliance.smtp.events import angle_path
 from mailappliance.smtp.policy import SessionPolicy
 from mailappliance.smtp.receiver import MessageReceiver
 from mailappliance.smtp.replies import Reply

@@ -12,15 +12,6 @@ from twisted.logger import Logger, LogLevel
 from mailappliance.address import log_address
 
 
-def quote(text: str) -> str:
-    """
-    Quote a value that may hold spaces: C{"..."} with backslash, quote
-    and line ends escaped.
-    """
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-    return '"%s"' % escaped.replace("\r", "\\r").replace("\n", "\\n")
-
-
 def angle_path(mailbox: object) -> str:
     """
     An envelope address as logged: C{<local@domain>}, C{<>} for the null

@@ -42,11 +42,12 @@ from zope.interface import implementer
 
 from mailappliance.flow import OutputFlow
 from mailappliance.immediate import write_now
+from mailappliance.logtext import quote
 from mailappliance.smtp import replies
 from mailappliance.smtp.auth import SMTPAuthHandlers
 from mailappliance.smtp.chunking import Chunk, SMTPChunkingHandlers
 from mailappliance.smtp.commands import CommandRefused, is_http_request, parse_command
-from mailappliance.smtp.events import log_event, quote
+from mailappliance.smtp.events import log_event
 from mailappliance.smtp.handlers import SMTPCommandHandlers
 from mailappliance.smtp.lines import (
     BARE_LF,
