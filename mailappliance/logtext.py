@@ -7,6 +7,11 @@ cannot split the line or forge another field.
 
 from __future__ import annotations
 
+import base64
+import itertools
+import os
+from collections.abc import Iterator
+
 
 def quote(text: str) -> str:
     """
@@ -15,3 +20,22 @@ def quote(text: str) -> str:
     """
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "\\r").replace("\n", "\\n")
     return f'"{escaped}"'
+
+
+def _session_ids() -> Iterator[str]:
+    # A prefix drawn once per process, then a counter: unique within the
+    # process, and unlikely to repeat one of an earlier run in the same log.
+    prefix = base64.b32encode(os.urandom(5)).decode("ascii").lower()[:6]
+    for n in itertools.count(1):
+        yield f"{prefix}{n:x}"
+
+
+_sessions = _session_ids()
+
+
+def next_session_id() -> str:
+    """
+    @return: a new id for a client session, logged as C{session=} on each
+        of its lines so that sessions from one address can be told apart.
+    """
+    return next(_sessions)

@@ -4,7 +4,7 @@ Tests for L{mailappliance.logtext}.
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailappliance.logtext import quote
+from mailappliance.logtext import next_session_id, quote
 
 
 class QuoteTests(SynchronousTestCase):
@@ -17,3 +17,14 @@ class QuoteTests(SynchronousTestCase):
         one line and cannot end early.
         """
         self.assertEqual(quote('a "b" \\ c\r\nd=e'), '"a \\"b\\" \\\\ c\\r\\nd=e"')
+
+
+class SessionIdTests(SynchronousTestCase):
+    def test_distinct(self):
+        """
+        Session ids are one word each, and never repeat in a process.
+        """
+        ids = [next_session_id() for _ in range(1000)]
+        self.assertEqual(len(set(ids)), 1000)
+        for one in ids:
+            self.assertRegex(one, r"^[a-z2-7][0-9a-z]+$")

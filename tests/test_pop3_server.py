@@ -155,6 +155,7 @@ class Client:
     def __init__(self, factory, peer, transport_class=TLSCapableTransport):
         self.transport = transport_class(peerAddress=peer)
         self.protocol = factory.buildProtocol(peer)
+        self.protocol._session = "s1"
         self.protocol.makeConnection(self.transport)
         self._seen = 0
 
@@ -533,7 +534,7 @@ class TransactionTests(SynchronousTestCase):
         self.assertTrue(self.client.transport.disconnecting)
         self.assertEqual(self.h.listing(), {"new": [MSG3_NAME], "cur": [MSG1_NAME + ":2,S"]})
         self.assertIn(
-            "service=pop3 event=logout user=alice@example.test peer=127.0.0.1 retrieved=2 deleted=1 failed=0",
+            "service=pop3 event=logout user=alice@example.test peer=127.0.0.1 session=s1 retrieved=2 deleted=1 failed=0",
             self.h.log_lines(),
         )
         self.client.drop()
@@ -559,7 +560,7 @@ class TransactionTests(SynchronousTestCase):
         self.assertFalse(self.h.factory.locks.is_locked(self.h.mailbox_path(ALICE)))
         self.assertEqual(self.h.factory.connections, 0)
         self.assertIn(
-            "service=pop3 event=disconnect user=alice@example.test peer=127.0.0.1 retrieved=1 deleted=0 "
+            "service=pop3 event=disconnect user=alice@example.test peer=127.0.0.1 session=s1 retrieved=1 deleted=0 "
             "changes=discarded",
             self.h.log_lines(),
         )
@@ -732,7 +733,7 @@ class LoginTests(SynchronousTestCase):
         self.assertEqual(h.checker.seen, [(b"Alice@Example.TEST", b"correct horse")])
         lines = h.log_lines()
         self.assertIn(
-            "service=pop3 event=login status=ok user=alice@example.test peer=127.0.0.1 method=USER tls=no messages=3",
+            "service=pop3 event=login status=ok user=alice@example.test peer=127.0.0.1 session=s1 method=USER tls=no messages=3",
             lines,
         )
         self.assertFalse(any("horse" in line for line in lines))
@@ -748,7 +749,7 @@ class LoginTests(SynchronousTestCase):
         client.send(b"PASS x\r\n")
         h.clock.advance(1)
         self.assertIn(
-            "service=pop3 event=login status=failed user=a\\x20b\\x3dc peer=127.0.0.1 method=USER delay=1.0",
+            "service=pop3 event=login status=failed user=a\\x20b\\x3dc peer=127.0.0.1 session=s1 method=USER delay=1.0",
             h.log_lines(),
         )
         client.send(b"USER \x1b[31m\xff\r\nPASS x\r\n")
@@ -887,7 +888,7 @@ class FailedLoginDelayTests(SynchronousTestCase):
             self.assertEqual(client.output(), reply)
         self.assertTrue(client.transport.disconnecting)
         self.assertIn(
-            "service=pop3 event=login status=failed user=alice@example.test peer=192.0.2.7 method=PLAIN delay=4.0",
+            "service=pop3 event=login status=failed user=alice@example.test peer=192.0.2.7 session=s1 method=PLAIN delay=4.0",
             h.log_lines(),
         )
         self.assertFalse(any("wrong" in line for line in h.log_lines()))

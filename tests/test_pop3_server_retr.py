@@ -197,7 +197,7 @@ class ReadAheadTests(SynchronousTestCase):
         client.drop()
         self.disk.run_all()
         self.assertIn(
-            "service=pop3 event=disconnect user=alice@example.test peer=127.0.0.1 retrieved=0 deleted=0 "
+            "service=pop3 event=disconnect user=alice@example.test peer=127.0.0.1 session=s1 retrieved=0 deleted=0 "
             "changes=discarded",
             self.h.log_lines(),
         )

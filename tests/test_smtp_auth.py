@@ -113,7 +113,7 @@ class PlainTests(SynchronousTestCase):
                          lines(AUTH_OK))
         self.assertEqual(session.send(b"MAIL FROM:<alice@example.test>\r\n"), lines(SENDER_OK))
         self.assertIn(
-            "service=submission event=auth status=ok user=alice@example.test mechanism=PLAIN peer=127.0.0.1",
+            "service=submission event=auth status=ok user=alice@example.test mechanism=PLAIN peer=127.0.0.1 session=s1",
             session.log_lines(),
         )
 
@@ -410,7 +410,7 @@ class FailureDelayTests(SynchronousTestCase):
         session.clock.advance(2)
         text = "\n".join(session.log_lines())
         self.assertIn(
-            'service=submission event=auth status=failed user="alice@example.test" mechanism=PLAIN peer=127.0.0.1 '
+            'service=submission event=auth status=failed user="alice@example.test" mechanism=PLAIN peer=127.0.0.1 session=s1 '
             'reason="invalid credentials" failures=1 delay=1',
             text,
         )

@@ -238,9 +238,9 @@ class ChunkedMessageTests(SynchronousTestCase):
         self.assertEqual(
             session.log_lines()[1:],
             [
-                'service=smtp qid=Q1 event=reject peer=192.0.2.1 cmd=BDAT from=<sender@elsewhere.test> '
+                'service=smtp qid=Q1 event=reject peer=192.0.2.1 session=s1 cmd=BDAT from=<sender@elsewhere.test> '
                 f'code=550 status=5.6.0 reason="{BARE[10:]}"',
-                "service=smtp qid=Q2 event=queued from=<sender@elsewhere.test> size=%d nrcpt=1 peer=192.0.2.1"
+                "service=smtp qid=Q2 event=queued from=<sender@elsewhere.test> size=%d nrcpt=1 peer=192.0.2.1 session=s1"
                 % len(session.spool.writers[1].data),
             ],
         )
@@ -640,7 +640,7 @@ class ConnectionTests(SynchronousTestCase):
             session.lose()
             self.assertEqual(session.spool.writers[0].state, "aborted")
             self.assertEqual(session.factory.connections.total, 0)
-            self.assertIn('service=smtp qid=Q1 event=abort peer=192.0.2.1 reason="connection lost during BDAT"',
+            self.assertIn('service=smtp qid=Q1 event=abort peer=192.0.2.1 session=s1 reason="connection lost during BDAT"',
                           session.log_lines())
 
     def test_timeout_waiting_for_octets(self) -> None:

@@ -695,11 +695,11 @@ class LogTests(SynchronousTestCase):
         self.assertEqual(
             session.log_lines(),
             [
-                "service=smtp event=connect peer=192.0.2.1",
-                'service=smtp event=reject peer=192.0.2.1 cmd=RCPT from=<sender@elsewhere.test> '
+                "service=smtp event=connect peer=192.0.2.1 session=s1",
+                'service=smtp event=reject peer=192.0.2.1 session=s1 cmd=RCPT from=<sender@elsewhere.test> '
                 'to=<nobody@example.test> code=550 status=5.1.1 reason="Error: no such user here"',
-                f"service=smtp qid=Q1 event=queued from=<sender@elsewhere.test> size={size} nrcpt=1 peer=192.0.2.1",
-                "service=smtp event=disconnect peer=192.0.2.1 errors=1",
+                f"service=smtp qid=Q1 event=queued from=<sender@elsewhere.test> size={size} nrcpt=1 peer=192.0.2.1 session=s1",
+                "service=smtp event=disconnect peer=192.0.2.1 session=s1 errors=1",
             ],
         )
 
@@ -711,6 +711,6 @@ class LogTests(SynchronousTestCase):
         session.send(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\na\nb\r\n.\r\n")
         self.assertEqual(
             session.log_lines()[-1],
-            'service=smtp qid=Q1 event=reject peer=192.0.2.1 cmd=DATA from=<> code=550 status=5.6.0 '
+            'service=smtp qid=Q1 event=reject peer=192.0.2.1 session=s1 cmd=DATA from=<> code=550 status=5.6.0 '
             'reason="Error: message contains bare CR or LF (line ends must be CRLF); not accepted"',
         )

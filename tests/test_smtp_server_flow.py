@@ -412,7 +412,7 @@ class ConnectionLostTests(SynchronousTestCase):
         session.lose()
         self.assertEqual(session.spool.writers[0].state, "aborted")
         self.assertEqual(session.factory.connections.total, 0)
-        self.assertIn("service=smtp qid=Q1 event=abort peer=192.0.2.1 reason=\"connection lost during DATA\"",
+        self.assertIn("service=smtp qid=Q1 event=abort peer=192.0.2.1 session=s1 reason=\"connection lost during DATA\"",
                       session.log_lines())
 
     def test_lost_during_commit(self) -> None:

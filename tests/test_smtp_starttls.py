@@ -108,7 +108,7 @@ class StartTLSDialogueTests(SynchronousTestCase):
         self.assertEqual(session.send(b"STARTTLS\r\n"), lines(READY))
         self.assertIs(session.transport.tls_context, TLS_CONTEXT)
         self.assertEqual(session.transport.written_before_tls, lines(READY))
-        self.assertIn("service=smtp event=starttls peer=192.0.2.1", session.log_lines())
+        self.assertIn("service=smtp event=starttls peer=192.0.2.1 session=s1", session.log_lines())
 
     def test_refusals(self) -> None:
         """

@@ -104,7 +104,7 @@ class SenderOwnershipTests(SynchronousTestCase):
             self.assertEqual(self.mail(session, sender), lines(NOT_OWNED), sender)
         self.assertEqual(session.send(b"RCPT TO:<bob@example.test>\r\n"), lines("503 5.5.1 Error: need MAIL command"))
         self.assertIn(
-            "service=submission event=reject peer=127.0.0.1 cmd=MAIL from=<bob@example.test> code=553 "
+            "service=submission event=reject peer=127.0.0.1 session=s1 cmd=MAIL from=<bob@example.test> code=553 "
             'status=5.7.1 reason="Sender address not owned by user"',
             session.log_lines(),
         )

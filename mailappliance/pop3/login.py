@@ -224,10 +224,11 @@ class POP3LoginHandlers:
             return None
         if not reason.check(UnauthorizedLogin, LoginFailed):
             self._log.failure(
-                "service=pop3 event=login status=error user={user} peer={peer} method={method}",
+                "service=pop3 event=login status=error user={user} peer={peer} session={session} method={method}",
                 reason,
                 user=_printable(name),
                 peer=self._peer_key,
+                session=self._session,
                 method=method,
             )
             self.send_line(b"-ERR [SYS/TEMP] Authentication temporarily unavailable")
@@ -235,9 +236,10 @@ class POP3LoginHandlers:
         self._login_failures += 1
         delay = self.factory.throttle.record_failure(self._peer_key)
         self._log.info(
-            "service=pop3 event=login status=failed user={user} peer={peer} method={method} delay={delay}",
+            "service=pop3 event=login status=failed user={user} peer={peer} session={session} method={method} delay={delay}",
             user=_printable(name),
             peer=self._peer_key,
+            session=self._session,
             method=method,
             delay=delay,
         )
@@ -264,9 +266,10 @@ class POP3LoginHandlers:
         mailbox = os.path.abspath(self.factory.mailbox_path(avatar))
         if not self.factory.locks.acquire(mailbox, self):
             self._log.info(
-                "service=pop3 event=login status=in-use user={user} peer={peer} method={method}",
+                "service=pop3 event=login status=in-use user={user} peer={peer} session={session} method={method}",
                 user=_printable(avatar),
                 peer=self._peer_key,
+                session=self._session,
                 method=method,
             )
             self.send_line(b"-ERR [IN-USE] Mailbox is in use by another session")
@@ -286,9 +289,10 @@ class POP3LoginHandlers:
         self._reader_ahead = MessageReader(self.factory.disk, self._mailbox)
         octets = sum(m.size for m in snapshot)
         self._log.info(
-            "service=pop3 event=login status=ok user={user} peer={peer} method={method} tls={tls} messages={count}",
+            "service=pop3 event=login status=ok user={user} peer={peer} session={session} method={method} tls={tls} messages={count}",
             user=self._user_field(),
             peer=self._peer_key,
+            session=self._session,
             method=method,
             tls="yes" if self._tls_active else "no",
             count=len(snapshot),
@@ -300,10 +304,11 @@ class POP3LoginHandlers:
             self._release_lock()
             return
         self._log.failure(
-            "service=pop3 event=login status=error user={user} peer={peer} method={method} reason=mailbox",
+            "service=pop3 event=login status=error user={user} peer={peer} session={session} method={method} reason=mailbox",
             reason,
             user=self._user_field(),
             peer=self._peer_key,
+            session=self._session,
             method=method,
         )
         self._release_lock()

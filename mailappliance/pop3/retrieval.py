@@ -80,10 +80,11 @@ class POP3RetrievalHandlers:
 
     def _message_open_failed(self, reason: Failure) -> None:
         self._log.failure(
-            "service=pop3 event=read-error user={user} peer={peer}",
+            "service=pop3 event=read-error user={user} peer={peer} session={session}",
             reason,
             user=self._user_field(),
             peer=self._peer_key,
+            session=self._session,
         )
         self.send_line(b"-ERR [SYS/TEMP] Cannot read the message")
 
@@ -127,10 +128,11 @@ class POP3RetrievalHandlers:
         # The +OK and part of the message are out: there is no way to
         # tell the client but to drop the connection.
         self._log.failure(
-            "service=pop3 event=read-error user={user} peer={peer}",
+            "service=pop3 event=read-error user={user} peer={peer} session={session}",
             result,
             user=self._user_field(),
             peer=self._peer_key,
+            session=self._session,
         )
         self._closing = True
         self.transport.abortConnection()

@@ -37,6 +37,7 @@ from zope.interface import implementer
 
 from mailappliance.flow import OutputFlow
 from mailappliance.immediate import write_now
+from mailappliance.logtext import next_session_id
 from mailappliance.pop3 import commands
 from mailappliance.pop3.commands import AUTHORIZATION, TRANSACTION, UPDATE
 from mailappliance.pop3.lines import (
@@ -89,6 +90,7 @@ class POP3Protocol(POP3LoginHandlers, POP3STLSHandler, POP3RetrievalHandlers, PO
         self._reader = LineReader(self._line_limit)
         self._peer: str | None = None
         self._peer_key = "unknown"
+        self._session = next_session_id()
         self._counted = False
         self._busy = False
         self._processing = False
@@ -127,7 +129,7 @@ class POP3Protocol(POP3LoginHandlers, POP3STLSHandler, POP3RetrievalHandlers, PO
         self._flow = OutputFlow(self.transport, self._clock, self._output_changed)
         self._flow.start()
         if not self.factory.connection_opened(self._peer_key):
-            self._log.info("service=pop3 event=refused peer={peer} reason=too-many-connections", peer=self._peer_key)
+            self._log.info("service=pop3 event=refused peer={peer} session={session} reason=too-many-connections", peer=self._peer_key, session=self._session)
             self._closing = True
             self.send_line(b"-ERR [SYS/TEMP] Too many connections, try again later")
             self._flow.close()
@@ -155,10 +157,11 @@ class POP3Protocol(POP3LoginHandlers, POP3STLSHandler, POP3RetrievalHandlers, PO
             self.factory.connection_closed(self._peer_key)
         if self.state == TRANSACTION:
             self._log.info(
-                "service=pop3 event=disconnect user={user} peer={peer} retrieved={retrieved} deleted=0 "
+                "service=pop3 event=disconnect user={user} peer={peer} session={session} retrieved={retrieved} deleted=0 "
                 "changes=discarded",
                 user=self._user_field(),
                 peer=self._peer_key,
+                session=self._session,
                 retrieved=len(self.retrieved),
             )
         if self.state != UPDATE:
@@ -195,7 +198,7 @@ class POP3Protocol(POP3LoginHandlers, POP3STLSHandler, POP3RetrievalHandlers, PO
 
     def _idle_expired(self) -> None:
         self._log.info(
-            "service=pop3 event=timeout user={user} peer={peer}", user=self._user_field(), peer=self._peer_key
+            "service=pop3 event=timeout user={user} peer={peer} session={session}", user=self._user_field(), peer=self._peer_key, session=self._session
         )
         self._closing = True
         if self.state == UPDATE:
@@ -298,7 +301,7 @@ class POP3Protocol(POP3LoginHandlers, POP3STLSHandler, POP3RetrievalHandlers, PO
 
     def _internal_error(self, reason: Failure) -> None:
         self._log.failure(
-            "service=pop3 event=error user={user} peer={peer}", reason, user=self._user_field(), peer=self._peer_key
+            "service=pop3 event=error user={user} peer={peer} session={session}", reason, user=self._user_field(), peer=self._peer_key, session=self._session
         )
         if not self._disconnected:
             self.send_line(b"-ERR [SYS/TEMP] Internal server error")

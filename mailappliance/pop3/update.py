@@ -72,9 +72,10 @@ class POP3UpdateHandler:
 
     def _updated(self, result: Any) -> None:
         self._log.info(
-            "service=pop3 event=logout user={user} peer={peer} retrieved={retrieved} deleted={deleted} failed={failed}",
+            "service=pop3 event=logout user={user} peer={peer} session={session} retrieved={retrieved} deleted={deleted} failed={failed}",
             user=self._user_field(),
             peer=self._peer_key,
+            session=self._session,
             retrieved=len(self.retrieved),
             deleted=result.deleted,
             failed=result.failed,
@@ -86,10 +87,11 @@ class POP3UpdateHandler:
 
     def _update_failed(self, reason: Failure) -> None:
         self._log.failure(
-            "service=pop3 event=logout status=error user={user} peer={peer}",
+            "service=pop3 event=logout status=error user={user} peer={peer} session={session}",
             reason,
             user=self._user_field(),
             peer=self._peer_key,
+            session=self._session,
         )
         self.close_after(b"-ERR [SYS/TEMP] Some changes could not be made")
 

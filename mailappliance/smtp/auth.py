@@ -264,11 +264,12 @@ class SMTPAuthHandlers:
             if reason.check(UnauthorizedLogin):
                 return self._auth_failed(mechanism, credentials.authcid, "invalid credentials")
             self._log.failure(
-                "service={service} event=auth status=error mechanism={mechanism} peer={peer}",
+                "service={service} event=auth status=error mechanism={mechanism} peer={peer} session={session}",
                 reason,
                 service=self._settings.service,
                 mechanism=mechanism,
                 peer=self._peer_key,
+                session=self._session,
             )
             return replies.AUTH_TEMPORARY_FAILURE
 

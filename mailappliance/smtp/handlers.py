@@ -182,10 +182,11 @@ class SMTPCommandHandlers:
             if reason.check(ResolutionError):
                 return False
             self._log.failure(
-                "service={service} event=error peer={peer} from={sender} reason=sender-lookup-failed",
+                "service={service} event=error peer={peer} session={session} from={sender} reason=sender-lookup-failed",
                 reason,
                 service=self._settings.service,
                 peer=self._peer_key,
+                session=self._session,
                 sender=angle_path(sender),
             )
             return replies.SENDER_LOOKUP_FAILED
@@ -233,10 +234,11 @@ class SMTPCommandHandlers:
                 error = reason.value
                 return replies.reply(error.code, error.status, f"Error: {replies.printable(error.reason)}")
             self._log.failure(
-                "service={service} event=error peer={peer} to={to} reason=lookup-failed",
+                "service={service} event=error peer={peer} session={session} to={to} reason=lookup-failed",
                 reason,
                 service=self._settings.service,
                 peer=self._peer_key,
+                session=self._session,
                 to=self._context["to"],
             )
             return replies.LOOKUP_FAILED
@@ -308,9 +310,10 @@ class SMTPCommandHandlers:
             writer = self.factory.spool.new_message(expected=(transaction.sender, transaction.envelope_recipients()))
         except Exception:
             self._log.failure(
-                "service={service} event=error peer={peer} reason=spool-failed",
+                "service={service} event=error peer={peer} session={session} reason=spool-failed",
                 service=self._settings.service,
                 peer=self._peer_key,
+                session=self._session,
             )
             return replies.QUEUE_FAILED
         now = self._clock.seconds()

@@ -42,7 +42,7 @@ from zope.interface import implementer
 
 from mailappliance.flow import OutputFlow
 from mailappliance.immediate import write_now
-from mailappliance.logtext import quote
+from mailappliance.logtext import next_session_id, quote
 from mailappliance.smtp import replies
 from mailappliance.smtp.auth import SMTPAuthHandlers
 from mailappliance.smtp.chunking import Chunk, SMTPChunkingHandlers
@@ -131,6 +131,7 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLS
         self._errors = 0
         self._peer_ip: Any = None
         self._peer_key = "unknown"
+        self._session = next_session_id()
         self._context: dict[str, str] = {}
         self._sasl = None
         self._auth_failures = 0
@@ -459,10 +460,11 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLS
         session only.
         """
         self._log.failure(
-            "service={service} event=error peer={peer} reason=unexpected-exception",
+            "service={service} event=error peer={peer} session={session} reason=unexpected-exception",
             reason,
             service=self._settings.service,
             peer=self._peer_key,
+            session=self._session,
         )
         if self._closing:
             return
@@ -573,4 +575,12 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLS
     # -- logging -------------------------------------------------------------
 
     def _log_event(self, level: LogLevel, **fields: str | None) -> None:
-        log_event(self._log, level, self._settings.service, **fields)
+        # The session id follows the peer (or ends the line): it tells
+        # apart sessions from one address.
+        with_session: dict[str, str | None] = {}
+        for key, value in fields.items():
+            with_session[key] = value
+            if key == "peer":
+                with_session["session"] = self._session
+        with_session.setdefault("session", self._session)
+        log_event(self._log, level, self._settings.service, **with_session)

@@ -36,6 +36,9 @@ from mailappliance.interfaces import (
 from mailappliance.smtp.factory import SMTPFactory
 from mailappliance.smtp.policy import SMTPSettings
 
+# The session id of every harness session (the log lines carry it).
+SESSION = "s1"
+
 
 @implementer(IRecipientResolver)
 class FakeResolver:
@@ -309,6 +312,8 @@ class SMTPHarness:
         address_type = IPv6Address if ":" in peer else IPv4Address
         self.transport = transport_class(peerAddress=address_type("TCP", peer, 40000))
         self.protocol = factory.buildProtocol(self.transport.getPeer())
+        # A fixed session id, so that tests can expect whole log lines.
+        self.protocol._session = SESSION
         if connect:
             self.connect()
 

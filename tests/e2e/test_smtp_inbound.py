@@ -264,6 +264,34 @@ class InboundTests(SynchronousTestCase):
         client.quit()
         server.wait_for_messages("alice@example.test", 1)
 
+    def test_session_ids_in_the_log(self):
+        """
+        Each log line of a session carries its session id, so that two
+        sessions from one address can be told apart.
+        """
+        server = self.start()
+        first, second = self.client(server), self.client(server)
+        first.ehlo("one")
+        second.ehlo("two")
+        first.mail("zed@remote.test")
+        self.assertEqual(first.rcpt("nobody@example.test")[0], 550)
+        second.mail("zed@remote.test")
+        self.assertEqual(second.rcpt("alice@example.test")[0], 250)
+        self.assertEqual(second.data(b"Subject: x\r\n\r\nx\r\n")[0], 250)
+        first.quit()
+        second.quit()
+        server.wait_sessions_closed()
+        lines = [line for line in server.log().splitlines() if "service=smtp " in line]
+        ids = {}
+        for event in ("connect", "reject", "queued", "disconnect"):
+            for line in lines:
+                if f" event={event} " in line:
+                    ids.setdefault(event, set()).add(re.search(r" peer=127\.0\.0\.1 session=(\w+)( |$)", line).group(1))
+        [rejected] = ids["reject"]
+        [queued] = ids["queued"]
+        self.assertNotEqual(rejected, queued)
+        self.assertTrue({rejected, queued} <= ids["connect"] and {rejected, queued} <= ids["disconnect"], lines)
+
     def test_relay_denied_untrusted(self):
         """
         From outside trusted_networks, mail for another domain gets
