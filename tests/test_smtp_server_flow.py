@@ -359,6 +359,9 @@ class ConnectionLimitTests(SynchronousTestCase):
         third = SMTPHarness(factory=first.factory, peer="192.0.2.3", connect=False)
         self.assertEqual(third.connect(), lines(f"421 4.7.0 {HOST} Error: too many connections"))
         self.assertTrue(third.closed)
+        self.assertEqual(third.log_lines()[-1],
+                         'service=smtp event=reject peer=192.0.2.3 session=s1 code=421 status=4.7.0 '
+                         f'reason="{HOST} Error: too many connections"')
         third.lose()
         self.assertFalse(second.closed)
         first.lose()

@@ -236,7 +236,8 @@ class POP3LoginHandlers:
         self._login_failures += 1
         delay = self.factory.throttle.record_failure(self._peer_key)
         self._log.info(
-            "service=pop3 event=login status=failed user={user} peer={peer} session={session} method={method} delay={delay}",
+            "service=pop3 event=login status=failed user={user} peer={peer} "
+            "session={session} method={method} delay={delay}",
             user=_printable(name),
             peer=self._peer_key,
             session=self._session,
@@ -289,7 +290,8 @@ class POP3LoginHandlers:
         self._reader_ahead = MessageReader(self.factory.disk, self._mailbox)
         octets = sum(m.size for m in snapshot)
         self._log.info(
-            "service=pop3 event=login status=ok user={user} peer={peer} session={session} method={method} tls={tls} messages={count}",
+            "service=pop3 event=login status=ok user={user} peer={peer} "
+            "session={session} method={method} tls={tls} messages={count}",
             user=self._user_field(),
             peer=self._peer_key,
             session=self._session,
@@ -304,7 +306,8 @@ class POP3LoginHandlers:
             self._release_lock()
             return
         self._log.failure(
-            "service=pop3 event=login status=error user={user} peer={peer} session={session} method={method} reason=mailbox",
+            "service=pop3 event=login status=error user={user} peer={peer} "
+            "session={session} method={method} reason=mailbox",
             reason,
             user=self._user_field(),
             peer=self._peer_key,

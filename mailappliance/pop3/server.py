@@ -129,7 +129,8 @@ class POP3Protocol(POP3LoginHandlers, POP3STLSHandler, POP3RetrievalHandlers, PO
         self._flow = OutputFlow(self.transport, self._clock, self._output_changed)
         self._flow.start()
         if not self.factory.connection_opened(self._peer_key):
-            self._log.info("service=pop3 event=refused peer={peer} session={session} reason=too-many-connections", peer=self._peer_key, session=self._session)
+            self._log.info("service=pop3 event=refused peer={peer} session={session} reason=too-many-connections",
+                           peer=self._peer_key, session=self._session)
             self._closing = True
             self.send_line(b"-ERR [SYS/TEMP] Too many connections, try again later")
             self._flow.close()
@@ -157,7 +158,8 @@ class POP3Protocol(POP3LoginHandlers, POP3STLSHandler, POP3RetrievalHandlers, PO
             self.factory.connection_closed(self._peer_key)
         if self.state == TRANSACTION:
             self._log.info(
-                "service=pop3 event=disconnect user={user} peer={peer} session={session} retrieved={retrieved} deleted=0 "
+                "service=pop3 event=disconnect user={user} peer={peer} "
+                "session={session} retrieved={retrieved} deleted=0 "
                 "changes=discarded",
                 user=self._user_field(),
                 peer=self._peer_key,
@@ -198,7 +200,8 @@ class POP3Protocol(POP3LoginHandlers, POP3STLSHandler, POP3RetrievalHandlers, PO
 
     def _idle_expired(self) -> None:
         self._log.info(
-            "service=pop3 event=timeout user={user} peer={peer} session={session}", user=self._user_field(), peer=self._peer_key, session=self._session
+            "service=pop3 event=timeout user={user} peer={peer} session={session}",
+            user=self._user_field(), peer=self._peer_key, session=self._session
         )
         self._closing = True
         if self.state == UPDATE:
@@ -301,7 +304,8 @@ class POP3Protocol(POP3LoginHandlers, POP3STLSHandler, POP3RetrievalHandlers, PO
 
     def _internal_error(self, reason: Failure) -> None:
         self._log.failure(
-            "service=pop3 event=error user={user} peer={peer} session={session}", reason, user=self._user_field(), peer=self._peer_key, session=self._session
+            "service=pop3 event=error user={user} peer={peer} session={session}",
+            reason, user=self._user_field(), peer=self._peer_key, session=self._session
         )
         if not self._disconnected:
             self.send_line(b"-ERR [SYS/TEMP] Internal server error")

@@ -72,7 +72,8 @@ class POP3UpdateHandler:
 
     def _updated(self, result: Any) -> None:
         self._log.info(
-            "service=pop3 event=logout user={user} peer={peer} session={session} retrieved={retrieved} deleted={deleted} failed={failed}",
+            "service=pop3 event=logout user={user} peer={peer} "
+            "session={session} retrieved={retrieved} deleted={deleted} failed={failed}",
             user=self._user_field(),
             peer=self._peer_key,
             session=self._session,
