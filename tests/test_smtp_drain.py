@@ -35,6 +35,9 @@ class DrainTests(SynchronousTestCase):
         self.assertIn(b"250 2.0.0", out)
         self.assertTrue(out.endswith(b"\r\n") and b"421 4.3.2" in out.split(b"250 2.0.0", 1)[1])
         self.assertTrue(h.closed)
+        # The 421 is logged as itself, not as a reply to DATA.
+        self.assertEqual(h.log_lines()[-1], "service=smtp event=reject peer=192.0.2.1 session=s1 code=421 status=4.3.2 "
+                                            'reason="mx.example.test Service shutting down, try again later"')
         h.lose()
         h.clock.advance(0.1)
         self.successResultOf(d)

@@ -206,8 +206,14 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLS
         L{mailappliance.smtp.factory.SMTPFactory.drain}).
         """
         if not self.busy and not self._closing:
-            self._send(replies.shutting_down(self.policy.hostname))
+            self._send_shutting_down()
             self._close()
+
+    def _send_shutting_down(self) -> None:
+        # Unsolicited: the last command's fields (cmd=, qid=) are not logged
+        # with it.
+        self._context = {}
+        self._send(replies.shutting_down(self.policy.hostname))
 
     def abort_session(self) -> None:
         """
@@ -368,7 +374,7 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLS
             self._send(result)
             if self.factory.draining and not self.busy and not self._closing:
                 # Shutting down: the transaction in flight has its answer.
-                self._send(replies.shutting_down(self.policy.hostname))
+                self._send_shutting_down()
                 self._close()
             return
         self._wait(result, self._respond)
