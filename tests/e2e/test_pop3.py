@@ -313,7 +313,9 @@ class POP3Tests(SynchronousTestCase):
         os.chmod(rc, 0o600)
         env = dict(os.environ, HOME=server.base, FETCHMAILHOME=server.base)
         result = subprocess.run(
-            [fetchmail, "--nodetach", "--nosyslog", "-f", rc, "--sslproto", "", "--logfile", "/dev/null"],
+            [fetchmail, "--nodetach", "--nosyslog", "-f", rc, "--sslproto", "", "--logfile", "/dev/null",
+             # Its own lock: as root, fetchmail's default one is system-wide.
+             "--pidfile", os.path.join(server.base, "fetchmail.pid")],
             capture_output=True, env=env, timeout=60,
         )
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
