@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from dataclasses import dataclass
 
 import idna
@@ -69,6 +70,20 @@ class AddressError(ValueError):
         self.reason = reason
 
 
+def fold_local(local: str) -> str:
+    """
+    The form of a local part that identifies one of our mailboxes: lower
+    case and, when it is not ASCII, in Unicode normal form C (RFC 6532
+    section 3.1), so that the composed and decomposed spellings of C{zoë}
+    are one user, one alias and one folder. Only our own lookups use it: a
+    remote address is sent with its local part as given (RFC 5321 section
+    2.4: only the destination host interprets it).
+    """
+    if local.isascii():
+        return local.lower()
+    return unicodedata.normalize("NFC", local).lower()
+
+
 @dataclass(frozen=True)
 class Mailbox:
     """
@@ -90,9 +105,10 @@ class Mailbox:
     def key(self) -> str:
         """
         The case-insensitive identity of this mailbox: C{local@domain}, all
-        lower-case. Use it for lookups, comparisons and folder names.
+        lower-case (L{fold_local}). Use it for lookups, comparisons and
+        folder names.
         """
-        return f"{self.local.lower()}@{self.domain}"
+        return f"{fold_local(self.local)}@{self.domain}"
 
     @property
     def needs_smtputf8(self) -> bool:

@@ -105,6 +105,17 @@ class AddUserTests(EditTestsMixin, SynchronousTestCase):
             self.assertEqual(str(caught.exception), f"{key} already exists (line {line} of {path})")
         self.assertEqual(self.read(path), ORIGINAL)
 
+    def test_duplicate_in_another_normal_form(self) -> None:
+        """
+        The decomposed spelling of an address that has an account is the
+        same account (the file stores normal form C).
+        """
+        path = self.make_path()
+        add_user(path, "zoe\u0308@example.test", "{PLAIN}x")
+        self.assertEqual(self.read(path), "zo\u00eb@example.test:{PLAIN}x\n".encode())
+        with self.assertRaises(AccountError):
+            add_user(path, "zo\u00eb@example.test", "{PLAIN}y")
+
     def test_bad_addresses(self) -> None:
         """
         A malformed address, or one whose local part is unsafe as a folder

@@ -77,6 +77,18 @@ class ParseMailboxTests(SynchronousTestCase):
         self.assertRaises(AddressError, parse_mailbox, "j@bücher.example", allow_utf8=False)
         self.assertRaises(AddressError, parse_mailbox, "a@xn--zz.example")
 
+    def test_key_normal_form(self):
+        """
+        The composed and decomposed spellings of one UTF-8 local part have
+        one key (NFC, lower case); the local part itself, sent to remote
+        hosts, is kept as given.
+        """
+        composed = parse_mailbox("Zo\u00eb@example.test", allow_utf8=True)
+        decomposed = parse_mailbox("Zoe\u0308@example.test", allow_utf8=True)
+        self.assertEqual(composed.key, "zo\u00eb@example.test")
+        self.assertEqual(decomposed.key, "zo\u00eb@example.test")
+        self.assertEqual(decomposed.local, "Zoe\u0308")
+
     def test_bytes(self):
         self.assertEqual(parse_mailbox(b"a@x.test"), Mailbox("a", "x.test"))
         self.assertRaises(AddressError, parse_mailbox, b"\xff@x.test")

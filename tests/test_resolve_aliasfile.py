@@ -130,6 +130,16 @@ class SyntaxTests(SynchronousTestCase):
         self.assertEqual(targets(aliases.addresses["jörg@xn--bcher-kva.test"]), ["ünsal@x.test"])
         self.assertEqual(list(aliases.domains), ["xn--bcher-kva.test"])
 
+    def test_utf8_normal_form(self):
+        """
+        Alias names are stored in normal form C, so that a decomposed
+        spelling in the file matches the composed one at RCPT (and the two
+        spellings are one name).
+        """
+        aliases = parse_aliases("zoe\u0308: a@x.test\nzoe\u0308@x.test: b@x.test\n".encode(), "aliases")
+        self.assertEqual(list(aliases.local_parts), ["zo\u00eb"])
+        self.assertEqual(list(aliases.addresses), ["zo\u00eb@x.test"])
+
     def test_duplicate_targets(self):
         """
         A target written twice (in any case) is kept once, first spelling.

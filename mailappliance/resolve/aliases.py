@@ -24,7 +24,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mailappliance.address import Mailbox
+from mailappliance.address import Mailbox, fold_local
 from mailappliance.interfaces import Forward, IAddressResolver
 from mailappliance.watchedfile import WatchedFile
 from mailappliance.resolve.aliasfile import AliasEntry, Aliases, AliasesFileError, parse_aliases
@@ -81,7 +81,7 @@ class AliasesTable(WatchedFile):
         """
         entry = self._aliases.addresses.get(mailbox.key)
         if entry is None and mailbox.domain in self.local_domains:
-            entry = self._aliases.local_parts.get(mailbox.local.lower())
+            entry = self._aliases.local_parts.get(fold_local(mailbox.local))
         return None if entry is None else entry.targets
 
     def lookup_catch_all(self, domain: str) -> tuple[Mailbox, ...] | None:

@@ -38,7 +38,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from mailappliance.address import AddressError, Mailbox, normalise_domain, parse_mailbox
+from mailappliance.address import AddressError, Mailbox, fold_local, normalise_domain, parse_mailbox
 from mailappliance.watchedfile import FileLineError
 
 # The domain used to validate a bare local part with parse_mailbox; it is
@@ -195,7 +195,7 @@ def _parse_name(text: str, line: int, path: str) -> tuple[str, str]:
     try:
         if _has_unquoted(text, lambda char: char == "@"):
             return "address", parse_mailbox(text).key
-        return "local", parse_mailbox(f"{text}@{_PLACEHOLDER_DOMAIN}").local.lower()
+        return "local", fold_local(parse_mailbox(f"{text}@{_PLACEHOLDER_DOMAIN}").local)
     except AddressError as e:
         raise AliasesFileError(path, line, f"invalid alias name {text!r}: {e.reason}") from None
 

@@ -292,6 +292,27 @@ class InboundTests(SynchronousTestCase):
         self.assertNotEqual(rejected, queued)
         self.assertTrue({rejected, queued} <= ids["connect"] and {rejected, queued} <= ids["disconnect"], lines)
 
+    def test_utf8_local_part_in_either_normal_form(self):
+        """
+        A UTF-8 local part reaches its mailbox whether the client sends it
+        composed or decomposed (one user, one folder; RFC 6532 section 3.1).
+        """
+        server = self.start(users=dict(USERS, **{"zo\u00eb@example.test": "z"}))
+        client = self.client(server)
+        client.command_encoding = "utf-8"
+        client.ehlo("x")
+        for local in ("zo\u00eb", "zoe\u0308", "ZOE\u0308"):
+            code, text = client.docmd("MAIL FROM:<x@remote.test> SMTPUTF8")
+            self.assertEqual(code, 250, text)
+            code, text = client.docmd(f"RCPT TO:<{local}@example.test>")
+            self.assertEqual(code, 250, text)
+            self.assertEqual(client.data(b"Subject: x\r\n\r\nx\r\n")[0], 250)
+        client.quit()
+        messages = server.wait_for_messages("zo\u00eb@example.test", 3)
+        self.assertEqual(len(messages), 3)
+        folders = os.listdir(os.path.dirname(server.maildir("zo\u00eb@example.test")))
+        self.assertEqual([f for f in folders if f.startswith("zo")], ["zo\u00eb"])
+
     def test_relay_denied_untrusted(self):
         """
         From outside trusted_networks, mail for another domain gets
