@@ -19,7 +19,7 @@ from mailappliance.interfaces import DeliveryError, ILocalDelivery
 from mailappliance.maildir import MaildirDelivery, maildir_path
 from mailappliance.queue.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipient
 from mailappliance.queue.manager import STOP_GRACE, IRemoteDelivery, QueueManager
-from mailappliance.queue.rounds import delivery_prefix
+from mailappliance.queue.rounds import delivered_to, delivery_prefix
 from mailappliance.queue.spool import Spool, read_current_envelope
 
 T0 = 1700000000.0
@@ -240,6 +240,32 @@ class LocalDeliveryTests(ManagerTestCase):
             b"Return-Path: <a@b.test>\r\nDelivered-To: C@d.test\r\n",
         )
 
+    def test_delivered_to_subaddress(self):
+        """
+        A copy for one sub-address of an account names that address in
+        C{Delivered-To:}, tag and all; a copy for several addresses, or
+        through an alias, names the account.
+        """
+        self.assertEqual(delivered_to([rcpt("alice@example.test", original="Alice+News@example.test")]),
+                         mb("Alice+News@example.test"))
+        self.assertEqual(delivered_to([rcpt("alice@example.test", original="alice+a@example.test"),
+                                       rcpt("alice@example.test", original="ALICE+A@example.test")]),
+                         mb("alice+a@example.test"))
+        self.assertEqual(delivered_to([rcpt("alice@example.test", original="alice+a@example.test"),
+                                       rcpt("alice@example.test", original="alice+b@example.test")]),
+                         mb("alice@example.test"))
+        self.assertEqual(delivered_to([rcpt("bob@example.test", original="x+tag@other.test")]), mb("bob@example.test"))
+        self.assertEqual(delivered_to([rcpt("alice@example.test", original="team@example.test")]),
+                         mb("alice@example.test"))
+
+    def test_subaddress_through_the_queue(self):
+        self.start()
+        self.submit([rcpt("alice@example.test", original="alice+news@example.test")])
+        self.assertEqual(
+            self.delivered_files("alice@example.test"),
+            [b"Return-Path: <bob@example.test>\r\nDelivered-To: alice+news@example.test\r\n" + BODY],
+        )
+
     def test_same_target_once(self):
         """
         Two recipients of one message that lead to the same account (two
@@ -445,6 +471,30 @@ class DirectDeliveryTests(ManagerTestCase):
         self.assertIsNone(self.spool.on_direct)
         envelope = Envelope(queue_id="x", sender=None, arrival=T0, recipients=(rcpt("alice@example.test"),))
         self.assertIsNone(self.manager.deliver_direct(envelope, BODY))
+
+
+class SubaddressDirectTests(ManagerTestCase):
+    def test_direct(self):
+        self.start(direct=True)
+        self.submit([rcpt("alice@example.test", original="alice+news@example.test")])
+        self.assertEqual(
+            self.delivered_files("alice@example.test"),
+            [b"Return-Path: <bob@example.test>\r\nDelivered-To: alice+news@example.test\r\n" + BODY],
+        )
+
+    def test_streamed(self):
+        self.start(direct=True)
+        body = b"Subject: big\r\n\r\n" + b"z" * 300_000 + b"\r\n"
+        recipients = (rcpt("alice@example.test", original="alice+news@example.test"),)
+        writer = self.spool.new_message(expected=(mb("bob@example.test"), recipients))
+        writer.write(body)
+        envelope = Envelope(queue_id=writer.queue_id, sender=mb("bob@example.test"), arrival=T0,
+                            recipients=recipients)
+        self.successResultOf(writer.commit(envelope))
+        self.assertEqual(
+            self.delivered_files("alice@example.test"),
+            [b"Return-Path: <bob@example.test>\r\nDelivered-To: alice+news@example.test\r\n" + body],
+        )
 
 
 class StreamTests(ManagerTestCase):

@@ -46,7 +46,7 @@ from mailappliance.address import log_address
 from mailappliance.interfaces import DeliveryError
 from mailappliance.queue.envelope import DELIVERED, PENDING, Envelope, Recipient
 from mailappliance.queue.outcomes import after_attempt
-from mailappliance.queue.rounds import delivery_prefix
+from mailappliance.queue.rounds import delivered_to, delivery_prefix
 
 
 class DirectDelivery:
@@ -99,7 +99,8 @@ class DirectDelivery:
         attempts = []
         for indexes in by_target.values():
             target = envelope.recipients[indexes[0]].target
-            d = self.local_delivery.deliver_data(target, delivery_prefix(envelope.sender, target), body)
+            prefix = delivery_prefix(envelope.sender, delivered_to([envelope.recipients[i] for i in indexes]))
+            d = self.local_delivery.deliver_data(target, prefix, body)
             d.addCallbacks(self._delivered_direct, self._direct_failed, callbackArgs=(qid, target, indexes),
                            errbackArgs=(qid, target))
             attempts.append(d)
@@ -132,7 +133,7 @@ class DirectDelivery:
         if len({r.target.key for r in recipients}) != 1:
             return None
         target = recipients[0].target
-        return self.local_delivery.open_stream(target, delivery_prefix(sender, target))
+        return self.local_delivery.open_stream(target, delivery_prefix(sender, delivered_to(recipients)))
 
     def streamed(self, envelope: Envelope, path: str) -> None:
         """

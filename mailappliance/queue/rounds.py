@@ -73,14 +73,35 @@ def delivery_prefix(sender: Any, target: Any) -> bytes:
     The header lines put in front of a locally delivered copy (SPEC
     section 5): C{Return-Path:} (RFC 5322 section 3.6.7, the envelope
     sender, C{<>} for the null sender) and C{Delivered-To:} (the account
-    delivered to). Addresses are written as UTF-8 (RFC 6532).
+    delivered to, see L{delivered_to}). Addresses are written as UTF-8
+    (RFC 6532).
 
     @param sender: the envelope sender (L{Mailbox}) or L{None}.
-    @param target: the recipient's target (L{Mailbox}).
+    @param target: the address for C{Delivered-To:} (L{Mailbox}).
     @return: the lines, with CRLF line ends.
     """
     return_path = f"<{sender}>" if sender is not None else "<>"
     return f"Return-Path: {return_path}\r\nDelivered-To: {target}\r\n".encode()
+
+
+def delivered_to(recipients: Any) -> Any:
+    """
+    The address a copy's C{Delivered-To:} names: the account delivered to,
+    or, when the copy is for one sub-address of that account
+    (C{alice+news}), that address as the client gave it, so that the tag
+    reaches the user's filters (as Postfix writes it).
+
+    @param recipients: the L{Recipient}s one copy is delivered for (one
+        target).
+    """
+    target = recipients[0].target
+    originals = {r.original.key for r in recipients}
+    if len(originals) == 1:
+        original = recipients[0].original
+        base = original.without_subaddress()
+        if base is not None and base.key == target.key:
+            return original
+    return target
 
 
 class DeliveryRounds:
@@ -161,7 +182,7 @@ class DeliveryRounds:
     def _deliver_local(self, envelope: Envelope, indexes: list[int], body_path: str) -> Deferred:
         qid = envelope.queue_id
         target = envelope.recipients[indexes[0]].target
-        prefix = delivery_prefix(envelope.sender, target)
+        prefix = delivery_prefix(envelope.sender, delivered_to([envelope.recipients[i] for i in indexes]))
         # The body is the first envelope.size bytes of the queue file
         # (layout version 2 appends the envelope to it).
         d = self._local_slots.run(self.local_delivery.deliver, target, prefix, body_path, envelope.size)

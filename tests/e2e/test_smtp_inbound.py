@@ -241,6 +241,11 @@ class InboundTests(SynchronousTestCase):
         client.quit()
         alice = server.wait_for_messages("alice@example.test", 2)
         self.assertEqual(sorted(b"tagged" in d for d in alice), [False, True])
+        # The tag stays in the copy for the user's filters.
+        [tagged] = [d for d in alice if b"tagged" in d]
+        self.assertIn(b"\r\nDelivered-To: alice+lists@example.test\r\n", tagged)
+        [untagged] = [d for d in alice if b"tagged" not in d]
+        self.assertIn(b"\r\nDelivered-To: alice@example.test\r\n", untagged)
         [bob] = server.wait_for_messages("bob@example.test", 1)
         self.assertIn(b"Subject: team", bob)
         self.assertIn(b"Delivered-To: bob@example.test\r\n", bob)
