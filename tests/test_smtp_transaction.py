@@ -8,9 +8,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mailappliance.address import Mailbox
 from mailappliance.interfaces import Resolved
-from mailappliance.queue.envelope import Recipient
+from mailappliance.queue.envelope import UNKNOWN_MEMBER_ERROR, Recipient
 from mailappliance.smtp.commands import MailFrom
-from mailappliance.smtp.transaction import UNKNOWN_MEMBER_ERROR, Transaction
+from mailappliance.smtp.transaction import Transaction
 
 ALICE = Mailbox("alice", "example.test")
 BOB = Mailbox("Bob", "example.test")
@@ -36,7 +36,7 @@ class TransactionTests(SynchronousTestCase):
                 Recipient(TEAM, ALICE, local=True),
                 Recipient(TEAM, BOB, local=True),
                 Recipient(TEAM, CAROL, local=False),
-                Recipient(TEAM, GHOST, local=True, state="failed", last_error=UNKNOWN_MEMBER_ERROR),
+                Recipient(TEAM, GHOST, local=True, state="failed", status="5.1.1", last_error=UNKNOWN_MEMBER_ERROR),
             ),
         )
         self.assertIsNone(transaction.sender)

@@ -102,6 +102,17 @@ class Recipient:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
+UNKNOWN_MEMBER_ERROR = "5.1.1 unknown alias member"
+
+
+def unknown_alias_member(original: Mailbox, member: Mailbox) -> Recipient:
+    """
+    The recipient for a member of an alias that names no local user: failed
+    at once, owed a bounce with status 5.1.1 (bad mailbox, RFC 3463).
+    """
+    return Recipient(original, member, local=True, state=FAILED, status="5.1.1", last_error=UNKNOWN_MEMBER_ERROR)
+
+
 @dataclass(frozen=True)
 class Envelope:
     """

@@ -20,7 +20,7 @@ from twisted.internet import defer
 from mailappliance.address import Mailbox
 from mailappliance.interfaces import ResolutionError
 from mailappliance.queue.content import ContentScan
-from mailappliance.queue.envelope import FAILED, Envelope, Recipient
+from mailappliance.queue.envelope import FAILED, Envelope, Recipient, unknown_alias_member
 from mailappliance.smtp.received import rfc5322_date
 
 
@@ -66,8 +66,7 @@ def resolve_recipients(resolver: Any, recipients: Iterable[Mailbox]):
         for target in resolved.unknown:
             if target.key not in seen:
                 seen.add(target.key)
-                result.append(Recipient(address, target, True, state=FAILED, status="5.1.1",
-                                        last_error="5.1.1 unknown alias member"))
+                result.append(unknown_alias_member(address, target))
     return result, errors
 
 

@@ -15,14 +15,11 @@ from typing import TYPE_CHECKING
 
 from mailappliance.address import Mailbox
 from mailappliance.interfaces import Resolved
-from mailappliance.queue.envelope import FAILED, Recipient
+from mailappliance.queue.envelope import Recipient, unknown_alias_member
 from mailappliance.smtp.commands import MailFrom
 
 if TYPE_CHECKING:
     from mailappliance.smtp.receiver import MessageReceiver
-
-UNKNOWN_MEMBER_ERROR = "5.1.1 unknown alias member"
-
 
 class Transaction:
     """
@@ -66,10 +63,7 @@ class Transaction:
             # case-sensitive (RFC 5321 section 2.4): keep them apart.
             self._targets.setdefault(f"remote:{target.local}@{target.domain}", Recipient(original, target, local=False))
         for member in resolved.unknown:
-            self._targets.setdefault(
-                member.key,
-                Recipient(original, member, local=True, state=FAILED, last_error=UNKNOWN_MEMBER_ERROR),
-            )
+            self._targets.setdefault(member.key, unknown_alias_member(original, member))
 
     def envelope_recipients(self) -> tuple[Recipient, ...]:
         """
