@@ -309,9 +309,9 @@ def log_address(mailbox: object) -> str:
     if _LOG_SAFE.fullmatch(text):
         return text
     return "".join(
-        "\\\\" if c == "\\" else f"\\x{ord(c):02x}" if c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F else c
+        "\\\\" if c == "\\" else f"\\x{ord(c):02x}" if c.isspace() or ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F else c
         for c in text
     )
 
 
-_LOG_SAFE = re.compile(r"[^\s\\\x00-\x1f\x7f]*")
+_LOG_SAFE = re.compile(r"[^\s\\\x00-\x1f\x7f-\x9f]*")

@@ -10,16 +10,30 @@ from __future__ import annotations
 import base64
 import itertools
 import os
+import re
 from collections.abc import Iterator
 
 
 def quote(text: str) -> str:
     """
     Quote a logged value that may hold spaces: C{"..."} with backslash,
-    quote and line ends escaped.
+    quote and line ends escaped, and other control characters (C0, DEL,
+    C1; a remote server's reply may hold terminal escape sequences) as
+    C{\\xNN}.
     """
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "\\r").replace("\n", "\\n")
-    return f'"{escaped}"'
+    if _PLAIN.fullmatch(text):
+        return f'"{text}"'
+    return '"%s"' % _UNSAFE.sub(_escape, text)
+
+
+_PLAIN = re.compile(r'[^\\"\x00-\x1f\x7f-\x9f]*')
+_UNSAFE = re.compile(r'[\\"\x00-\x1f\x7f-\x9f]')
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\r": "\\r", "\n": "\\n"}
+
+
+def _escape(match: re.Match) -> str:
+    char = match.group()
+    return _ESCAPES.get(char) or f"\\x{ord(char):02x}"
 
 
 def _session_ids() -> Iterator[str]:

@@ -18,6 +18,14 @@ class QuoteTests(SynchronousTestCase):
         """
         self.assertEqual(quote('a "b" \\ c\r\nd=e'), '"a \\"b\\" \\\\ c\\r\\nd=e"')
 
+    def test_controls(self):
+        """
+        Other control characters (a remote reply with a terminal escape
+        sequence) are written as C{\\xNN}; other text is kept.
+        """
+        self.assertEqual(quote("550 Empf\u00e4nger \x01\x1b[31m\x7f\x9b\ttab"),
+                         '"550 Empf\u00e4nger \\x01\\x1b[31m\\x7f\\x9b\\x09tab"')
+
 
 class SessionIdTests(SynchronousTestCase):
     def test_distinct(self):

@@ -35,6 +35,23 @@ class BuildDSNTests(SynchronousTestCase):
         args.update(kw)
         return build_dsn(**args)
 
+    def test_reply_with_8bit_and_controls(self):
+        """
+        A remote reply in UTF-8 with control characters in it: the text
+        part keeps the UTF-8 (and says 8bit), the ASCII delivery-status
+        part escapes it, and no control character reaches either.
+        """
+        reply = "550 5.1.1 Empf\u00e4nger unbekannt \x01\x1b[31m\x9b ctl"
+        data = self.build(reports=[RecipientReport("bob@remote.test", "5.1.1", reply, smtp_reply=True)])
+        self.assertNotRegex(data, rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+        self.assertNotIn("\x9b".encode(), data)
+        self.assertIn(b"Content-Transfer-Encoding: 8bit", data)
+        msg = email.message_from_bytes(data, policy=email.policy.default)
+        text, status = list(msg.iter_parts())[:2]
+        self.assertIn("Empf\u00e4nger unbekannt ??[31m? ctl", text.get_content())
+        self.assertEqual(status.get_content_type(), "message/delivery-status")
+        self.assertIn(b"Diagnostic-Code: smtp; 550 5.1.1 Empf\\xe4nger unbekannt ??[31m? ctl", status.as_bytes())
+
     def test_structure(self):
         """
         A multipart/report with a text part, a delivery-status part naming

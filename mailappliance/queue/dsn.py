@@ -20,6 +20,8 @@ C{+0000} (RFC 5322 section 3.3: C{-0000} would mean the zone is unknown).
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 
 from mailappliance.smtp.received import rfc5322_date
@@ -146,7 +148,8 @@ def build_dsn(
         ]
     for r in reports:
         where = f" (host {r.remote_mta})" if r.remote_mta else ""
-        intro.append(f"<{r.recipient}>{where}: {r.diagnostic}")
+        intro.append(f"<{r.recipient}>{where}: {_one_line(r.diagnostic)}")
+    text = "\r\n".join(intro)
     headers = [
         f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>",
         f"To: <{to}>",
@@ -156,7 +159,8 @@ def build_dsn(
         "Auto-Submitted: auto-replied",
         "MIME-Version: 1.0",
         f'Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary="{boundary}"',
-        "Content-Transfer-Encoding: 8bit" if utf8 or global_headers else "Content-Transfer-Encoding: 7bit",
+        "Content-Transfer-Encoding: 8bit" if utf8 or global_headers or not text.isascii()
+        else "Content-Transfer-Encoding: 7bit",
     ]
     status_type = "message/global-delivery-status" if utf8 else "message/delivery-status"
     per_message = [
@@ -177,7 +181,12 @@ def build_dsn(
         if r.remote_mta:
             block.append(f"Remote-MTA: dns; {r.remote_mta}")
         kind = "smtp" if r.smtp_reply else "x-mailappliance"
-        block.append(f"Diagnostic-Code: {kind}; {_one_line(r.diagnostic)}")
+        diagnostic = _one_line(r.diagnostic)
+        if not utf8:
+            # message/delivery-status is US-ASCII (RFC 3464 section 2.1.1);
+            # the text part above keeps the reply as it came.
+            diagnostic = diagnostic.encode("ascii", "backslashreplace").decode("ascii")
+        block.append(f"Diagnostic-Code: {kind}; {diagnostic}")
         block.append(f"Last-Attempt-Date: {date}")
         if action == DELAYED and retry_until:
             block.append(f"Will-Retry-Until: {rfc5322_date(retry_until)}")
@@ -191,7 +200,7 @@ def build_dsn(
         "Content-Description: Notification",
         "Content-Type: text/plain; charset=utf-8",
         "",
-        "\r\n".join(intro),
+        text,
         "",
         f"--{boundary}",
         "Content-Description: Delivery report",
@@ -212,7 +221,15 @@ def build_dsn(
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    """
+    A remote server's reply (or our own error text) as one line of text:
+    white space collapsed, and control characters (C0, DEL, C1), which
+    could drive the reader's terminal, shown as C{?}.
+    """
+    return _CONTROL.sub("?", " ".join(text.split()))
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _crlf(data: bytes) -> bytes:
