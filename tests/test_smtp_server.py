@@ -307,7 +307,8 @@ class RcptTests(DialogueTestCase):
             (
                 Recipient(team, ALICE, local=True),
                 Recipient(team, carol, local=False),
-                Recipient(team, ghost, local=True, state="failed", last_error="5.1.1 unknown alias member"),
+                Recipient(team, ghost, local=True, state="failed", status="5.1.1",
+                          last_error="5.1.1 unknown alias member"),
             ),
         )
 
