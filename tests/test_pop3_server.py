@@ -357,6 +357,47 @@ class StateMachineTests(SynchronousTestCase):
             self.assertEqual(client.send(line + b"\r\n"), b"-ERR Unknown command\r\n", line)
         self.assertEqual(client.send(b"STAT\r\n"), b"+OK 3 85\r\n")
 
+    def test_too_many_bad_commands(self):
+        """
+        The 20th unknown, misplaced or overlong command in a row closes the
+        session (as Dovecot does), without QUIT's deletions; a valid
+        command in between starts the count again.
+        """
+        h = Harness(self)
+        h.standard_mailbox()
+        client = h.login()
+        self.assertEqual(client.send(b"DELE 1\r\n"), b"+OK Message 1 deleted\r\n")
+        for _ in range(19):
+            self.assertEqual(client.send(b"XYZZY\r\n"), b"-ERR Unknown command\r\n")
+        self.assertEqual(client.send(b"NOOP\r\n"), b"+OK\r\n")
+        for _ in range(18):
+            client.send(b"XYZZY\r\n")
+        self.assertEqual(client.send(b"USER x\r\n"), b"-ERR Not valid after login\r\n")
+        self.assertFalse(client.transport.disconnecting)
+        self.assertEqual(client.send(b"x" * 300 + b"\r\nNOOP\r\n"),
+                         b"-ERR Line too long; too many bad commands, closing\r\n")
+        self.assertTrue(client.transport.disconnecting)
+        client.drop()
+        self.assertEqual(len(h.listing()["new"]) + len(h.listing()["cur"]), 3)
+        self.assertIn("service=pop3 event=close user=alice@example.test peer=127.0.0.1 session=s1 "
+                      "reason=too-many-bad-commands", h.log_lines())
+
+    def test_http_request(self):
+        """
+        An HTTP request line as the first command ends the session at once
+        (a browser or proxy was made to talk to us); later, it is just an
+        unknown command.
+        """
+        h = Harness(self)
+        client = h.connect()
+        self.assertEqual(client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+                         b"-ERR This is a POP3 server, not HTTP\r\n")
+        self.assertTrue(client.transport.disconnecting)
+        client = h.connect()
+        self.assertEqual(client.send(b"CAPA\r\n")[:3], b"+OK")
+        self.assertEqual(client.send(b"GET / HTTP/1.1\r\n"), b"-ERR Unknown command\r\n")
+        self.assertFalse(client.transport.disconnecting)
+
     def test_no_argument_commands_reject_arguments(self):
         """
         STAT, RSET, NOOP, CAPA, QUIT with an argument get -ERR.

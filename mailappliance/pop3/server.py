@@ -54,11 +54,15 @@ from mailappliance.pop3.retrieval import POP3RetrievalHandlers
 from mailappliance.pop3.settings import POP3Settings, parse_peer_ip
 from mailappliance.pop3.stls import POP3STLSHandler
 from mailappliance.pop3.transfer import MessageSender
+from mailappliance.smtp.commands import is_http_request
 from mailappliance.pop3.update import POP3UpdateHandler
 
 # Stop reading from a client whose pipelined input waiting behind a busy
 # command exceeds this; resume once it has been worked through.
 MAX_PENDING_INPUT = 64 * 1024
+# Unknown, misplaced or overlong commands in a row before the session is
+# closed (Dovecot's CLIENT_MAX_BAD_COMMANDS).
+MAX_BAD_COMMANDS = 20
 
 _KEYWORD = re.compile(rb"[A-Za-z]{1,8}")
 
@@ -91,6 +95,8 @@ class POP3Protocol(POP3LoginHandlers, POP3STLSHandler, POP3RetrievalHandlers, PO
         self._peer: str | None = None
         self._peer_key = "unknown"
         self._session = next_session_id()
+        self._commands = 0
+        self._bad_commands = 0
         self._counted = False
         self._busy = False
         self._processing = False
@@ -263,23 +269,44 @@ class POP3Protocol(POP3LoginHandlers, POP3STLSHandler, POP3RetrievalHandlers, PO
         if line is OVERLONG:
             if self._sasl_pending:
                 self._sasl_pending = False
-            self.send_line(b"-ERR Line too long")
+            self._bad_command(b"-ERR Line too long")
             return
         assert isinstance(line, bytes)
         if self._sasl_pending:
             self._sasl_pending = False
             self._sasl_response(line, initial=False)
             return
+        if self._commands == 0 and is_http_request(line):
+            # A browser or proxy was made to talk to us: not a POP3 client.
+            self._log.info("service=pop3 event=refused peer={peer} session={session} reason=http-request",
+                           peer=self._peer_key, session=self._session)
+            self.close_after(b"-ERR This is a POP3 server, not HTTP")
+            return
+        self._commands += 1
         keyword, _, argument = line.partition(b" ")
         if not _KEYWORD.fullmatch(keyword):
-            self.send_line(b"-ERR Unknown command")
+            self._bad_command(b"-ERR Unknown command")
             return
         keyword = keyword.upper()
         handler = commands.handler_for(keyword, self.state)
         if isinstance(handler, bytes):
-            self.send_line(handler)
+            self._bad_command(handler)
             return
+        self._bad_commands = 0
         handler(self, argument)
+
+    def _bad_command(self, reply: bytes) -> None:
+        # Dovecot's rule: the MAX_BAD_COMMANDS-th unknown, misplaced or
+        # overlong command in a row ends the session (without QUIT's
+        # deletions).
+        self._bad_commands += 1
+        if self._bad_commands < MAX_BAD_COMMANDS:
+            self.send_line(reply)
+            return
+        self._log.info("service=pop3 event=close user={user} peer={peer} session={session} "
+                       "reason=too-many-bad-commands", user=self._user_field(), peer=self._peer_key,
+                       session=self._session)
+        self.close_after(reply + b"; too many bad commands, closing")
 
     def block_on(self, d: Deferred) -> None:
         """

@@ -176,6 +176,23 @@ class POP3Tests(SynchronousTestCase):
         self.assertEqual(len(os.listdir(os.path.join(server.maildir(USER), "new")))
                          + len(os.listdir(os.path.join(server.maildir(USER), "cur"))), 1)
 
+    def test_bad_commands_and_http_end_the_session(self):
+        """
+        Twenty unknown commands in a row end the session, as an HTTP
+        request does at once; the server serves the next client.
+        """
+        server = self.start()
+        received = send_and_half_close(server.ports["pop3"], b"BOGUS\r\n" * 25)
+        replies = received.split(b"\r\n")
+        self.assertEqual(replies[20], b"-ERR Unknown command; too many bad commands, closing", received)
+        self.assertEqual(replies[21:], [b""])
+        received = send_and_half_close(server.ports["pop3"], b"GET / HTTP/1.0\r\n\r\n")
+        self.assertEqual(received.split(b"\r\n")[1:], [b"-ERR This is a POP3 server, not HTTP", b""])
+        client = self.connect(server)
+        client.user(USER)
+        client.pass_(PASSWORD)
+        client.quit()
+
     def test_in_use(self):
         """
         A second simultaneous login to the same mailbox gets -ERR [IN-USE];
