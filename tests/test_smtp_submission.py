@@ -62,6 +62,27 @@ class AuthRequiredTests(SynchronousTestCase):
                          lines("530 5.7.0 Authentication required", "503 5.5.1 Error: need MAIL command"))
 
 
+    def test_starttls_first(self) -> None:
+        """
+        From an untrusted address before STARTTLS, where AUTH is not
+        offered yet, the 530 says to start TLS first.
+        """
+        session = SMTPHarness(settings=SUBMISSION, peer="192.0.2.1", checker=FakeChecker(), tls=object(),
+                              transport_class=TLSCapableTransport)
+        session.send(b"EHLO client.test\r\n")
+        self.assertEqual(session.send(b"MAIL FROM:<alice@example.test>\r\n"),
+                         lines("530 5.7.0 Must issue a STARTTLS command first"))
+
+    def test_no_tls_configured(self) -> None:
+        """
+        Without TLS to offer, the 530 just asks for authentication.
+        """
+        session = SMTPHarness(settings=SUBMISSION, peer="192.0.2.1", checker=FakeChecker())
+        session.send(b"EHLO client.test\r\n")
+        self.assertEqual(session.send(b"MAIL FROM:<alice@example.test>\r\n"),
+                         lines("530 5.7.0 Authentication required"))
+
+
 class SenderOwnershipTests(SynchronousTestCase):
     def mail(self, session: SMTPHarness, sender: str) -> bytes:
         return session.send(f"MAIL FROM:<{sender}>\r\n".encode())

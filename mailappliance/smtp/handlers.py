@@ -138,7 +138,7 @@ class SMTPCommandHandlers:
         if self._transaction is not None:
             return replies.NESTED_MAIL
         if self.policy.auth_required:
-            return replies.AUTH_REQUIRED
+            return self.policy.auth_required_reply()
         mail = parse_mail(argument, self._esmtp)
         self._context["from"] = angle_path(mail.sender)
         if mail.size is not None and mail.size > self.policy.max_message_size:

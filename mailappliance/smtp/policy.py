@@ -169,6 +169,16 @@ class SessionPolicy:
         """
         return self.settings.service == SUBMISSION_SERVICE and not self.authenticated
 
+    def auth_required_reply(self) -> Reply:
+        """
+        The C{530 5.7.0} for MAIL before AUTH: its text says STARTTLS comes
+        first where AUTH is offered only after it, so that the user is not
+        sent looking for an AUTH the server does not list.
+        """
+        if self.offers_starttls and not self.offers_auth:
+            return replies.STARTTLS_FIRST
+        return replies.AUTH_REQUIRED
+
     @property
     def _submission(self) -> bool:
         return self.settings.service == SUBMISSION_SERVICE

@@ -222,6 +222,9 @@ RCPT_AFTER_BDAT = reply(503, "5.5.1", "Error: RCPT after BDAT")
 
 UNKNOWN_USER = reply(550, "5.1.1", "Error: no such user here")
 AUTH_REQUIRED = reply(530, "5.7.0", "Authentication required")
+# The same refusal where AUTH is offered only after STARTTLS (RFC 3207
+# section 4 gives this text).
+STARTTLS_FIRST = reply(530, "5.7.0", "Must issue a STARTTLS command first")
 # RFC 6409 section 4.1 / SPEC section 5: the envelope sender of a
 # submission must belong to the authenticated user.
 SENDER_NOT_OWNED = reply(553, "5.7.1", "Sender address not owned by user")

@@ -123,7 +123,7 @@ class SubmissionTests(SynchronousTestCase):
     def test_auth_needs_tls_from_untrusted(self):
         """
         From an untrusted address the plaintext EHLO offers STARTTLS but
-        not AUTH, AUTH is 538 5.7.11, MAIL is 530 5.7.0; after STARTTLS
+        not AUTH, AUTH is 538 5.7.11, MAIL is 530 5.7.0 asking for STARTTLS; after STARTTLS
         AUTH is offered and works.
         """
         server = self.start()
@@ -134,7 +134,7 @@ class SubmissionTests(SynchronousTestCase):
         self.assertFalse(client.has_extn("auth"))
         self.assertEqual(client.docmd("AUTH", "PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABjb3JyZWN0IGhvcnNl"),
                          (538, b"5.7.11 Encryption required for requested authentication mechanism"))
-        self.assertEqual(client.mail(ALICE), (530, b"5.7.0 Authentication required"))
+        self.assertEqual(client.mail(ALICE), (530, b"5.7.0 Must issue a STARTTLS command first"))
         client.starttls(context=self.tls_context(server))
         client.ehlo("client.test")
         self.assertEqual(client.esmtp_features["auth"].split(), ["PLAIN", "LOGIN"])
