@@ -97,6 +97,19 @@ class UserCommandTests(CLITestCase):
         status, out, err = self.run_cli("-c", self.config.path, "user", "add", "bob@example.test", stdin="\n")
         self.assertEqual((status, err), (1, "mailappliance: empty password\n"))
 
+    def test_password_length(self):
+        """
+        A password of up to 248 bytes (the longest a POP3 PASS line can
+        carry) is taken; a longer one is refused.
+        """
+        status, out, err = self.run_cli("-c", self.config.path, "user", "add", "bob@example.test",
+                                        stdin="\u00e9" * 124 + "\n")
+        self.assertEqual((status, err), (0, ""))
+        status, out, err = self.run_cli("-c", self.config.path, "user", "passwd", "bob@example.test",
+                                        stdin="p" * 249 + "\n")
+        self.assertEqual((status, err), (1, "mailappliance: password longer than 248 bytes "
+                                            "(a POP3 client could not send it)\n"))
+
     def test_tty_prompts_twice(self):
         """
         On a terminal the password is asked twice (without echo); a

@@ -16,7 +16,10 @@ from typing import TextIO
 from mailappliance.address import AddressError, parse_mailbox
 from mailappliance.cli.main import CommandError
 
-MAX_PASSWORD_BYTES = 1024
+# The longest password every login can send: POP3's PASS command line is
+# at most 255 octets with its CRLF (RFC 2449 section 4), and "PASS " takes
+# five. (SASL PLAIN takes fields of up to 255 octets, RFC 4616 section 2.)
+MAX_PASSWORD_BYTES = 248
 
 
 def add_parser(commands, common) -> None:
@@ -64,7 +67,7 @@ def read_password(stdin: TextIO, prompt=None) -> bytes:
     if not data:
         raise CommandError("empty password")
     if len(data) > MAX_PASSWORD_BYTES:
-        raise CommandError(f"password longer than {MAX_PASSWORD_BYTES} bytes")
+        raise CommandError(f"password longer than {MAX_PASSWORD_BYTES} bytes (a POP3 client could not send it)")
     return data
 
 

@@ -193,6 +193,19 @@ class POP3Tests(SynchronousTestCase):
         client.pass_(PASSWORD)
         client.quit()
 
+    def test_longest_password(self):
+        """
+        The longest password C{user add} takes (248 bytes) can log in with
+        USER/PASS, whose line it fills to the 255-octet limit.
+        """
+        password = "p" * 248
+        server = self.start(users={USER: password})
+        self.assertNotEqual(server.cli("user", "passwd", USER, stdin=b"p" * 249 + b"\n").returncode, 0)
+        client = self.connect(server)
+        client.user(USER)
+        self.assertTrue(client.pass_(password).startswith(b"+OK"))
+        client.quit()
+
     def test_in_use(self):
         """
         A second simultaneous login to the same mailbox gets -ERR [IN-USE];
