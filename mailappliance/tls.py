@@ -25,7 +25,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
-from twisted.internet.ssl import CertificateOptions, TLSVersion
+from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
@@ -33,6 +33,15 @@ from zope.interface import implementer
 from mailappliance.logtext import quote
 
 MINIMUM_TLS_VERSION = TLSVersion.TLSv1_2
+
+# Twisted's default list without static-RSA key exchange (no forward
+# secrecy), as Dovecot's default list (!kRSA); clients that do TLS 1.2 all
+# offer ECDHE.
+SERVER_CIPHERS = AcceptableCiphers.fromOpenSSLCipherString(
+    "TLS13-AES-256-GCM-SHA384:TLS13-CHACHA20-POLY1305-SHA256:TLS13-AES-128-GCM-SHA256:"
+    "ECDH+AESGCM:ECDH+CHACHA20:DH+AESGCM:DH+CHACHA20:ECDH+AES256:DH+AES256:ECDH+AES128:DH+AES:"
+    "!kRSA:!aNULL:!MD5:!DSS"
+)
 
 # PEM files bigger than this are not certificates or keys we should parse.
 MAX_PEM_FILE = 1024 * 1024
@@ -100,6 +109,7 @@ def load_certificate_options(certificate_path: str, key_path: str) -> Certificat
             certificate=chain[0],
             extraCertChain=chain[1:],
             raiseMinimumTo=MINIMUM_TLS_VERSION,
+            acceptableCiphers=SERVER_CIPHERS,
         )
         options.getContext()
     except (SSL.Error, ValueError, TypeError) as e:

@@ -13,7 +13,8 @@ import os
 from twisted.internet.ssl import Certificate, PrivateCertificate
 
 
-def make_certificate(hostname: str = "mx.test", subject_alt_name: bool = True) -> tuple[bytes, bytes]:
+def make_certificate(hostname: str = "mx.test", subject_alt_name: bool = True,
+                     rsa_key: bool = False) -> tuple[bytes, bytes]:
     """
     A fresh self-signed certificate for C{hostname}, 127.0.0.1 and ::1,
     valid for 30 days, usable as its own trust root. The key is P-256
@@ -23,14 +24,16 @@ def make_certificate(hostname: str = "mx.test", subject_alt_name: bool = True) -
         extension, so that C{hostname} is only the subject's common name
         (as in certificates of some private CAs); RFC 6125 identity checks
         must refuse such a certificate.
+    @param rsa_key: L{True} for a 2048-bit RSA key instead (for tests of
+        RSA key exchange).
     @return: the certificate and its private key, PEM.
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.x509.oid import NameOID
 
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = rsa.generate_private_key(65537, 2048) if rsa_key else ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = datetime.datetime.now(datetime.UTC)
     names = [
@@ -73,7 +76,7 @@ def trust_root(certificate_pem: bytes):
     return Certificate.loadPEM(certificate_pem)
 
 
-def write_certificate(directory: str, hostname: str = "localhost") -> tuple[str, str]:
+def write_certificate(directory: str, hostname: str = "localhost", rsa_key: bool = False) -> tuple[str, str]:
     """
     Write a certificate made by L{make_certificate} as C{cert.pem} and its
     key as C{key.pem} (mode 0600) into C{directory}, created if needed:
@@ -82,7 +85,7 @@ def write_certificate(directory: str, hostname: str = "localhost") -> tuple[str,
     @return: the paths of the certificate and the key.
     """
     os.makedirs(directory, exist_ok=True)
-    certificate_pem, key_pem = make_certificate(hostname)
+    certificate_pem, key_pem = make_certificate(hostname, rsa_key=rsa_key)
     certificate_path = os.path.join(directory, "cert.pem")
     key_path = os.path.join(directory, "key.pem")
     with open(certificate_path, "wb") as f:

@@ -10,6 +10,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from mailappliance.testing.certificates import write_certificate
 from tests.e2e.harness import (
     ServerProcess,
     require_client,
@@ -307,6 +308,25 @@ class POP3Tests(SynchronousTestCase):
         _, lines, _ = client.retr(1)
         self.assertEqual(retr_bytes(lines), EIGHT_BIT)
         client.quit()
+
+    def test_no_static_rsa_key_exchange(self):
+        """
+        TLS 1.2 without forward secrecy (static-RSA key exchange) is
+        refused, as Dovecot's default cipher list does; ECDHE works.
+        """
+        process = ServerProcess(self, users={USER: PASSWORD}, services=("pop3",), tls=True)
+        cafile, _ = write_certificate(os.path.join(process.base, "tls"), rsa_key=True)
+        server = process.start()
+        for ciphers, works in (("AES128-GCM-SHA256:AES256-SHA", False), ("ECDHE-RSA-AES128-GCM-SHA256", True)):
+            context = ssl.create_default_context(cafile=cafile)
+            context.maximum_version = ssl.TLSVersion.TLSv1_2
+            context.set_ciphers(ciphers)
+            if works:
+                client = poplib.POP3_SSL("localhost", server.ports["pop3_tls"], context=context, timeout=20)
+                client.quit()
+                continue
+            with self.assertRaises(ssl.SSLError):
+                poplib.POP3_SSL("localhost", server.ports["pop3_tls"], context=context, timeout=20)
 
     def test_auth_plain(self):
         """
