@@ -347,6 +347,17 @@ class ILocalDelivery(Interface):
         """
 
 
+    def withdraw(path):
+        """
+        Take back a copy delivered by L{deliver_data} moments ago, whose
+        message could not be accepted after all (its queue commit failed,
+        so the client is told to send it again): remove the file and make
+        the removal durable.
+
+        @param path: the path L{deliver_data} fired with.
+        @return: a L{Deferred} firing when done.
+        """
+
     def open_stream(mailbox, prefix):
         """
         Start delivering a message as it arrives (the direct delivery of a

@@ -225,6 +225,16 @@ def deliver_data(maildir: str, prefix: bytes, data: bytes, hostname: str) -> str
     return _deliver(maildir, hostname, fill)
 
 
+def _unlink_if_present(path: str) -> bool:
+    # A copy that a POP3 client or another program already moved is gone
+    # from new/ anyway.
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def _deliver(maildir: str, hostname: str, fill: Callable[[int], int]) -> str:
     # tmp/<unique>, filled by fill(fd) (which returns the size), fsynced,
     # closed and renamed into new/; removed again on any failure.
@@ -398,6 +408,14 @@ class MaildirDelivery:
         given in memory.
         """
         return self._deliver(mailbox, prefix, None, None, data)
+
+    def withdraw(self, path: str) -> Deferred:
+        """
+        See L{ILocalDelivery.withdraw}.
+        """
+        d = self.disk.run(_unlink_if_present, path)
+        d.addCallback(lambda removed: self.syncer.sync(os.path.dirname(path)) if removed else None)
+        return d
 
     def _deliver(
         self, mailbox: Mailbox, prefix: bytes, body_path: str | None, body_size: int | None, data: bytes | None

@@ -493,6 +493,19 @@ class MaildirDeliveryTests(FilesystemTestCase):
         with open(final, "rb") as f:
             self.assertEqual(f.read(), b"P: 1\r\nhello\r\n")
 
+    def test_withdraw(self):
+        """
+        L{MaildirDelivery.withdraw} removes a copy just delivered and syncs
+        C{new/}; a copy already gone is no error.
+        """
+        final = self.successResultOf(self.delivery.deliver_data(self.alice, b"", b"hello\r\n"))
+        del self.synced[:]
+        self.successResultOf(self.delivery.withdraw(final))
+        self.assertEqual(self.listing("new"), [])
+        self.assertEqual(self.synced, [os.path.join(self.box, "new")])
+        self.successResultOf(self.delivery.withdraw(final))
+        self.assertEqual(self.synced, [os.path.join(self.box, "new")])
+
     def test_deliver_data_failures(self):
         """
         L{MaildirDelivery.deliver_data} fails as L{MaildirDelivery.deliver}

@@ -64,6 +64,9 @@ class ScriptedDelivery:
             return fail(errors.pop(0))
         return self.real.deliver_data(mailbox, prefix, data)
 
+    def withdraw(self, path):
+        return self.real.withdraw(path)
+
 
 @implementer(ILocalDelivery)
 class ManualDelivery:
@@ -81,6 +84,9 @@ class ManualDelivery:
 
     def deliver_data(self, mailbox, prefix, data):
         return self.deliver(mailbox, prefix, None)
+
+    def withdraw(self, path):
+        return succeed(None)
 
 
 @implementer(IRemoteDelivery)
@@ -393,6 +399,33 @@ class DirectDeliveryTests(ManagerTestCase):
         lines = self.lines(qid)
         self.assertTrue(lines[0].startswith(f"qid={qid} to=<alice@example.test> status=delivered"), lines)
         self.assertEqual(lines[1], f"qid={qid} from=<bob@example.test> size={len(BODY)} nrcpt=2 status=queued")
+
+    def test_queue_commit_fails_copies_withdrawn(self):
+        """
+        When the queue cannot take the rest of the message (here the
+        remote recipient's), the client is refused, so the local copy
+        already delivered is taken back: its next attempt does not
+        deliver it twice. Once queued, a copy stays.
+        """
+        delivery = ScriptedDelivery(self.maildir)
+        self.start(delivery, direct=True)
+        writer = self.spool.new_message()
+        writer.write(BODY)
+        self.patch(self.spool, "messages_dir", os.path.join(self.spool.queue_dir, "missing"))
+        envelope = Envelope(queue_id=writer.queue_id, sender=mb("bob@example.test"), arrival=T0,
+                            recipients=(rcpt("alice@example.test"), rcpt("remote@far.test", local=False)))
+        self.failureResultOf(writer.commit(envelope), OSError)
+        self.assertEqual(self.delivered_files("alice@example.test"), [])
+        lines = self.lines(writer.queue_id)
+        self.assertTrue(lines[0].startswith(f"qid={writer.queue_id} to=<alice@example.test> status=delivered"))
+        self.assertIn("status=error", lines[1])
+        self.assertTrue(lines[2].startswith(f"qid={writer.queue_id} to=<alice@example.test> status=withdrawn "),
+                        lines)
+        self.assertEqual(self.manager._direct_copies, {})
+        self.spool.messages_dir = os.path.join(self.spool.queue_dir, "messages")
+        self.submit([rcpt("alice@example.test"), rcpt("remote@far.test", local=False)])
+        self.assertEqual(len(self.delivered_files("alice@example.test")), 1)
+        self.assertEqual(self.manager._direct_copies, {})
 
     def test_remote_only_declined(self):
         """

@@ -322,9 +322,37 @@ class DirectHookTests(SpoolFixture, SynchronousTestCase):
         self.patch(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
         writer = self.spool.new_message()
         writer.write(b"body\r\n")
+        withdrawn = []
+        self.spool.on_withdraw = lambda qid: withdrawn.append(qid)
         failure = self.failureResultOf(writer.commit(make_envelope(recipients=("a@example.test", "b@example.test"))))
         self.assertEqual(failure.value.errno, errno.EIO)
         self.assertEqual(self.queue_files(), {"tmp": [], "messages": [], "corrupt": []})
+        # The copies delivered are taken back: the client sends it again.
+        self.assertEqual(withdrawn, [writer.queue_id])
+
+    def test_nothing_to_withdraw(self):
+        """
+        When direct delivery delivered nothing and the queue commit fails,
+        there is nothing to take back; a withdrawal that fails is logged
+        and the commit fails with its own error.
+        """
+        self.hook(lambda envelope: succeed(envelope))
+        self.patch(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+        withdrawn = []
+        self.spool.on_withdraw = lambda qid: withdrawn.append(qid)
+        self.failureResultOf(self.spool.new_message().commit(make_envelope()), OSError)
+        self.assertEqual(withdrawn, [])
+
+        def first_only(envelope):
+            first, *rest = envelope.recipients
+            return succeed(envelope.replace(recipients=(first.with_state(state=DELIVERED), *rest)))
+
+        self.hook(first_only)
+        self.spool.on_withdraw = lambda qid: fail(ZeroDivisionError())
+        writer = self.spool.new_message()
+        failure = self.failureResultOf(writer.commit(make_envelope(recipients=("a@example.test", "b@example.test"))))
+        self.assertEqual(failure.value.errno, errno.EIO)
+        self.assertIn(f'qid={writer.queue_id} status=error reason="withdrawing delivered copies failed"', self.events)
 
 
 class RecordingStream:

@@ -24,7 +24,11 @@ ones, and local ones whose delivery failed, tried again by the first
 round at once; so a failure is logged and retried like any queued
 delivery, and bounces come from the queue). A crash before the 250 may
 leave copies already delivered; the client sends the message again, a
-duplicate that RFC 5321 section 6.1 prefers to a loss. A message with a
+duplicate that RFC 5321 section 6.1 prefers to a loss. If the queue
+cannot take the rest of a message delivered in part (a full disk), the
+client is refused and sends it again, so the copies already delivered are
+taken back first (L{DirectDelivery.withdraw_direct}, the spool's
+C{on_withdraw} hook). A message with a
 recipient that arrived failed (owed a bounce), or a larger one for
 several mailboxes or a remote one, goes wholly through the queue.
 
@@ -67,6 +71,7 @@ class DirectDelivery:
     history: deque[tuple[float, str]]
     _forget_old_history: Callable[[float], None]
     _log_delivered: Callable[[str, Any, str], None]
+    _direct_copies: dict[str, list[tuple[Any, str]]]
 
     def deliver_direct(self, envelope: Envelope, body: bytes) -> Deferred | None:
         """
@@ -108,12 +113,19 @@ class DirectDelivery:
         def record(results: list[tuple[bool, Any]]) -> Envelope:
             recipients = list(envelope.recipients)
             now = self.clock.seconds()
-            for _, indexes in results:
+            copies = []
+            for _, (indexes, copy) in results:
+                if copy is not None:
+                    copies.append(copy)
                 for i in indexes:
                     recipients[i] = after_attempt(recipients[i], state=DELIVERED, last_error="", next_attempt=0.0)
                     self.history.append((now, DELIVERED))
             self._forget_old_history(now)
-            return envelope.replace(recipients=tuple(recipients))
+            delivered = envelope.replace(recipients=tuple(recipients))
+            if copies and not delivered.done:
+                # Until the queue commit: see withdraw_direct.
+                self._direct_copies[qid] = copies
+            return delivered
 
         return DeferredList(attempts).addCallback(record)
 
@@ -147,13 +159,37 @@ class DirectDelivery:
             self.history.append((now, DELIVERED))
         self._forget_old_history(now)
 
-    def _delivered_direct(self, path: str, qid: str, target: Any, indexes: list[int]) -> list[int]:
-        self._log_delivered(qid, target, path)
-        return indexes
+    def withdraw_direct(self, qid: str) -> Deferred:
+        """
+        The spool's C{on_withdraw} hook: a message delivered here in part
+        could not be queued for the rest, so the client is refused and
+        will send it again. The copies already delivered are taken back,
+        so that its next attempt does not deliver them twice.
 
-    def _direct_failed(self, reason: Failure, qid: str, target: Any) -> list[int]:
+        @return: a L{Deferred} firing when they are gone.
+        """
+        copies = self._direct_copies.pop(qid, [])
+        attempts = []
+        for target, path in copies:
+            d = self.local_delivery.withdraw(path)
+            d.addCallback(lambda _, target=target, path=path: self.log.info(
+                "qid={qid} to=<{to}> status=withdrawn path={path} reason=\"the message could not be queued\"",
+                qid=qid, to=log_address(target), path=path))
+            attempts.append(d)
+        return DeferredList(attempts, fireOnOneErrback=True, consumeErrors=True)
+
+    def _committed_after_direct(self, qid: str) -> None:
+        # The rest of the message is queued: its copies stay.
+        self._direct_copies.pop(qid, None)
+
+    def _delivered_direct(self, path: str, qid: str, target: Any,
+                          indexes: list[int]) -> tuple[list[int], tuple[Any, str]]:
+        self._log_delivered(qid, target, path)
+        return indexes, (target, path)
+
+    def _direct_failed(self, reason: Failure, qid: str, target: Any) -> tuple[list[int], None]:
         # Not an outcome: the message is queued with this recipient pending
         # and the queue's first round tries it again at once (and logs it).
         if not reason.check(DeliveryError):
             self.log.failure("qid={qid} to=<{to}> status=error", reason, qid=qid, to=log_address(target))
-        return []
+        return [], None

@@ -21,7 +21,6 @@ C{+0000} (RFC 5322 section 3.3: C{-0000} would mean the zone is unknown).
 from __future__ import annotations
 
 import re
-
 from dataclasses import dataclass
 
 from mailappliance.smtp.received import rfc5322_date

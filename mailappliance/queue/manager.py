@@ -136,6 +136,9 @@ class QueueManager(DirectDelivery, DeliveryRounds, OutcomeLog, Service):
         self._local_slots = DeferredSemaphore(max_local_concurrency)
         self._messages: dict[str, _Message] = {}
         self.history: deque[tuple[float, str]] = deque()
+        # Copies delivered directly of messages whose rest is being queued
+        # (queue id to (target, path) pairs): see withdraw_direct.
+        self._direct_copies: dict[str, list[tuple[Any, str]]] = {}
 
     # -- service -----------------------------------------------------------
 
@@ -145,6 +148,7 @@ class QueueManager(DirectDelivery, DeliveryRounds, OutcomeLog, Service):
         self.spool.on_direct = self.deliver_direct
         self.spool.on_stream = self.stream_direct
         self.spool.on_streamed = self.streamed
+        self.spool.on_withdraw = self.withdraw_direct
         self.recovered = self.spool.recover()
         self.recovered.addCallbacks(self._take_recovered, self._recovery_failed)
 
@@ -161,6 +165,7 @@ class QueueManager(DirectDelivery, DeliveryRounds, OutcomeLog, Service):
         self.spool.on_direct = None
         self.spool.on_stream = None
         self.spool.on_streamed = None
+        self.spool.on_withdraw = None
         waiting = []
         for message in self._messages.values():
             if message.timer is not None and message.timer.active():
@@ -205,6 +210,7 @@ class QueueManager(DirectDelivery, DeliveryRounds, OutcomeLog, Service):
 
         @param envelope: its envelope, as committed.
         """
+        self._committed_after_direct(envelope.queue_id)
         if self.running:
             self._take(envelope, new=True)
 

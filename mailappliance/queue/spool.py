@@ -138,6 +138,11 @@ class Spool:
         L{mailappliance.queue.manager.QueueManager.stream_direct}).
     @ivar on_streamed: with C{on_stream}, a callable C{(envelope, path)}
         told of each message delivered that way.
+    @ivar on_withdraw: with C{on_direct}, a callable C{(queue_id) ->
+        Deferred} called when a message C{on_direct} delivered in part
+        could not be queued (the client is refused and sends it again):
+        it takes the copies back, so that the next attempt does not
+        duplicate them.
     @ivar disk: the disk pool (C{run(f, *args) -> Deferred}).
     @ivar syncer: the L{mailappliance.disk.DirectorySyncer}.
     """
@@ -163,6 +168,7 @@ class Spool:
         self.on_direct: Any = None
         self.on_stream: Any = None
         self.on_streamed: Any = None
+        self.on_withdraw: Any = None
         self._ids = QueueIdGenerator(clock)
         # Queue ids of writers of this process that have not finished:
         # recovery must not take their files for crash leftovers. Read
@@ -216,6 +222,10 @@ class Spool:
         self.log.failure(
             "qid={qid} status=error reason=\"direct delivery failed; queued\"", reason, qid=queue_id
         )
+
+    def _withdraw_failed(self, queue_id: str, reason: Failure) -> None:
+        self.log.failure("qid={qid} status=error reason=\"withdrawing delivered copies failed\"", reason,
+                         qid=queue_id)
 
     def _discard_failed(self, queue_id: str, reason: Failure) -> None:
         self.log.error(

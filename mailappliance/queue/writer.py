@@ -55,7 +55,7 @@ import os
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -227,7 +227,13 @@ class SpoolWriter:
 
         def outcome(delivered: Envelope) -> Any:
             if not delivered.done:
-                return self._commit_queued(delivered, body)
+                queued = self._commit_queued(delivered, body)
+                if delivered != envelope:
+                    # Some copies are in their Maildirs: if the message is
+                    # refused now, the client's next attempt must not
+                    # deliver them twice.
+                    queued.addErrback(self._withdraw_direct)
+                return queued
             self._state = _DONE
             self._outstanding -= len(body)
             self._spool._writer_finished(self.queue_id)
@@ -236,6 +242,17 @@ class SpoolWriter:
         d.addErrback(failed)
         d.addCallback(outcome)
         return d
+
+    def _withdraw_direct(self, reason: Failure) -> Deferred:
+        # The queue commit after a partial direct delivery failed: have the
+        # copies taken back, then fail as the commit did.
+        hook = self._spool.on_withdraw
+        if hook is None:
+            return fail(reason)
+        withdrawing = maybeDeferred(hook, self.queue_id)
+        withdrawing.addErrback(lambda f: self._spool._withdraw_failed(self.queue_id, f))
+        withdrawing.addCallback(lambda _: reason)
+        return withdrawing
 
     def _commit_streamed(self, envelope: Envelope, tail: bytes) -> Deferred:
         # The body went to a Maildir stream: finish it (fsync, rename into

@@ -306,25 +306,18 @@ def _alive(client):
 
 
 class FullDiskTests(SynchronousTestCase):
-    def test_full_disk(self):
-        """
-        On a full disk (a small tmpfs as the data folder) SMTP answers
-        452 4.3.1, the session goes on, the failure is logged once for the
-        episode, and service resumes by itself when space returns.
-        """
+    def mount_tmpfs(self, path, size):
         if os.geteuid() != 0:
             raise SkipTest("needs root to mount a tmpfs")
-        server = ServerProcess(self, services=("smtp",), users=USERS)
-        os.makedirs(server.data_dir)
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", server.data_dir],
-                                 capture_output=True)
+        os.makedirs(path)
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], capture_output=True)
         if mounted.returncode != 0:
             raise SkipTest(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-        self.addCleanup(subprocess.run, ["umount", "-l", server.data_dir])
-        server.start()
-        filler = os.path.join(server.data_dir, "filler")
+        self.addCleanup(subprocess.run, ["umount", "-l", path])
+
+    def fill(self, path):
         # Unbuffered, so that no write is left to fail again at close.
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             while True:
                 os.write(fd, b"\0" * 65536)
@@ -332,6 +325,45 @@ class FullDiskTests(SynchronousTestCase):
             pass
         finally:
             os.close(fd)
+
+    def test_queue_full_no_duplicates(self):
+        """
+        A message for a local and a remote recipient, refused with 452
+        because the queue is full (a tmpfs as the queue folder): the local
+        copy delivered before the queue write is taken back, so the
+        client's retries deliver it once, when the queue has room again.
+        """
+        server = ServerProcess(self, services=("smtp",), users=USERS)
+        self.mount_tmpfs(os.path.join(server.data_dir, "queue"), "1m")
+        server.start()
+        filler = os.path.join(server.data_dir, "queue", "filler")
+        self.fill(filler)
+        message = b"Subject: mixed\r\n\r\n" + b"y" * 2000 + b"\r\n"
+        client = smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30)
+        for _ in range(3):
+            with self.assertRaises(smtplib.SMTPDataError) as cm:
+                client.sendmail("z@remote.test", ["alice@example.test", "far@remote.test"], message)
+            self.assertEqual(cm.exception.smtp_code, 452)
+            client.rset()
+        self.assertEqual(server.maildir_files("alice@example.test"), [])
+        self.assertEqual(server.log().count("to=<alice@example.test> status=withdrawn"), 3)
+        os.unlink(filler)
+        client.sendmail("z@remote.test", ["alice@example.test", "far@remote.test"], message)
+        client.quit()
+        [data] = server.wait_for_messages("alice@example.test", 1)
+        self.assertTrue(data.endswith(message))
+
+    def test_full_disk(self):
+        """
+        On a full disk (a small tmpfs as the data folder) SMTP answers
+        452 4.3.1, the session goes on, the failure is logged once for the
+        episode, and service resumes by itself when space returns.
+        """
+        server = ServerProcess(self, services=("smtp",), users=USERS)
+        self.mount_tmpfs(server.data_dir, "4m")
+        server.start()
+        filler = os.path.join(server.data_dir, "filler")
+        self.fill(filler)
         message = b"Subject: big\r\n\r\n" + b"y" * 200000 + b"\r\n"
         client = smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30)
         for _ in range(2):
