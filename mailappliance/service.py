@@ -532,7 +532,7 @@ def make_service(config: Config, reactor: Any) -> MultiService:
                         delay_warning_after=config.relay.delay_warning_after,
                         max_queue_lifetime=config.relay.max_queue_lifetime)
     relay = make_relay(config, reactor, disk)
-    manager = QueueManager(spool, delivery, reactor, notifier=notifier, remote_delivery=relay)
+    manager = QueueManager(spool, delivery, reactor, notifier=notifier, remote_delivery=relay, retry=relay.retry)
     manager.setServiceParent(root)
     reloader = Reloader(reactor, accounts.reloadables, disk, tls)
     reloader.setServiceParent(root)
@@ -574,7 +574,7 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     if config.pop3 is not None:
         listen("pop3", config.pop3, _pop3_factory(config, accounts, disk, reactor, tls))
     drainer.factories = [f for name, f in factories.items() if name in ("smtp", "submission")]
-    live = LiveConfiguration(config, factories, relay, notifier, disk)
+    live = LiveConfiguration(config, factories, relay, notifier, disk, manager)
     reloader.reconfigure = live.reload
     sessions = {name: (lambda f=factory: _session_count(f)) for name, factory in factories.items()}
     StatusWriter(config.queue_dir, reactor, disk, sessions, manager.summary).setServiceParent(root)
@@ -597,10 +597,12 @@ class LiveConfiguration:
         "relay": {"retry_initial", "retry_max", "max_queue_lifetime", "delay_warning_after", "connect_timeout"},
     }
 
-    def __init__(self, config: Config, factories: dict, relay: Any, notifier: Any, disk: Any) -> None:
+    def __init__(self, config: Config, factories: dict, relay: Any, notifier: Any, disk: Any,
+                 manager: Any = None) -> None:
         self.config = config
         self.factories = factories
         self.relay = relay
+        self.manager = manager
         self.notifier = notifier
         self.disk = disk
 
@@ -655,6 +657,8 @@ class LiveConfiguration:
         from mailappliance.queue.relay import RetryPolicy
 
         self.relay.retry = RetryPolicy(r.retry_initial, r.retry_max, r.max_queue_lifetime)
+        if self.manager is not None:
+            self.manager.retry = self.relay.retry
         self.relay.options = dataclasses.replace(self.relay.options, connect_timeout=r.connect_timeout)
         self.notifier.delay_warning_after = r.delay_warning_after
         self.notifier.max_queue_lifetime = r.max_queue_lifetime

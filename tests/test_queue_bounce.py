@@ -20,11 +20,13 @@ from mailappliance.queue.envelope import (
 )
 from mailappliance.queue.inject import NoDeliverableRecipient, inject
 from mailappliance.queue.manager import STOP_GRACE
+from mailappliance.queue.relay import RetryPolicy
 from mailappliance.queue.spool import Spool
 from mailappliance.resolve.chain import ResolverChain
 from mailappliance.resolve.users import UsersResolver
 from tests.test_queue_manager import (
     BODY,
+    T0,
     ManagerTestCase,
     ScriptedDelivery,
     SlowDomainRelay,
@@ -165,6 +167,44 @@ class BounceTests(NotifierTestCase):
         self.assertIn("Action: delayed", warning.get_payload()[1].as_string())
         self.assertTrue(self.stored(qid).delay_warned)
         self.assertEqual(self.stored(qid).recipients[0].state, PENDING)
+
+
+class LocalExpiryTests(NotifierTestCase):
+    """
+    A local delivery that keeps failing temporarily (a Maildir that cannot
+    be written) follows the retry policy as a remote one does: backoff,
+    one delay warning, and a bounce with 4.4.7 after the lifetime.
+    """
+
+    def test_backoff_warning_and_expiry(self):
+        broken = [DeliveryError("Read-only file system")] * 50
+        delivery = ScriptedDelivery(self.maildir, {"alice@example.test": broken})
+        self.start(delivery, notifier=self.notifier, retry=RetryPolicy(600, 2400, 7200))
+        self.patch(self.manager._random, "uniform", lambda low, high: 1.0)
+        qid = self.submit([rcpt("alice@example.test")], sender="bob@example.test")
+        delays = []
+        for _ in range(4):
+            delays.append(self.stored(qid).recipients[0].next_attempt - self.clock.seconds())
+            self.clock.advance(delays[-1])
+        self.assertEqual(delays, [600, 1200, 2400, 2400])
+        self.assertIn(f'qid={qid} to=<alice@example.test> status=deferred reason="Read-only file system" '
+                      'delay=1200', self.events)
+        # The delay warning went out after an hour, for the local recipient.
+        [warning] = self.dsn_for("bob@example.test")
+        report = warning.get_payload()[1].as_string()
+        self.assertIn("Action: delayed", report)
+        self.assertIn("Final-Recipient: rfc822; alice@example.test", report)
+        # The last attempt is at the end of the lifetime, then it bounces.
+        self.clock.advance(self.stored(qid).recipients[0].next_attempt - self.clock.seconds())
+        self.assertEqual(self.clock.seconds() - T0, 7200)
+        bounce = self.dsn_for("bob@example.test")[1]
+        report = bounce.get_payload()[1].as_string()
+        self.assertIn("Action: failed", report)
+        self.assertIn("Status: 4.4.7", report)
+        self.assertIn("message expired after 2h in the queue; last error: Read-only file system",
+                      " ".join(report.split()))
+        self.assertNotIn(qid + ".env", self.queued())
+        self.assertNotIn(qid, self.queued())
 
 
 class EarlyOutcomeBounceTests(NotifierTestCase):

@@ -47,6 +47,10 @@ class FakeNotifier:
     max_queue_lifetime = 0.0
 
 
+class FakeManager:
+    retry = None
+
+
 class LiveConfigurationTests(SynchronousTestCase):
     def setUp(self):
         self.path = FilePath(self.mktemp())
@@ -56,8 +60,9 @@ class LiveConfigurationTests(SynchronousTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
         self.smtp = FakeSMTPFactory()
         self.relay = FakeRelay()
+        self.manager = FakeManager()
         self.live = LiveConfiguration(load_config(self.path.path), {"smtp": self.smtp}, self.relay, FakeNotifier(),
-                                      SynchronousDiskPool())
+                                      SynchronousDiskPool(), self.manager)
 
     def lines(self):
         return [formatEvent(e) for e in self.events if "event=reload" in formatEvent(e)]
@@ -73,6 +78,8 @@ class LiveConfigurationTests(SynchronousTestCase):
                                            ("smtp.max_recipients", True)])
         self.assertEqual(self.smtp.settings.max_recipients, 3)
         self.assertEqual(self.relay.retry.initial, 60.0)
+        # Local deliveries that fail follow the same schedule.
+        self.assertIs(self.manager.retry, self.relay.retry)
         self.assertIn("event=reload what=configuration key=smtp.max_recipients status=applied", self.lines())
         for _ in range(7):
             self.assertIsNone(self.smtp.connections.admit(f"192.0.2.{_}"))

@@ -99,7 +99,7 @@ class Notifier:
                 envelope = envelope.replace(recipients=tuple(
                     r.with_state(notified=True) if r.state == FAILED else r for r in envelope.recipients))
         if self._delay_warning_due(envelope):
-            pending = [r for r in envelope.recipients if r.state == PENDING and not r.local]
+            pending = [r for r in envelope.recipients if r.state == PENDING and (not r.local or r.attempts > 0)]
             sent = yield self._send(envelope, pending, DELAYED)
             if sent:
                 envelope = envelope.replace(delay_warned=True)
@@ -110,7 +110,7 @@ class Notifier:
             return False
         if self.clock.seconds() - envelope.arrival < self.delay_warning_after:
             return False
-        return any(r.state == PENDING and not r.local and r.attempts > 0 for r in envelope.recipients)
+        return any(r.state == PENDING and r.attempts > 0 for r in envelope.recipients)
 
     @defer.inlineCallbacks
     def _send(self, envelope: Envelope, recipients: list, action: str):

@@ -29,6 +29,7 @@ server's C{event=queued} line)::
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,6 +110,7 @@ class QueueManager(DirectDelivery, DeliveryRounds, OutcomeLog, Service):
         max_local_concurrency: int = DEFAULT_LOCAL_CONCURRENCY,
         remote_delivery: Any = None,
         notifier: Any = None,
+        retry: Any = None,
     ) -> None:
         """
         @param spool: the L{mailappliance.queue.spool.Spool}.
@@ -124,12 +126,19 @@ class QueueManager(DirectDelivery, DeliveryRounds, OutcomeLog, Service):
         @param notifier: a L{mailappliance.queue.bounce.Notifier} (bounces
             and delay warnings after each round), or L{None}: failures are
             then only logged.
+        @param retry: the L{mailappliance.queue.relay.RetryPolicy} for
+            local deliveries that fail temporarily (the relay's: backoff
+            from C{retry_initial} to C{retry_max}, failed with 4.4.7 after
+            C{max_queue_lifetime}), or L{None}: retried after
+            C{retry_delay} for ever.
         """
         self.spool = spool
         self.local_delivery = local_delivery
         self.clock = clock
         self.log = log if log is not None else _default_log
         self.retry_delay = retry_delay
+        self.retry = retry
+        self._random = random.Random()
         self.remote_delivery = remote_delivery
         self.notifier = notifier
         self.recovered: Deferred | None = None

@@ -27,6 +27,17 @@ from mailappliance.queue.envelope import Recipient
 HISTORY_SECONDS = 3600.0
 
 
+def age_text(seconds: float) -> str:
+    """
+    A message's age as it is written in an expiry error: C{"5d"}, C{"4h"}.
+    """
+    seconds = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def after_attempt(recipient: Recipient, **changes: Any) -> Recipient:
     """
     @return: C{recipient} after one more delivery attempt, with C{changes}
@@ -55,13 +66,13 @@ class OutcomeLog:
     def _log_delivered(self, qid: str, target: Any, path: str) -> None:
         self.log.info("qid={qid} to=<{to}> status=delivered path={path}", qid=qid, to=log_address(target), path=path)
 
-    def _log_deferred(self, qid: str, target: Any, reason: str) -> None:
+    def _log_deferred(self, qid: str, target: Any, reason: str, delay: float | None = None) -> None:
         self.log.info(
             "qid={qid} to=<{to}> status=deferred reason={reason} delay={delay:g}",
             qid=qid,
             to=log_address(target),
             reason=quote(reason),
-            delay=self.retry_delay,
+            delay=round(self.retry_delay if delay is None else delay),
         )
 
     def _log_failed(self, qid: str, target: Any, reason: str) -> None:

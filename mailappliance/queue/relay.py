@@ -88,6 +88,7 @@ from mailappliance.queue.envelope import (
     Recipient,
 )
 from mailappliance.queue.manager import IRemoteDelivery
+from mailappliance.queue.outcomes import age_text
 from mailappliance.queue.routing import RoutingError
 from mailappliance.smtp import client as smtp_client
 from mailappliance.smtp.client_cache import SessionCache
@@ -372,7 +373,7 @@ class Relay:
         attempts = r.attempts + 1
         if now >= expires:
             return r.with_state(state=FAILED, attempts=attempts, status="4.4.7", remote_mta=host,
-                                last_error=f"message expired after {_age(now - envelope.arrival)} in the queue; "
+                                last_error=f"message expired after {age_text(now - envelope.arrival)} in the queue; "
                                            f"last error: {reason}")
         return r.with_state(attempts=attempts, last_error=reason, status=status, remote_mta=host,
                             next_attempt=min(retry_at, expires))
@@ -394,11 +395,3 @@ class Relay:
 def _consecutive_failures(r: Recipient) -> int:
     # Every earlier attempt of a still-pending recipient failed.
     return r.attempts
-
-
-def _age(seconds: float) -> str:
-    seconds = int(seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"

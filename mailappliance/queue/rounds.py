@@ -15,9 +15,10 @@ same recipient is never delivered twice at once):
     destination; without one they stay pending and persisted, with one
     log line per recipient and message;
   - each outcome (delivered; failed, for a permanent error; or retried
-    later, for a temporary one: after C{retry_delay} for a local
-    delivery, as the relay schedules for a remote one) is recorded in the envelope as soon as it is known: that
-    of one local target, or of one remote transaction (the relay
+    later, for a temporary one: for a local delivery after the retry
+    policy's backoff, failed with 4.4.7 once the message is older than
+    its lifetime, as the relay does for a remote one) is recorded in the
+    envelope as soon as it is known: that of one local target, or of one remote transaction (the relay
     reports each destination as it finishes). While other deliveries of
     the round are still in flight it is written at once (L{Spool.update});
     the outcomes that arrive while that write is in flight are written
@@ -65,7 +66,7 @@ from mailappliance.address import log_address
 from mailappliance.interfaces import DeliveryError
 from mailappliance.logtext import quote
 from mailappliance.queue.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipient
-from mailappliance.queue.outcomes import after_attempt
+from mailappliance.queue.outcomes import after_attempt, age_text
 
 
 def delivery_prefix(sender: Any, target: Any) -> bytes:
@@ -110,7 +111,7 @@ class DeliveryRounds:
     L{mailappliance.queue.manager.QueueManager}.
 
     Uses the manager's C{spool}, C{local_delivery}, C{remote_delivery},
-    C{notifier}, C{clock}, C{log}, C{retry_delay}, C{running}, C{history},
+    C{notifier}, C{clock}, C{log}, C{retry_delay}, C{retry}, C{running}, C{history},
     C{_local_slots} (the limit on local deliveries in flight) and
     C{_messages} (its state for each queued message, by queue id); and its
     methods C{_forget_old_history}, C{_log_delivered}, C{_log_deferred},
@@ -124,6 +125,8 @@ class DeliveryRounds:
     clock: Any
     log: Logger
     retry_delay: float
+    retry: Any
+    _random: Any
     running: bool
     history: deque[tuple[float, str]]
     _local_slots: DeferredSemaphore
@@ -204,12 +207,34 @@ class DeliveryRounds:
                 self._log_failed(qid, target, error.reason)
                 changes: dict[str, Any] = {"state": FAILED, "last_error": error.reason}
             else:
-                self._log_deferred(qid, target, error.reason)
-                changes = {"last_error": error.reason, "next_attempt": self.clock.seconds() + self.retry_delay}
+                changes = self._local_deferral(envelope, envelope.recipients[indexes[0]], error.reason)
+                if changes.get("state") == FAILED:
+                    self._log_failed(qid, target, changes["last_error"])
+                else:
+                    self._log_deferred(qid, target, error.reason, changes["next_attempt"] - self.clock.seconds())
             return [(i, after_attempt(envelope.recipients[i], **changes)) for i in indexes]
 
         d.addCallbacks(delivered, failed)
         return d
+
+    def _local_deferral(self, envelope: Envelope, recipient: Recipient, reason: str) -> dict[str, Any]:
+        """
+        The changes for a local delivery that failed temporarily: tried
+        again after the retry policy's backoff (as a relay would be), and
+        failed with 4.4.7 (a bounce) once the message is older than its
+        lifetime, as SPEC section 2 says of any queued message.
+        """
+        now = self.clock.seconds()
+        policy = self.retry
+        if policy is None:
+            return {"last_error": reason, "next_attempt": now + self.retry_delay}
+        expires = envelope.arrival + policy.lifetime
+        if now >= expires:
+            return {"state": FAILED, "status": "4.4.7",
+                    "last_error": f"message expired after {age_text(now - envelope.arrival)} in the queue; "
+                                  f"last error: {reason}"}
+        delay = policy.delay(recipient.attempts + 1, self._random)
+        return {"last_error": reason, "next_attempt": min(now + delay, expires)}
 
     def _deliver_remote(self, message: Any, indexes: list[int], body_path: str) -> Deferred:
         envelope = message.envelope

@@ -326,6 +326,27 @@ class FullDiskTests(SynchronousTestCase):
         finally:
             os.close(fd)
 
+    def test_local_delivery_expires(self):
+        """
+        A local delivery that keeps failing temporarily (the mail folder's
+        disk is full) is retried with the relay's backoff and, after
+        max_queue_lifetime, fails with 4.4.7 and bounces to the sender.
+        """
+        server = ServerProcess(self, services=("smtp",), users=USERS, extra=(
+            '[relay]\ndns_servers = ["127.0.0.1:9"]\nretry_initial = "1s"\nretry_max = "2s"\n'
+            'max_queue_lifetime = "4s"\ndelay_warning_after = "0s"\n'))
+        self.mount_tmpfs(os.path.join(server.data_dir, "mail"), "1m")
+        server.start()
+        self.fill(os.path.join(server.data_dir, "mail", "filler"))
+        client = smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30)
+        client.sendmail("z@remote.test", ["alice@example.test"], b"Subject: x\r\n\r\nx\r\n")
+        client.quit()
+        log = server.wait_for_log("to=<alice@example.test> status=failed", timeout=20)
+        self.assertIn("message expired after 4s in the queue", log)
+        self.assertGreaterEqual(log.count("to=<alice@example.test> status=deferred"), 2)
+        # The bounce is queued for the (remote) sender.
+        self.assertRegex(server.wait_for_log(" status=bounced dsn="), r"status=bounced dsn=\w+ to=<z@remote\.test>")
+
     def test_queue_full_no_duplicates(self):
         """
         A message for a local and a remote recipient, refused with 452
