@@ -84,15 +84,21 @@ class RecoverTests(SpoolTestCase):
 
     def test_body_without_envelope(self):
         """
-        A body in C{messages/} without its envelope (a crash between the
-        two renames of a commit, or between the two unlinks of a removal)
-        is removed.
+        A file in C{messages/} without an envelope (a version-1 body whose
+        envelope never arrived, a queue file whose end was damaged, an
+        administrator's file) is moved to C{corrupt/} and logged as an
+        error, never deleted.
         """
         self.put(QID_A, b"orphan")
+        self.put("README", b"notes")
         kept = self.put_message(QID_B)
         self.assertEqual(self.successResultOf(self.spool.recover()), [kept])
         self.assertEqual(listing(self.spool.messages_dir), [QID_B, QID_B + ".env"])
-        self.assertIn(f'qid={QID_A} file=messages/{QID_A} status=discarded reason="body without envelope"', self.events)
+        self.assertEqual(listing(self.spool.corrupt_dir), [QID_A, "README"])
+        reason = 'reason="no envelope (not a queue file, or its end is damaged)"'
+        self.assertIn(f'qid={QID_A} file=messages/{QID_A} status=corrupt {reason} moved_to={self.spool.corrupt_dir}',
+                      self.events)
+        self.assertIn(f'file=messages/README status=corrupt {reason} moved_to={self.spool.corrupt_dir}', self.events)
 
     def test_garbage_envelope(self):
         """
@@ -402,16 +408,16 @@ class Version2Tests(SpoolTestCase):
         self.assertEqual(listing(self.spool.corrupt_dir), [QID_A])
         self.assertIn(f'reason="envelope names queue id {QID_B!r}"', next(e for e in self.events if "corrupt" in e))
 
-    def test_version1_body_without_envelope_removed(self):
+    def test_version1_body_without_envelope_kept(self):
         """
         A file without a trailer and without C{.env} (a version-1 body
-        whose envelope never arrived, or a torn file) is garbage, removed.
+        whose envelope never arrived, or a torn file) is moved to
+        C{corrupt/}.
         """
         self.put(QID_A, b"body\r\n")
         self.assertEqual(self.successResultOf(self.spool.recover()), [])
         self.assertEqual(listing(self.spool.messages_dir), [])
-        self.assertEqual(listing(self.spool.corrupt_dir), [])
-        self.assertIn(f'qid={QID_A} file=messages/{QID_A} status=discarded reason="body without envelope"', self.events)
+        self.assertEqual(listing(self.spool.corrupt_dir), [QID_A])
 
     def test_crash_during_commit(self):
         """

@@ -48,10 +48,11 @@ Rules that keep this crash-safe (a SIGKILL or power loss at any instant):
     rename, only C{tmp/} holds anything, which recovery empties; after
     it, the whole file is there, since it was fsynced first. A
     C{messages/<qid>} without C{.env} and without a valid trailer is
-    therefore never a version-2 commit: it is a version-1 body whose
-    envelope never arrived (garbage, removed); one whose trailer magic is
-    there but does not check out (CRC, length, unparsable envelope) has
-    been damaged behind our back and is moved to C{corrupt/};
+    therefore never a version-2 commit as we wrote it: a version-1 body
+    whose envelope never arrived, a file whose end was damaged behind our
+    back, or someone else's file. Whatever it is, it is moved to
+    C{corrupt/} and logged (an error), never deleted: the administrator
+    decides;
   - update: an envelope is rewritten by renaming a complete, fsynced copy
     over C{<qid>.env}, so it is always either the old or the new version;
     until the first rename lands, the embedded envelope is the current
@@ -64,7 +65,7 @@ Rules that keep this crash-safe (a SIGKILL or power loss at any instant):
     duplicates, never losses) is the price of never leaving an envelope
     without a body, which would be ambiguous with damage (version 1 has
     the same window the other way round: a body without an envelope,
-    removed). The opposite order would need recovery to drop C{.env}
+    moved to C{corrupt/}). The opposite order would need recovery to drop C{.env}
     files without a body silently, hiding real damage.
 
 Every blocking call runs in the disk pool; this module never touches the
@@ -403,13 +404,14 @@ class Spool:
                 envelope, problem = self._read_queue_file(name)
                 if envelope is not None:
                     envelopes.append(envelope)
-                elif problem is None:
-                    _unlink_quietly(os.path.join(self.messages_dir, name))
-                    events.append(_Event("discarded", os.path.join("messages", name), "body without envelope"))
                 else:
+                    # Kept for the administrator, never deleted: a file
+                    # without a readable envelope may still be a message
+                    # (a damaged end), or be someone else's file.
                     self._move_to_corrupt(name)
                     moved = True
-                    events.append(_Event("corrupt", os.path.join("messages", name), problem))
+                    events.append(_Event("corrupt", os.path.join("messages", name),
+                                         problem or "no envelope (not a queue file, or its end is damaged)"))
         if moved:
             fsync_directory(self.corrupt_dir)
         if events:
