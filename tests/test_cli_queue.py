@@ -88,6 +88,29 @@ class ReadQueueTests(QueueFilesTestCase):
 
 
 class CommandTests(QueueFilesTestCase):
+    def test_list_names_corrupt_files(self):
+        """
+        C{queue list} says how many files recovery set aside in
+        C{corrupt/}, with or without queued messages.
+        """
+        out = io.StringIO()
+        self.assertEqual(_list(self.config, Namespace(), None, out), 0)
+        self.assertEqual(out.getvalue(), "queue is empty\n")
+        corrupt = os.path.join(self.config.queue_dir, "corrupt")
+        os.makedirs(corrupt, exist_ok=True)
+        for name in ("a", "b"):
+            with open(os.path.join(corrupt, name), "wb") as f:
+                f.write(b"x")
+        out = io.StringIO()
+        _list(self.config, Namespace(), None, out)
+        self.assertEqual(out.getvalue(), f"queue is empty\n2 file(s) set aside in {corrupt} as damaged "
+                                         "(their log lines say status=corrupt)\n")
+        self.put_v2(QID_A, 1000.0)
+        out = io.StringIO()
+        _list(self.config, Namespace(), None, out)
+        self.assertTrue(out.getvalue().endswith("1 message(s)\n2 file(s) set aside in " + corrupt +
+                                                " as damaged (their log lines say status=corrupt)\n"))
+
     def test_list_v2(self):
         """
         C{queue list} shows a version-2 message from its embedded envelope

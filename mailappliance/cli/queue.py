@@ -20,6 +20,7 @@ from mailappliance.queue.control import ServerLock, server_running, write_comman
 from mailappliance.queue.envelope import PENDING, Envelope, EnvelopeFormatError
 from mailappliance.queue.ids import is_queue_id
 from mailappliance.queue.layout import CorruptTrailer, NoTrailer
+from mailappliance.queue.outcomes import age_text
 from mailappliance.queue.spool import ENVELOPE_SUFFIX, read_current_envelope
 
 COMMAND_WAIT = 10.0
@@ -74,17 +75,28 @@ def read_queue(config) -> list[tuple[Envelope, float]]:
 
 
 def _age(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+    return age_text(max(0.0, seconds))
+
+
+def _corrupt_note(config) -> str:
+    """
+    A line about the files recovery set aside in C{queue/corrupt/}, or
+    C{""} when there are none.
+    """
+    try:
+        count = sum(1 for name in os.listdir(os.path.join(config.queue_dir, "corrupt")) if not name.startswith("."))
+    except OSError:
+        return ""
+    if not count:
+        return ""
+    return (f"{count} file(s) set aside in {os.path.join(config.queue_dir, 'corrupt')} as damaged "
+            "(their log lines say status=corrupt)\n")
 
 
 def _list(config, args, stdin, stdout) -> int:
     envelopes = read_queue(config)
     if not envelopes:
-        stdout.write("queue is empty\n")
+        stdout.write("queue is empty\n" + _corrupt_note(config))
         return 0
     now = time.time()
     for e in envelopes:
@@ -102,7 +114,7 @@ def _list(config, args, stdin, stdout) -> int:
             if r.last_error:
                 parts.append(f"last_error={r.last_error!r}")
             stdout.write("  ".join(parts) + "\n")
-    stdout.write(f"{len(envelopes)} message(s)\n")
+    stdout.write(f"{len(envelopes)} message(s)\n" + _corrupt_note(config))
     return 0
 
 
