@@ -24,6 +24,8 @@ from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 
+from mailappliance.episodes import FailureEpisodes
+
 STATUS_NAME = "status.json"
 STATUS_INTERVAL = 2.0
 
@@ -56,6 +58,9 @@ class StatusWriter(TimerService):
         self.started = clock.seconds()
         # The write in the disk pool, if any: at most one at a time.
         self._in_flight: Deferred | None = None
+        # A write that keeps failing (a full disk) is logged once, with its
+        # traceback, and its end once: not every STATUS_INTERVAL.
+        self._episodes = FailureEpisodes(_log)
 
     def snapshot(self) -> dict:
         return {
@@ -86,7 +91,8 @@ class StatusWriter(TimerService):
             return result
 
         d.addBoth(done)
-        d.addErrback(lambda f: _log.failure("event=status status=error", f))
+        d.addCallbacks(lambda _: self._episodes.succeeded("status-file"),
+                       lambda f: self._episodes.failed("status-file", f, path=self.path))
         return d
 
     def stopService(self):

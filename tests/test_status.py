@@ -11,6 +11,7 @@ import os
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailappliance.disk import SynchronousDiskPool
@@ -141,12 +142,22 @@ class StatusWriterTests(SynchronousTestCase):
         succeeds once the cause is gone.
         """
         os.rmdir(self.queue_dir)
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         writer = self.make_writer()
         writer.startService()
+        # Failing again and again (a full disk) is logged once, not every
+        # two seconds; the recovery once.
+        for _ in range(5):
+            self.clock.advance(2)
         self.assertEqual(len(self.flushLoggedErrors(FileNotFoundError)), 1)
         os.makedirs(self.queue_dir)
         self.clock.advance(2)
-        self.assertEqual(read_status(self.queue_dir), self.expected(START + 2))
+        self.assertEqual(read_status(self.queue_dir), self.expected(START + 12))
+        lines = [formatEvent(e) for e in events if "status-file" in formatEvent(e)]
+        self.assertEqual(lines, [f"event=error what=status-file status=failing path={self.path}",
+                                 "event=recovered what=status-file failures=6"])
 
     def test_failing_figures_do_not_stop_writer(self):
         """
