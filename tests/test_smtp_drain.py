@@ -44,16 +44,36 @@ class DrainTests(SynchronousTestCase):
 
     def test_grace_expires(self):
         """
-        A session still busy after the grace period is dropped.
+        A session still busy after the grace period gets 421 and is
+        dropped.
         """
         h = SMTPHarness()
         h.send(b"EHLO x\r\nMAIL FROM:<a@remote.test>\r\n")
         d = h.factory.drain(10)
         h.clock.advance(9.9)
         self.assertNoResult(d)
+        h.output()
         h.clock.advance(0.2)
         self.successResultOf(d)
+        self.assertTrue(h.output().startswith(b"421 4.3.2 "))
         self.assertTrue(h.transport.disconnecting or getattr(h.transport, "disconnected", False))
+
+    def test_grace_expires_during_data(self):
+        """
+        A message still arriving when the grace period ends is discarded
+        at once (its partial file removed while the disk pool runs), not
+        when the connection's loss is noticed later.
+        """
+        h = SMTPHarness()
+        h.send(b"EHLO x\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+        h.send(b"Subject: s\r\n\r\npart of the body\r\n")
+        [writer] = h.spool.writers
+        h.factory.drain(10)
+        h.clock.advance(10.1)
+        self.assertEqual(writer.state, "aborted")
+        self.assertIn('reason="connection dropped at shutdown during DATA"', h.log_lines()[-1])
+        h.lose()
+        self.assertEqual(writer.state, "aborted")
 
     def test_new_session_refused(self):
         """

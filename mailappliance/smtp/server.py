@@ -217,10 +217,15 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLS
 
     def abort_session(self) -> None:
         """
-        The drain's grace period is over: drop the connection (a message
-        not yet acknowledged is not queued).
+        The drain's grace period is over: say so with C{421 4.3.2} (RFC
+        5321 section 3.8), discard the message in progress now (so that its
+        partial file is removed while the disk pool still runs: it is not
+        acknowledged, the client sends it again) and drop the connection.
         """
+        if self._connected and not self._closing:
+            self._send_shutting_down()
         self._closing = True
+        self._abandon_message("dropped at shutdown")
         self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]

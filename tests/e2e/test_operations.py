@@ -133,6 +133,29 @@ class ShutdownTests(SynchronousTestCase):
         self.assertIn(b"first half\r\nsecond half\r\n", data)
 
 
+    def test_sigterm_drops_unfinished_data(self):
+        """
+        A large message still arriving when the drain's grace period ends
+        gets 421 4.3.2 and is dropped: nothing is delivered and its partial
+        file (streamed into the Maildir's tmp/) is gone when the server has
+        exited.
+        """
+        from tests.e2e.test_smtp_inbound import RawSMTP
+
+        server = ServerProcess(self, services=("smtp",), users={"alice@example.test": "a"}).start()
+        busy = RawSMTP(server.ports["smtp"])
+        busy.send(b"EHLO x\r\nMAIL FROM:<z@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+        self.assertEqual([busy.reply()[:3] for _ in range(4)], [b"250", b"250", b"250", b"354"])
+        busy.send(b"Subject: big\r\n\r\n" + (b"x" * 500 + b"\r\n") * 800)
+        tmp = os.path.join(server.maildir("alice@example.test"), "tmp")
+        wait_until(lambda: os.path.isdir(tmp) and os.listdir(tmp), 10, what="the partial file in tmp/")
+        server.signal(signal.SIGTERM)
+        self.assertEqual(busy.reply()[:9], b"421 4.3.2")
+        server.process.wait(30)
+        self.assertEqual(os.listdir(tmp), [])
+        self.assertEqual(os.listdir(os.path.join(server.maildir("alice@example.test"), "new")), [])
+        self.assertIn('reason="connection dropped at shutdown during DATA"', server.log())
+
     def test_second_sigterm_harmless(self):
         """
         A second SIGTERM while a transaction drains (Ctrl-C twice,
