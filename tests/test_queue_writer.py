@@ -361,15 +361,16 @@ class RecordingStream:
     given (and can fail at a step).
     """
 
-    def __init__(self, mailbox, fail_at=None):
+    def __init__(self, mailbox, fail_at=None, fail_after=0):
         self.mailbox = mailbox
         self.data = b""
         self.calls = []
         self.fail_at = fail_at
+        self.fail_after = fail_after
 
     def _step(self, name):
         self.calls.append(name)
-        if name == self.fail_at:
+        if name == self.fail_at and self.calls.count(name) > self.fail_after:
             raise OSError(errno.ENOSPC, "No space left on device")
 
     def write_blocking(self, data):
@@ -402,12 +403,12 @@ class StreamHookTests(SpoolFixture, SynchronousTestCase):
         self.streamed = []
         self.spool.on_streamed = lambda envelope, path: self.streamed.append((envelope.queue_id, path))
 
-    def hook(self, fail_at=None, decline=False):
+    def hook(self, fail_at=None, decline=False, fail_after=0):
         def on_stream(sender, recipients):
             self.asked.append((sender, recipients))
             if decline:
                 return None
-            stream = RecordingStream(recipients[0].target, fail_at)
+            stream = RecordingStream(recipients[0].target, fail_at, fail_after)
             self.streams.append(stream)
             return stream
         self.spool.on_stream = on_stream
@@ -468,18 +469,41 @@ class StreamHookTests(SpoolFixture, SynchronousTestCase):
         self.assertEqual(len(self.asked), 1)
         self.assertEqual(listing(self.spool.messages_dir), sorted([qid, qid2]))
 
-    def test_write_fails(self):
+    def test_first_write_fails(self):
         """
-        A failed write fails the commit (the client is told to try again)
-        and the stream is discarded; nothing is queued.
+        When the stream's first write fails (the Maildir cannot be written),
+        nothing is lost yet: the stream is discarded and the body goes to
+        the queue file, whole, for the queue to deliver.
         """
         self.hook(fail_at="write")
         envelope = make_envelope()
         writer = self.expected_writer(envelope)
+        body = b"x" * (CHUNK_SIZE + 1) + b"y" * CHUNK_SIZE + b"z"
+        writer.write(body[:CHUNK_SIZE + 1])
+        writer.write(body[CHUNK_SIZE + 1:])
+        qid = self.successResultOf(writer.commit(envelope))
+        self.assertEqual(self.streams[0].calls, ["write", "discard"])
+        self.assertEqual(self.streamed, [])
+        self.assertEqual(self.read_body(qid), body)
+        self.assertEqual([e.queue_id for e in self.committed], [qid])
+        self.assertIn(f'qid={qid} status=queueing reason="cannot write into the Maildir: '
+                      f'[Errno {errno.ENOSPC}] No space left on device"', self.events)
+        self.assertEqual(writer.outstanding, 0)
+
+    def test_later_write_fails(self):
+        """
+        A write that fails after the stream took some of the body fails the
+        commit (the client is told to try again; the body is nowhere else)
+        and the stream is discarded; nothing is queued.
+        """
+        self.hook(fail_at="write", fail_after=1)
+        envelope = make_envelope()
+        writer = self.expected_writer(envelope)
         writer.write(b"x" * (CHUNK_SIZE + 1))
+        writer.write(b"y" * (CHUNK_SIZE + 1))
         failure = self.failureResultOf(writer.commit(envelope))
         self.assertEqual(failure.value.errno, errno.ENOSPC)
-        self.assertEqual(self.streams[0].calls, ["write", "discard"])
+        self.assertEqual(self.streams[0].calls, ["write", "write", "discard"])
         self.assertEqual((self.streamed, self.queue_files()["messages"]), ([], []))
 
     def test_finish_fails(self):

@@ -224,6 +224,10 @@ class Spool:
             "qid={qid} status=error reason=\"direct delivery failed; queued\"", reason, qid=queue_id
         )
 
+    def _stream_fell_back(self, queue_id: str, reason: Failure) -> None:
+        self.log.info("qid={qid} status=queueing reason={reason}", qid=queue_id,
+                      reason=quote(f"cannot write into the Maildir: {reason.getErrorMessage()}"))
+
     def _withdraw_failed(self, queue_id: str, reason: Failure) -> None:
         self.log.failure("qid={qid} status=error reason=\"withdrawing delivered copies failed\"", reason,
                          qid=queue_id)

@@ -33,9 +33,12 @@ whose envelope was given at the start (C{expected}, as SMTP does), may
 instead go to a stream from the spool's C{on_stream} hook, the queue
 manager's direct delivery into the one Maildir it is for: the chunks are
 written there, and the commit finishes the stream (fsync, rename into
-C{new/}, sync of C{new/}) instead of steps 2 to 4. Any failure discards
-the stream and fails the commit: the body is nowhere else, so the client
-must send it again.
+C{new/}, sync of C{new/}) instead of steps 2 to 4. If the stream's first
+write fails (the Maildir cannot be written: a full or read-only mail
+disk), nothing is lost yet: the body goes to the queue file after all, and
+the queue delivers (or retries, or bounces) as for any queued message.
+A later failure discards the stream and fails the commit: the body is
+nowhere else, so the client must send it again.
 
 Before step 2, a message whose whole body is still in memory (nothing
 written yet: up to L{CHUNK_SIZE}) is offered to the spool's C{on_direct}
@@ -135,6 +138,9 @@ class SpoolWriter:
         # Decided at the first hand-off: None (not yet), False (the queue
         # file), or the stream the body is written to instead.
         self._stream: Any = None
+        # Bytes the stream has taken (for the fall-back to the queue file
+        # when its first write fails).
+        self._streamed = 0
 
     @property
     def outstanding(self) -> int:
@@ -264,6 +270,17 @@ class SpoolWriter:
             self._pump()
         d = self._when_idle()
 
+        def route(_: object) -> Deferred:
+            if not self._stream:
+                # The stream's first write failed meanwhile: the body is in
+                # the queue file (see _written).
+                return self._commit_queued(envelope, b"")
+            return self._finish_stream(envelope, stream)
+
+        d.addCallback(route)
+        return d
+
+    def _finish_stream(self, envelope: Envelope, stream: Any) -> Deferred:
         def finish(_: object) -> Deferred:
             if self._error is not None:
                 return fail(self._error)
@@ -278,6 +295,7 @@ class SpoolWriter:
             self._spool._streamed(envelope, final)
             return self.queue_id
 
+        d = succeed(None)
         d.addCallback(finish)
         d.addErrback(self._discard_then_fail)
         d.addCallback(stream.published)
@@ -375,11 +393,22 @@ class SpoolWriter:
             return
         chunk = self._chunks.popleft()
         self._writing = True
-        self._disk.run(self._write_blocking, chunk).addBoth(self._written, len(chunk))
+        self._disk.run(self._write_blocking, chunk).addBoth(self._written, chunk)
 
-    def _written(self, result: Any, length: int) -> None:
+    def _written(self, result: Any, chunk: bytes) -> None:
         self._writing = False
-        self._outstanding -= length
+        if self._stream and not isinstance(result, Failure):
+            self._streamed += len(chunk)
+        elif self._stream and self._streamed == 0 and self._state != _ABORTED:
+            # The Maildir took nothing: write the body to the queue file
+            # instead (this chunk first), and let the queue deliver it.
+            stream, self._stream = self._stream, False
+            self._disk.run(stream.discard_blocking).addErrback(lambda _: None)
+            self._spool._stream_fell_back(self.queue_id, result)
+            self._chunks.appendleft(chunk)
+            self._pump()
+            return
+        self._outstanding -= len(chunk)
         if isinstance(result, Failure) and self._error is None:
             self._error = result
             # Nothing more will be written: free the memory now.

@@ -347,6 +347,28 @@ class FullDiskTests(SynchronousTestCase):
         # The bounce is queued for the (remote) sender.
         self.assertRegex(server.wait_for_log(" status=bounced dsn="), r"status=bounced dsn=\w+ to=<z@remote\.test>")
 
+    def test_large_message_queued_when_maildir_full(self):
+        """
+        A large message (streamed into the Maildir as it arrives) for a
+        mailbox whose disk is full is queued instead of refused, and
+        delivered once there is room again.
+        """
+        server = ServerProcess(self, services=("smtp",), users=USERS, extra=(
+            '[relay]\ndns_servers = ["127.0.0.1:9"]\nretry_initial = "1s"\nretry_max = "1s"\n'))
+        self.mount_tmpfs(os.path.join(server.data_dir, "mail"), "1m")
+        server.start()
+        filler = os.path.join(server.data_dir, "mail", "filler")
+        self.fill(filler)
+        message = b"Subject: big\r\n\r\n" + (b"z" * 500 + b"\r\n") * 600
+        client = smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30)
+        client.sendmail("z@remote.test", ["alice@example.test"], message)
+        client.quit()
+        server.wait_for_log("status=queueing reason=")
+        server.wait_for_log("to=<alice@example.test> status=deferred")
+        os.unlink(filler)
+        [data] = server.wait_for_messages("alice@example.test", 1)
+        self.assertTrue(data.endswith(message))
+
     def test_queue_full_no_duplicates(self):
         """
         A message for a local and a remote recipient, refused with 452
