@@ -204,7 +204,9 @@ class DropTests(SynchronousTestCase):
 
     def test_bad_drops(self):
         for data in (b"", b"no header", b'{"version": 2}\r\n', b'{"version": 1}\r\n',
-                     b'{"version": 1, "sender": "", "recipients": ["bad"]}\r\nx'):
+                     b'{"version": 1, "sender": "", "recipients": ["bad"]}\r\nx',
+                     # No recipient: moved to corrupt/, not retried for ever.
+                     b'{"version": 1, "sender": "", "recipients": []}\r\nx'):
             self.assertRaises(DropFormatError, parse_drop, data)
 
 

@@ -122,6 +122,9 @@ def parse_drop(data: bytes) -> Drop:
     try:
         sender_text = header["sender"]
         recipients = tuple(parse_mailbox(r) for r in header["recipients"])
+        if not recipients:
+            # sendmail never writes one; retrying it would fail for ever.
+            raise DropFormatError("no recipients")
         return Drop(
             sender=parse_mailbox(sender_text) if sender_text else None,
             recipients=recipients,
