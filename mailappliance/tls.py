@@ -203,6 +203,23 @@ class ServerTLS:
         return self._options.getContext()
 
 
+def tls_error_text(reason: Any) -> str | None:
+    """
+    Why a connection ended, when TLS ended it (a failed handshake: a
+    client that offers only TLS 1.0, no common cipher, plain text sent to
+    a TLS port): OpenSSL's reasons, as Dovecot and Postfix log them.
+
+    @param reason: the L{Failure} given to C{connectionLost}.
+    @return: the text, or L{None} when TLS had nothing to do with it.
+    """
+    if reason is None or not reason.check(SSL.Error):
+        return None
+    details = reason.value.args[0] if reason.value.args else None
+    if isinstance(details, list) and details:
+        return "; ".join(str(entry[-1]) for entry in details if isinstance(entry, tuple) and entry) or str(reason.value)
+    return str(reason.value) or type(reason.value).__name__
+
+
 def wrap_implicit_tls(factory: Any, server_tls: ServerTLS, clock: Any = None) -> TLSMemoryBIOFactory:
     """
     Wrap a protocol factory for an implicit-TLS listener (RFC 8314: TLS

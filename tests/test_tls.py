@@ -24,6 +24,7 @@ from mailappliance.testing import write_certificate
 from mailappliance.tls import (
     ServerTLS,
     TLSConfigError,
+    tls_error_text,
     wrap_implicit_tls,
 )
 
@@ -265,3 +266,20 @@ class SelfSignedTests(SynchronousTestCase):
         self.assertEqual(names.get_values_for_type(x509.DNSName), ["mail.example.test"])
         self.assertEqual([str(a) for a in names.get_values_for_type(x509.IPAddress)], ["127.0.0.1", "::1"])
         self.assertEqual(stat.S_IMODE(os.stat(key_path).st_mode), 0o600)
+
+
+class TLSErrorTextTests(SynchronousTestCase):
+    def test_reasons(self):
+        """
+        L{tls_error_text} gives OpenSSL's reasons for a connection TLS
+        ended, and L{None} for any other end.
+        """
+        from OpenSSL import SSL
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        error = SSL.Error([("SSL routines", "", "unsupported protocol"), ("SSL routines", "", "no shared cipher")])
+        self.assertEqual(tls_error_text(Failure(error)), "unsupported protocol; no shared cipher")
+        self.assertEqual(tls_error_text(Failure(SSL.Error("odd"))), "odd")
+        self.assertIsNone(tls_error_text(Failure(ConnectionDone())))
+        self.assertIsNone(tls_error_text(None))

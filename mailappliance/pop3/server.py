@@ -37,7 +37,7 @@ from zope.interface import implementer
 
 from mailappliance.flow import OutputFlow
 from mailappliance.immediate import write_now
-from mailappliance.logtext import next_session_id
+from mailappliance.logtext import next_session_id, quote
 from mailappliance.pop3 import commands
 from mailappliance.pop3.commands import AUTHORIZATION, TRANSACTION, UPDATE
 from mailappliance.pop3.lines import (
@@ -54,8 +54,9 @@ from mailappliance.pop3.retrieval import POP3RetrievalHandlers
 from mailappliance.pop3.settings import POP3Settings, parse_peer_ip
 from mailappliance.pop3.stls import POP3STLSHandler
 from mailappliance.pop3.transfer import MessageSender
-from mailappliance.smtp.commands import is_http_request
 from mailappliance.pop3.update import POP3UpdateHandler
+from mailappliance.smtp.commands import is_http_request
+from mailappliance.tls import tls_error_text
 
 # Stop reading from a client whose pipelined input waiting behind a busy
 # command exceeds this; resume once it has been worked through.
@@ -162,6 +163,10 @@ class POP3Protocol(POP3LoginHandlers, POP3STLSHandler, POP3RetrievalHandlers, PO
         if self._counted:
             self._counted = False
             self.factory.connection_closed(self._peer_key)
+        tls_error = tls_error_text(reason)
+        if tls_error is not None:
+            self._log.info("service=pop3 event=tls-error peer={peer} session={session} reason={reason}",
+                           peer=self._peer_key, session=self._session, reason=quote(tls_error))
         if self.state == TRANSACTION:
             self._log.info(
                 "service=pop3 event=disconnect user={user} peer={peer} "

@@ -67,6 +67,7 @@ from mailappliance.smtp.receiver import MessageReceiver
 from mailappliance.smtp.replies import Reply
 from mailappliance.smtp.starttls import SMTPStartTLSHandler, can_start_tls, tls_active
 from mailappliance.smtp.transaction import Transaction
+from mailappliance.tls import tls_error_text
 
 if TYPE_CHECKING:
     from mailappliance.smtp.factory import SMTPFactory
@@ -240,6 +241,9 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLS
         if self._admitted:
             self._admitted = False
             self.factory.connections.release(self._peer_key)
+            tls_error = tls_error_text(reason)
+            if tls_error is not None:
+                self._log_event(LogLevel.info, event="tls-error", peer=self._peer_key, reason=quote(tls_error))
             self._log_event(LogLevel.info, event="disconnect", peer=self._peer_key, errors=str(self._errors))
 
     def dataReceived(self, data: bytes) -> None:

@@ -328,6 +328,17 @@ class POP3Tests(SynchronousTestCase):
             with self.assertRaises(ssl.SSLError):
                 poplib.POP3_SSL("localhost", server.ports["pop3_tls"], context=context, timeout=20)
 
+    def test_failed_handshake_logged(self):
+        """
+        A TLS handshake that fails (here: plain text sent to the implicit
+        TLS port) is logged with OpenSSL's reason, for the admin whose
+        user cannot connect.
+        """
+        server = self.start(tls=True, extra='[smtp]\nlisten = []\n')
+        send_and_half_close(server.ports["pop3_tls"], b"USER alice\r\n")
+        line = server.wait_for_log("service=pop3 event=tls-error")
+        self.assertRegex(line, r"service=pop3 event=tls-error peer=127\.0\.0\.1 session=\w+ reason=\"[^\"]+\"")
+
     def test_auth_plain(self):
         """
         SASL PLAIN (RFC 5034) with an initial response logs in.

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mailappliance.queue.ids import is_queue_id
 from mailappliance.queue.spool import read_current_envelope
-from tests.e2e.harness import ServerProcess, require_client, wait_until
+from tests.e2e.harness import ServerProcess, require_client, send_and_half_close, wait_until
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
@@ -96,6 +96,19 @@ class SubmissionTests(SynchronousTestCase):
         self.assertEqual(rest[found_date.end():], b"\r\n.leading dot\r\nbody\r\n")
         self.assertIn(f"event=auth status=ok user={ALICE}", server.log())
         self.assertNotIn(PASSWORD, server.log())
+
+    def test_failed_handshake_logged(self):
+        """
+        A client that cannot agree on TLS with the implicit-TLS port (plain
+        text sent to it) leaves a tls-error line with OpenSSL's reason
+        before its disconnect line.
+        """
+        server = self.start()
+        send_and_half_close(server.ports["submission_tls"], b"EHLO x\r\n")
+        log = server.wait_for_log("service=submission event=tls-error")
+        self.assertRegex(log, r"service=submission event=tls-error peer=127\.0\.0\.1 session=(\w+) "
+                              r"reason=\"[^\"]+\"\n.*service=submission event=disconnect peer=127\.0\.0\.1 "
+                              r"session=\1 ")
 
     def test_implicit_tls(self):
         """
