@@ -165,7 +165,7 @@ def load_tls(config: Config):
     from mailappliance.tls import ServerTLS, TLSConfigError
 
     try:
-        return ServerTLS.from_files(config.tls.certificate, config.tls.key)
+        return ServerTLS.from_files(config.tls.certificate, config.tls.key, hostname=config.server.hostname)
     except TLSConfigError as e:
         raise StartupError(f"{config.path or 'configuration'}: tls: {e}") from None
 
@@ -233,7 +233,9 @@ def validate(config: Config, systemd_fds: Any = None) -> dict:
         this process's.
     @return: facts for the summary (C{users}, C{aliases}; C{missing}, the
         users or aliases files named that do not exist;
-        C{systemd_unchecked}, the C{systemd:} listeners not checked).
+        C{systemd_unchecked}, the C{systemd:} listeners not checked;
+        C{tls_warnings}, what is wrong with a certificate that can still
+        be served).
     @raise StartupError: as start-up would.
     """
     from twisted.python.systemd import ListenFDs
@@ -242,7 +244,7 @@ def validate(config: Config, systemd_fds: Any = None) -> dict:
 
     check_data_dir(config)
     accounts = load_accounts(config, None, SynchronousDiskPool())
-    load_tls(config)
+    tls = load_tls(config)
     fds = ListenFDs.fromEnvironment() if systemd_fds is None else systemd_fds
     unchecked = []
     for service, key_name, description in config.listeners():
@@ -257,8 +259,11 @@ def validate(config: Config, systemd_fds: Any = None) -> dict:
     aliases = sum(len(getattr(r, "table", ())) for r in accounts.resolvers if getattr(r, "name", "") == "aliases")
     named = (config.accounts.users_file, config.accounts.aliases_file)
     missing = [path for path in named if path and not os.path.exists(path)]
+    from mailappliance.tls import certificate_warnings
+
+    tls_warnings = certificate_warnings(tls.certificate_path, config.server.hostname) if tls is not None else []
     return {"users": len(accounts.users.addresses()), "aliases": aliases, "missing": missing,
-            "systemd_unchecked": unchecked}
+            "systemd_unchecked": unchecked, "tls_warnings": tls_warnings}
 
 
 class Reloader(Service):

@@ -126,25 +126,39 @@ class ServerTLS:
     @ivar key_path: the key file.
     """
 
-    def __init__(self, certificate_path: str, key_path: str, options: CertificateOptions, log: Logger | None = None):
+    def __init__(self, certificate_path: str, key_path: str, options: CertificateOptions, log: Logger | None = None,
+                 hostname: str | None = None):
         """
         Use L{from_files}; this takes options already loaded.
+
+        @param hostname: the server's name, that the certificate should be
+            for (see L{certificate_warnings}).
         """
         self.certificate_path = certificate_path
         self.key_path = key_path
+        self.hostname = hostname
         self._options = options
         self._log = log if log is not None else Logger(namespace="mailappliance.tls")
 
     @classmethod
-    def from_files(cls, certificate_path: str, key_path: str, log: Logger | None = None) -> ServerTLS:
+    def from_files(cls, certificate_path: str, key_path: str, log: Logger | None = None,
+                   hostname: str | None = None) -> ServerTLS:
         """
-        Load the certificate chain and key.
+        Load the certificate chain and key, and log what
+        L{certificate_warnings} finds.
 
         @raise TLSConfigError: as L{load_certificate_options}.
         """
         certificate_path = os.path.abspath(certificate_path)
         key_path = os.path.abspath(key_path)
-        return cls(certificate_path, key_path, load_certificate_options(certificate_path, key_path), log)
+        tls = cls(certificate_path, key_path, load_certificate_options(certificate_path, key_path), log, hostname)
+        tls.log_warnings(certificate_warnings(certificate_path, hostname))
+        return tls
+
+    def log_warnings(self, warnings: list[str]) -> None:
+        for warning in warnings:
+            self._log.warn("service=tls event=certificate status=warning certificate={path} reason={reason}",
+                           path=self.certificate_path, reason=quote(warning))
 
     def reload(self) -> None:
         """
@@ -164,6 +178,7 @@ class ServerTLS:
             raise
         self._options = options
         self._log.info("service=tls event=reload status=ok certificate={path}", path=self.certificate_path)
+        self.log_warnings(certificate_warnings(self.certificate_path, self.hostname))
 
     def reload_in(self, disk: Any) -> Any:
         """
@@ -175,9 +190,10 @@ class ServerTLS:
             files could not be used (logged; the old certificate stays).
         """
 
-        def loaded(options: Any) -> bool:
-            self._options = options
+        def loaded(result: Any) -> bool:
+            self._options, warnings = result
             self._log.info("service=tls event=reload status=ok certificate={path}", path=self.certificate_path)
+            self.log_warnings(warnings)
             return True
 
         def failed(failure: Any) -> bool:
@@ -185,7 +201,11 @@ class ServerTLS:
             self._log.error("service=tls event=reload status=failed error={error}", error=quote(str(failure.value)))
             return False
 
-        d = disk.run(load_certificate_options, self.certificate_path, self.key_path)
+        def load() -> tuple[CertificateOptions, list[str]]:
+            options = load_certificate_options(self.certificate_path, self.key_path)
+            return options, certificate_warnings(self.certificate_path, self.hostname)
+
+        d = disk.run(load)
         return d.addCallbacks(loaded, failed)
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
@@ -201,6 +221,42 @@ class ServerTLS:
         L{IOpenSSLContextFactory}.
         """
         return self._options.getContext()
+
+
+def certificate_warnings(certificate_path: str, hostname: str | None, now: float | None = None) -> list[str]:
+    """
+    What is wrong with a certificate that can still be served: expired,
+    not valid yet, or not for the server's name (C{[server] hostname},
+    which clients that check names connect to). Each is a warning, not an
+    error: a renewed certificate may be on its way, and opportunistic TLS
+    between servers works with any certificate. Blocking (reads one small
+    file).
+
+    @return: one sentence per problem; none for a good certificate (or
+        one that cannot be read: L{load_certificate_options} says why).
+    """
+    import datetime
+
+    from service_identity import CertificateError, VerificationError
+    from service_identity.cryptography import verify_certificate_hostname
+
+    try:
+        certificate = x509.load_pem_x509_certificates(_read_pem(certificate_path, "certificate"))[0]
+    except (TLSConfigError, ValueError, IndexError):
+        return []
+    moment = datetime.datetime.now(datetime.UTC) if now is None else datetime.datetime.fromtimestamp(now,
+                                                                                                    datetime.UTC)
+    warnings = []
+    if certificate.not_valid_after_utc < moment:
+        warnings.append(f"the certificate expired on {certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+    if certificate.not_valid_before_utc > moment:
+        warnings.append(f"the certificate is not valid before {certificate.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+    if hostname:
+        try:
+            verify_certificate_hostname(certificate, hostname)
+        except (VerificationError, CertificateError):
+            warnings.append(f"the certificate is not for {hostname} (the server's hostname)")
+    return warnings
 
 
 def tls_error_text(reason: Any) -> str | None:

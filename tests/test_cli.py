@@ -234,6 +234,20 @@ class CheckCommandTests(CLITestCase):
         self.assertIn(f"users: 0 in {self.users.path} (the file does not exist)\n", out)
         self.assertTrue(out.endswith("configuration OK\n"))
 
+    def test_certificate_warning(self):
+        """
+        A certificate that is not for the server's hostname (or expired,
+        or not valid yet) is a warning: it can still be served.
+        """
+        from mailappliance.testing import write_certificate
+
+        write_certificate(self.base.child("tls").path, "other.example.test")
+        self.config.setContent(self.config.getContent() + b'\n[tls]\ncertificate = "tls/cert.pem"\nkey = "tls/key.pem"\n')
+        status, out, err = self.run_cli("check", "--config", self.config.path)
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("\nwarning: tls: the certificate is not for mail.example.test (the server's hostname)\n", out)
+        self.assertTrue(out.endswith("configuration OK\n"))
+
     def test_bad_users_file(self):
         self.users.setContent(b"alice@example.test:{PLAIN}x\nbroken line\n")
         status, out, err = self.run_cli("check", "--config", self.config.path)

@@ -23,6 +23,7 @@ from zope.interface.verify import verifyObject
 from mailappliance.testing import write_certificate
 from mailappliance.tls import (
     ServerTLS,
+    certificate_warnings,
     TLSConfigError,
     tls_error_text,
     wrap_implicit_tls,
@@ -224,7 +225,7 @@ class ReloadTests(SynchronousTestCase):
 
         write_certificate(self.directory, "new.test")
         self.assertIs(self.successResultOf(self.tls.reload_in(RecordingPool())), True)
-        self.assertEqual(calls, ["load_certificate_options"])
+        self.assertEqual(calls, ["load"])
         self.assertEqual(served_certificate(self.tls).subject.rfc4514_string(), "CN=new.test")
         new = served_certificate(self.tls)
         write(self.key_path, b"garbage")
@@ -283,3 +284,49 @@ class TLSErrorTextTests(SynchronousTestCase):
         self.assertEqual(tls_error_text(Failure(SSL.Error("odd"))), "odd")
         self.assertIsNone(tls_error_text(Failure(ConnectionDone())))
         self.assertIsNone(tls_error_text(None))
+
+
+class CertificateWarningsTests(SynchronousTestCase):
+    """
+    L{certificate_warnings}: a certificate that can be served but is
+    expired, not valid yet, or not for the server's name.
+    """
+
+    def setUp(self):
+        import time
+
+        self.now = time.time()
+        self.cert_path, self.key_path = write_certificate(self.mktemp(), "mail.example.test")
+
+    def test_good(self):
+        self.assertEqual(certificate_warnings(self.cert_path, "mail.example.test"), [])
+        self.assertEqual(certificate_warnings(self.cert_path, None), [])
+
+    def test_expired_and_not_yet_valid(self):
+        [expired] = certificate_warnings(self.cert_path, "mail.example.test", now=self.now + 40 * 86400)
+        self.assertRegex(expired, r"^the certificate expired on \d{4}-\d\d-\d\d \d\d:\d\d UTC$")
+        [early] = certificate_warnings(self.cert_path, "mail.example.test", now=self.now - 2 * 86400)
+        self.assertRegex(early, r"^the certificate is not valid before \d{4}-\d\d-\d\d \d\d:\d\d UTC$")
+
+    def test_other_name(self):
+        self.assertEqual(certificate_warnings(self.cert_path, "mx.other.test"),
+                         ["the certificate is not for mx.other.test (the server's hostname)"])
+
+    def test_logged_at_load_and_reload(self):
+        """
+        L{ServerTLS.from_files} and both reloads log each warning; the
+        certificate is still served.
+        """
+        events = []
+        tls = ServerTLS.from_files(self.cert_path, self.key_path, log=Logger(namespace="t", observer=events.append),
+                                   hostname="mx.other.test")
+        line = (f"service=tls event=certificate status=warning certificate={os.path.abspath(self.cert_path)} "
+                'reason="the certificate is not for mx.other.test (the server\'s hostname)"')
+        self.assertEqual([formatEvent(e) for e in events], [line])
+        tls.reload()
+        self.assertEqual(formatEvent(events[-1]), line)
+        from mailappliance.disk import SynchronousDiskPool
+
+        self.assertIs(self.successResultOf(tls.reload_in(SynchronousDiskPool())), True)
+        self.assertEqual(formatEvent(events[-1]), line)
+        self.assertIsNotNone(tls.serverConnectionForTLS(None))

@@ -68,6 +68,7 @@ def summary(config, facts: dict) -> list[str]:
     )
     lines.append("trusted networks: " + ", ".join(str(n) for n in config.trusted_networks))
     lines.append(f"tls: {tls}" + (f" ({config.tls.certificate})" if config.tls else ""))
+    lines += [f"warning: tls: {warning}" for warning in facts.get("tls_warnings", ())]
     a = config.accounts
     missing = facts.get("missing", ())
 

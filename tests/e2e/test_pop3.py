@@ -308,6 +308,10 @@ class POP3Tests(SynchronousTestCase):
         _, lines, _ = client.retr(1)
         self.assertEqual(retr_bytes(lines), EIGHT_BIT)
         client.quit()
+        # The test certificate is for localhost, not for the server's
+        # hostname: served, with a warning at start-up.
+        self.assertIn("service=tls event=certificate status=warning certificate=", server.log())
+        self.assertIn('reason="the certificate is not for mail.example.test (the server\'s hostname)"', server.log())
 
     def test_no_static_rsa_key_exchange(self):
         """
