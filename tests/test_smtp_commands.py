@@ -96,6 +96,16 @@ class ParseMailTests(SynchronousTestCase):
         self.assertEqual(parse_mail(b"FROM:<a@b.test> AUTH", True).auth, "")
         self.assertIsNone(parse_mail(b"FROM:<a@b.test>", True).auth)
 
+    def test_without_brackets(self) -> None:
+        """
+        A path without its angle brackets is taken up to the next space,
+        parameters and all (as Postfix does): small devices send it so.
+        """
+        self.assertEqual(parse_mail(b"FROM:a@b.test", True), MailFrom(Mailbox("a", "b.test")))
+        self.assertEqual(parse_mail(b"FROM: a@b.test SIZE=10", True), MailFrom(Mailbox("a", "b.test"), size=10))
+        self.assertEqual(parse_rcpt(b"TO:c@d.test", False, MX_POSTMASTER), Mailbox("c", "d.test"))
+        self.assertEqual(refusal(parse_mail, b"FROM:a@@b.test", True), (501, "5.1.7"))
+
     def test_quoted_angle_bracket(self) -> None:
         """
         A C{>} inside a quoted local part does not end the path.
@@ -109,7 +119,9 @@ class ParseMailTests(SynchronousTestCase):
         cases = [
             (b"", (501, "5.5.4")),
             (b"TO:<a@b.test>", (501, "5.5.4")),
-            (b"FROM:a@b.test", (501, "5.5.4")),
+            (b"FROM:", (501, "5.5.4")),
+            (b"FROM:a>@b.test", (501, "5.5.4")),
+            (b'FROM:"a b"@b.test', (501, "5.5.4")),
             (b"FROM:<a@b.test", (501, "5.5.4")),
             (b"FROM:<a@b.test>SIZE=1", (501, "5.5.4")),
             (b"FROM:<a@b.test> SIZE", (501, "5.5.4")),
@@ -157,7 +169,8 @@ class ParseRcptTests(SynchronousTestCase):
         self.assertTrue(names_postmaster(b"TO:<PostMaster>"))
         self.assertTrue(names_postmaster(b"to:<postmaster>"))
         self.assertFalse(names_postmaster(b"TO:<postmaster@example.test>"))
-        self.assertFalse(names_postmaster(b"TO:postmaster"))
+        self.assertTrue(names_postmaster(b"TO:postmaster"))
+        self.assertFalse(names_postmaster(b"TO:postmaster@example.test"))
 
     def test_utf8(self) -> None:
         """

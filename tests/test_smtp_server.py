@@ -211,7 +211,7 @@ class MailTests(DialogueTestCase):
                 ("MAIL FROM:<a@b.test> BODY=BINARYMIME", ("504 5.5.4 Error: BODY=BINARYMIME is not supported",)),
                 ("MAIL FROM:<a@b.test> ENVID=x", ("555 5.5.4 Error: unsupported parameter ENVID",)),
                 ("MAIL FROM:<a@b.test> BODY=7BIT BODY=7BIT", ("501 5.5.4 Error: duplicate parameter BODY",)),
-                ("MAIL FROM:a@b.test", ("501 5.5.4 Syntax: MAIL FROM:<address>",)),
+                ("MAIL FROM:a@b.test>", ("501 5.5.4 Syntax: MAIL FROM:<address>",)),
                 ("MAIL FROM:<a@@b.test>", ("501 5.1.7 Bad sender address syntax: invalid local part",)),
                 ("MAIL FROM:<ü@b.test>", ("553 5.6.7 Error: non-ASCII sender address requires SMTPUTF8",)),
                 ("MAIL FROM:<a@b.test> SIZE=1000 BODY=8BITMIME", (SENDER_OK,)),

@@ -141,7 +141,9 @@ def _split_path(argument: bytes, prefix: bytes, syntax: Reply) -> tuple[bytes, l
 
     Spaces after the colon are tolerated (many clients send them, and
     Postfix and Exim accept them). The path ends at the first C{>} outside
-    a quoted string.
+    a quoted string. A path without its angle brackets (C{FROM:a@b.test},
+    as scanners and other small devices send it) is taken up to the next
+    space, as Postfix does by default (C{strict_rfc821_envelopes = no}).
 
     @return: the path, brackets included, and the parameters.
     @raise CommandRefused: with C{syntax} if the shape is wrong.
@@ -150,7 +152,10 @@ def _split_path(argument: bytes, prefix: bytes, syntax: Reply) -> tuple[bytes, l
         raise CommandRefused(syntax)
     rest = argument[len(prefix) :].lstrip(b" ")
     if not rest.startswith(b"<"):
-        raise CommandRefused(syntax)
+        bare, _, params = rest.partition(b" ")
+        if not bare or b"<" in bare or b">" in bare or b'"' in bare:
+            raise CommandRefused(syntax)
+        return b"<" + bare + b">", params.split()
     quoted = escaped = False
     for index in range(1, len(rest)):
         byte = rest[index]

@@ -318,6 +318,21 @@ class InboundTests(SynchronousTestCase):
         folders = os.listdir(os.path.dirname(server.maildir("zo\u00eb@example.test")))
         self.assertEqual([f for f in folders if f.startswith("zo")], ["zo\u00eb"])
 
+    def test_addresses_without_brackets(self):
+        """
+        A scanner-style client that leaves out the angle brackets
+        (C{MAIL FROM:a@b}) is served, as Postfix serves it.
+        """
+        server = self.start()
+        raw = RawSMTP(server.ports["smtp"])
+        self.addCleanup(raw.close)
+        raw.send(b"HELO scanner\r\nMAIL FROM:scanner@remote.test\r\nRCPT TO: alice@example.test\r\nDATA\r\n")
+        self.assertEqual([raw.reply()[:3] for _ in range(4)], [b"250", b"250", b"250", b"354"])
+        raw.send(b"Subject: scan\r\n\r\npage 1\r\n.\r\nQUIT\r\n")
+        self.assertEqual(raw.reply()[:3], b"250")
+        [data] = server.wait_for_messages("alice@example.test", 1)
+        self.assertIn(b"Return-Path: <scanner@remote.test>\r\n", data)
+
     def test_relay_denied_untrusted(self):
         """
         From outside trusted_networks, mail for another domain gets
