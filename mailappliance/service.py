@@ -579,6 +579,14 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     if config.pop3 is not None:
         listen("pop3", config.pop3, _pop3_factory(config, accounts, disk, reactor, tls))
     drainer.factories = [f for name, f in factories.items() if name in ("smtp", "submission")]
+    from mailappliance.freespace import FreeSpaceMonitor
+
+    # The queue can take any message, when a Maildir cannot (it is then
+    # delivered later): its file system is the one that must have room.
+    space = FreeSpaceMonitor([config.queue_dir], disk, reactor)
+    space.setServiceParent(root)
+    for factory in drainer.factories:
+        factory.space = space
     live = LiveConfiguration(config, factories, relay, notifier, disk, manager)
     reloader.reconfigure = live.reload
     sessions = {name: (lambda f=factory: _session_count(f)) for name, factory in factories.items()}

@@ -199,6 +199,23 @@ class CommandTests(DialogueTestCase):
 
 
 class MailTests(DialogueTestCase):
+    def test_size_that_cannot_fit(self) -> None:
+        """
+        A SIZE that the data folder's free space cannot take (one and a
+        half times it) gets 452 4.3.1 at MAIL (RFC 1870 section 6.1).
+        """
+        session = SMTPHarness()
+
+        class Space:
+            def too_little_for(self, size):
+                return size > 100
+
+        session.factory.space = Space()
+        session.send(b"EHLO client.test\r\n")
+        self.assertEqual(session.send(b"MAIL FROM:<a@b.test> SIZE=101\r\n"),
+                         lines("452 4.3.1 Error: insufficient system storage"))
+        self.assertEqual(session.send(b"MAIL FROM:<a@b.test> SIZE=100\r\n"), lines("250 2.1.0 Ok"))
+
     def test_parameters(self) -> None:
         """
         MAIL parameters: SIZE against the limit, BODY, SMTPUTF8, unknown

@@ -10,6 +10,8 @@ stop.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ServerFactory
@@ -80,6 +82,9 @@ class SMTPFactory(ServerFactory):
         self.sessions: set[SMTPServerProtocol] = set()
         self.draining = False
         self.storage = FailureEpisodes(self.log)
+        # A mailappliance.freespace.FreeSpaceMonitor, when the service has
+        # one: MAIL with a SIZE that cannot fit gets 452 4.3.1.
+        self.space: Any = None
 
     def drain(self, grace: float) -> Deferred:
         """

@@ -143,6 +143,9 @@ class SMTPCommandHandlers:
         self._context["from"] = angle_path(mail.sender)
         if mail.size is not None and mail.size > self.policy.max_message_size:
             return replies.MESSAGE_TOO_BIG
+        space = self.factory.space
+        if mail.size is not None and space is not None and space.too_little_for(mail.size):
+            return replies.QUEUE_FULL
         if self.policy.sender_needs_lookup(mail.sender):
             return self._sender_resolves_to_user(mail.sender).addCallback(
                 lambda owned: owned if isinstance(owned, Reply) else self._begin(mail, owned)
