@@ -252,6 +252,62 @@ class TransactionTests(DialogueMixin, SynchronousTestCase):
             },
         )
 
+    def test_rcpt_out_of_step(self) -> None:
+        """
+        A 3xx reply to RCPT (a peer out of step: one reply missing from a
+        pipelined batch, so that DATA's 354 answers the last RCPT) is a
+        protocol error: no data is sent, nobody counts as delivered, and
+        the connection is dropped.
+        """
+        result = self.dialogue(
+            [
+                ("S", GREETING),
+                ("C", b"EHLO client.test\r\n"),
+                ("S", EHLO_PIPELINING),
+                (
+                    "C1",
+                    b"MAIL FROM:<alice@local.test> SIZE=%d\r\n"
+                    b"RCPT TO:<one@remote.test>\r\nRCPT TO:<two@remote.test>\r\nDATA\r\n" % len(BODY),
+                ),
+                ("S", b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go ahead\r\n503 5.5.1 no recipients\r\n"),
+            ]
+        )
+        self.assertResults(result, {})
+        self.assertEqual(result.problem.status, "4.5.0")
+        self.assertIn("unexpected reply to RCPT: 354 go ahead", result.problem.reason)
+        self.assertNotIn(b"Subject", self.transport.value())
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_rcpt_552_is_temporary(self) -> None:
+        """
+        A 552 to RCPT is an old "too many recipients" (RFC 5321 section
+        4.5.3.1.10): temporary, 4.5.3, while the others are delivered.
+        """
+        result = self.dialogue(
+            [
+                ("S", GREETING),
+                ("C", b"EHLO client.test\r\n"),
+                ("S", EHLO_PIPELINING),
+                (
+                    "C1",
+                    b"MAIL FROM:<alice@local.test> SIZE=%d\r\n"
+                    b"RCPT TO:<one@remote.test>\r\nRCPT TO:<two@remote.test>\r\nDATA\r\n" % len(BODY),
+                ),
+                ("S", b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n552 too many recipients\r\n354 go\r\n"),
+                ("C", STUFFED),
+                ("S", b"250 2.0.0 ok\r\n"),
+                ("C", b"QUIT\r\n"),
+                ("S", b"221 bye\r\n"),
+            ]
+        )
+        self.assertResults(
+            result,
+            {
+                "one@remote.test": ("delivered", "250 2.0.0 ok", "2.0.0"),
+                "two@remote.test": ("temporary", "552 too many recipients", "4.5.3"),
+            },
+        )
+
     def test_lock_step_without_pipelining(self) -> None:
         """
         Without PIPELINING each command waits for the previous reply; a

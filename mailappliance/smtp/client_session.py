@@ -101,9 +101,11 @@ def size_limit(extensions: dict[str, tuple[str, ...]]) -> int | None:
 
 
 def _status_for(reply: Reply) -> str:
-    if reply.code < 400:
+    # Only a 2xx delivers; an unexpected 1xx or 3xx (a peer out of step)
+    # never counts as delivered (RFC 5321 section 4.3.2).
+    if reply.code // 100 == 2:
         return DELIVERED
-    return TEMPORARY if reply.transient else PERMANENT
+    return PERMANENT if reply.code >= 500 else TEMPORARY
 
 
 def _wire_name(name: str) -> bytes:
@@ -415,6 +417,18 @@ class Session:
         for recipient, reply in pairs:
             if reply.code // 100 == 2:
                 accepted.append(recipient)
+            elif reply.code < 400:
+                # RCPT succeeds with 250, 251 or 252 only (RFC 5321 section
+                # 4.3.2): a 1xx or 3xx means the peer is out of step (a
+                # reply missing from a pipelined batch, say). Nothing is
+                # sent; every recipient waits for another try.
+                raise ConnectionProblem(f"protocol error: unexpected reply to RCPT: {reply}", "4.5.0")
+            elif reply.code == 552:
+                # RFC 5321 section 4.5.3.1.10: a 552 to RCPT is an old
+                # "too many recipients", to be taken as temporary (as
+                # Postfix does): the recipient goes in another transaction.
+                self._result.decided[recipient] = RecipientResult(recipient, TEMPORARY, str(reply), "4.5.3",
+                                                                  self._host, True)
             else:
                 self._decide([recipient], reply)
         return accepted
