@@ -121,6 +121,57 @@ class RelayTests(RelayTestCase):
     def test_interface(self):
         self.assertTrue(verifyObject(IRemoteDelivery, self.relay()))
 
+    def test_at_most_100_recipients_per_transaction(self):
+        """
+        250 recipients for one domain go in transactions of 100 (RFC 5321
+        section 4.5.3.1.8), in order, all in this attempt.
+        """
+        relay = self.relay()
+        e = self.envelope(*[rcpt(f"u{n}@one.test") for n in range(250)])
+        results = self.deliver_all(relay, e)
+        self.assertEqual([r.state for r in results], [DELIVERED] * 250)
+        self.assertEqual([len(recipients) for _, recipients in self.client.calls], [100, 100, 50])
+        self.assertEqual([r.target.local for r in results], [f"u{n}" for n in range(250)])
+
+    def test_too_many_recipients_sent_at_once_in_another_transaction(self):
+        """
+        Recipients a server refused with 452 "too many recipients" while
+        it took others go in the next transaction at once; a 452 with no
+        progress (nobody taken) waits for the retry.
+        """
+
+        class Limited(FakeClient):
+            # Takes at most 2 recipients per transaction.
+            def __call__(self, reactor, hosts, message, options, disk=None, cache=None):
+                self.calls.append((hosts[0].name, message.recipients))
+                results = [RecipientResult(r, OK, "250 2.0.0 ok", "2.0.0", hosts[0].name, True)
+                           if n < 2 else
+                           RecipientResult(r, TEMPORARY, "452 4.5.3 too many recipients", "4.5.3", hosts[0].name, True)
+                           for n, r in enumerate(message.recipients)]
+                return defer.succeed(DeliveryOutcome(tuple(results), host=hosts[0].name, address="192.0.2.1",
+                                                     port=25))
+
+        relay = self.relay(Limited())
+        e = self.envelope(*[rcpt(f"u{n}@one.test") for n in range(5)])
+        results = self.deliver_all(relay, e)
+        self.assertEqual([r.state for r in results], [DELIVERED] * 5)
+        self.assertEqual([len(recipients) for _, recipients in self.client.calls], [5, 3, 1])
+        self.assertEqual([r.status for r in results], ["2.0.0"] * 5)
+
+        class Full(FakeClient):
+            def __call__(self, reactor, hosts, message, options, disk=None, cache=None):
+                self.calls.append((hosts[0].name, message.recipients))
+                results = [RecipientResult(r, TEMPORARY, "452 4.5.3 too many recipients", "4.5.3", hosts[0].name,
+                                           True) for r in message.recipients]
+                return defer.succeed(DeliveryOutcome(tuple(results), host=hosts[0].name, address="192.0.2.1",
+                                                     port=25))
+
+        relay = self.relay(Full())
+        results = self.deliver_all(relay, self.envelope(rcpt("a@one.test"), rcpt("b@one.test")))
+        self.assertEqual(len(self.client.calls), 1)
+        self.assertEqual([r.state for r in results], ["pending", "pending"])
+        self.assertGreater(results[0].next_attempt, T0)
+
     def test_grouped_by_domain(self):
         """
         One transaction per destination domain; all delivered.

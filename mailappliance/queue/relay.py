@@ -96,6 +96,9 @@ from mailappliance.smtp.client_cache import SessionCache
 # RFC 5321 section 6.3: a message that has passed this many hosts is
 # looping; Postfix's hopcount_limit is 50 too.
 MAX_HOPS = 50
+# Recipients per transaction: RFC 5321 section 4.5.3.1.8 obliges a server
+# to take 100 (and Postfix sends no more by default).
+MAX_RECIPIENTS = 100
 PER_DESTINATION_LIMIT = 4
 JITTER = 0.1
 SMARTHOST_GROUP = "*"
@@ -211,7 +214,7 @@ class Relay:
     def deliver(self, envelope: Envelope, recipients: tuple[Recipient, ...], body_path: str, report: Any = None):
         """
         See L{IRemoteDelivery.deliver}: each destination is one
-        transaction, and the outcome of one that finishes while others are
+        transaction (one per L{MAX_RECIPIENTS} recipients), and the outcome of one that finishes while others are
         still in flight is given to C{report} at once (the last comes with
         the result), so that the queue manager can write it before a slow
         destination is done.
@@ -315,6 +318,25 @@ class Relay:
                     self._log(envelope, r, "deferred" if r.state != FAILED else "bounced", None)
                 updated.append(r)
             return updated
+        # At most MAX_RECIPIENTS per transaction (RFC 5321 section
+        # 4.5.3.1.8: a server need not take more); those a server refused
+        # with "too many recipients" while it took others go in the next
+        # transaction at once, not at the next retry.
+        updated: list[Recipient | None] = [None] * len(recipients)
+        waiting = list(range(len(recipients)))
+        while waiting:
+            batch, waiting = waiting[:MAX_RECIPIENTS], waiting[MAX_RECIPIENTS:]
+            outcome = yield self._transaction(envelope, [recipients[i] for i in batch], body_path, hosts)
+            results = {i: outcome.result_for(str(recipients[i].target)) for i in batch}
+            if any(result.delivered for result in results.values()):
+                overflow = [i for i in batch if _too_many_recipients(results[i])]
+                waiting = overflow + waiting
+                batch = [i for i in batch if i not in overflow]
+            for i, r in zip(batch, self._outcomes(envelope, [recipients[i] for i in batch], outcome), strict=True):
+                updated[i] = r
+        return updated
+
+    def _transaction(self, envelope: Envelope, recipients: list[Recipient], body_path: str, hosts: Any) -> Any:
         message = smtp_client.OutboundMessage(
             sender=str(envelope.sender) if envelope.sender is not None else "",
             recipients=tuple(str(r.target) for r in recipients),
@@ -324,8 +346,9 @@ class Relay:
             smtputf8=needs_smtputf8(envelope, recipients),
             queue_id=envelope.queue_id,
         )
-        outcome = yield self._deliver(self.reactor, hosts, message, self.options, disk=self.disk,
-                                      cache=self.sessions)
+        return self._deliver(self.reactor, hosts, message, self.options, disk=self.disk, cache=self.sessions)
+
+    def _outcomes(self, envelope: Envelope, recipients: list[Recipient], outcome: Any) -> list[Recipient]:
         retry_at = self._retry_at([r for r in recipients
                                    if not (outcome.result_for(str(r.target)).delivered
                                            or outcome.result_for(str(r.target)).permanent)])
@@ -390,6 +413,15 @@ class Relay:
             qid=envelope.queue_id, to=log_address(r.target), relay=relay, delay=self.clock.seconds() - envelope.arrival,
             tls=tls, status=status, dsn=r.status or "-", reply=quote(text),
         )
+
+
+def _too_many_recipients(result: Any) -> bool:
+    """
+    Whether a recipient was refused only for the number of recipients in
+    its transaction (C{452 4.5.3}, or a 552 taken as such).
+    """
+    return (not result.delivered and not result.permanent and result.remote
+            and (result.enhanced_status == "4.5.3" or result.reply.startswith("452 ")))
 
 
 def _consecutive_failures(r: Recipient) -> int:
