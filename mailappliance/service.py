@@ -761,7 +761,7 @@ def make_relay(config: Config, reactor: Any, disk: Any):
                                 auth=auth, connect_timeout=r.connect_timeout)
         where = f"smarthost {host}:{port} tls={r.smarthost_tls}"
     else:
-        router = MXRouter(resolver, r.mx_port)
+        router = MXRouter(resolver, r.mx_port, hostname=config.server.hostname)
         options = ClientOptions(config.server.hostname, tls="opportunistic", connect_timeout=r.connect_timeout)
         dns = ",".join(f"{h}:{p}" for h, p in r.dns_servers) or "system"
         where = f"mx port={r.mx_port} dns={dns}"

@@ -77,6 +77,28 @@ class MXRouterTests(SynchronousTestCase):
             RouteHost("mx2.example.net", ("192.0.2.2",), 2525),
         ])
 
+    def test_own_host_in_mx(self):
+        """
+        An MX naming our own host (any case, trailing dot) is dropped with
+        those less preferred (RFC 5321 section 5.1); when it is the best
+        one, the mail would loop back to us: a permanent 5.4.6.
+        """
+        records = {
+            ("example.net", dns.MX): [mx(10, "backup.example.net"), mx(20, "MX.Example.Test."),
+                                      mx(30, "other.example.net")],
+            ("backup.example.net", dns.A): [a("192.0.2.1")],
+            ("other.example.net", dns.A): [a("192.0.2.3")],
+        }
+        router = MXRouter(FakeDNS(records), 25, hostname="mx.example.test")
+        hosts = self.successResultOf(router.route("example.net"))
+        self.assertEqual([h.name for h in hosts], ["backup.example.net"])
+        records[("example.net", dns.MX)] = [mx(10, "mx.example.test"), mx(20, "backup.example.net")]
+        failure = self.failureResultOf(router.route("example.net"), RoutingError)
+        self.assertTrue(failure.value.permanent)
+        self.assertEqual(failure.value.status, "5.4.6")
+        self.assertEqual(failure.value.reason, "mail for example.net loops back to myself (its best MX is "
+                                               "mx.example.test)")
+
     def test_equal_preference_shuffled(self):
         """
         Hosts of equal preference are shuffled; every order appears.

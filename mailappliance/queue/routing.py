@@ -12,7 +12,10 @@ For a domain, L{MXRouter.route} returns the hosts to try, in order:
   - a domain that does not exist (NXDOMAIN): a permanent L{RoutingError},
     status 5.1.2; a null MX (RFC 7505: one MX, preference 0, exchange
     "."): a permanent L{RoutingError}, status 5.1.10;
-  - a server failure or time-out: a temporary L{RoutingError} (4.4.3).
+  - a server failure or time-out: a temporary L{RoutingError} (4.4.3);
+  - MX records that name our own host: it and those less preferred are
+    dropped; if it was the best, a permanent L{RoutingError} (5.4.6, the
+    mail would loop back to us).
 
 Each host comes with its addresses (A and AAAA, looked up with the same
 resolver, so that C{dns_servers} in the configuration governs everything;
@@ -74,12 +77,18 @@ class MXRouter:
     @param resolver: an L{twisted.internet.interfaces.IResolver} (a
         C{twisted.names.client.Resolver} on C{dns_servers}, or a fake).
     @param port: the port to connect to (C{mx_port}).
+    @param hostname: our own name (C{[server] hostname}): an MX record
+        naming it, and those less preferred, are dropped (RFC 5321 section
+        5.1), and a domain whose best MX is ourselves fails at once (5.4.6:
+        the mail would loop back to us), as Postfix does.
     """
 
-    def __init__(self, resolver, port: int = 25, rng: random.Random | None = None) -> None:
+    def __init__(self, resolver, port: int = 25, rng: random.Random | None = None,
+                 hostname: str | None = None) -> None:
         self._resolver = resolver
         self._port = port
         self._random = rng or random.Random()
+        self._own = _host_key(hostname) if hostname else None
 
     @defer.inlineCallbacks
     def route(self, domain: str):
@@ -100,6 +109,12 @@ class MXRouter:
         if len(exchanges) == 1 and exchanges[0][1] in ("", "."):
             # RFC 7505 section 4.1: no delivery is attempted; fail at once.
             raise RoutingError(f"domain {domain} accepts no mail (null MX, RFC 7505)", True, NULL_MX_STATUS)
+        if self._own is not None and any(_host_key(name) == self._own for _, name in exchanges):
+            ours = min(preference for preference, name in exchanges if _host_key(name) == self._own)
+            exchanges = [(preference, name) for preference, name in exchanges if preference < ours]
+            if not exchanges:
+                raise RoutingError(f"mail for {domain} loops back to myself (its best MX is {self._own})", True,
+                                   "5.4.6")
         if not exchanges:
             names = [domain]
         else:
@@ -190,6 +205,10 @@ class SmarthostRouter:
         if not addresses:
             raise RoutingError(f"smarthost {self._host} has no address", False, "4.4.3")
         return [RouteHost(self._host, addresses, self._port)]
+
+
+def _host_key(name: str) -> str:
+    return name.rstrip(".").lower()
 
 
 def _mx_records(answers, domain: str) -> list[tuple[int, str]]:

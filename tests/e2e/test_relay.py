@@ -23,6 +23,8 @@ ZONE = {
     "nomx.test": {"A": ["127.0.0.1"]},
     "nullmx.test": {"MX": [[0, ""]]},
     "servfail.test": "SERVFAIL",
+    # Its best MX is the server itself ([server] hostname).
+    "loop.test": {"MX": [[10, "mail.example.test"], [20, "mx.remote.test"]]},
 }
 USERS = {"alice@example.test": "a", "postmaster@example.test": "p"}
 BODY = b"From: alice@example.test\r\nSubject: outbound\r\n\r\n.dot line\r\nGr\xc3\xbc\xc3\x9fe\r\n"
@@ -220,6 +222,22 @@ class RelayTests(RelayTestCase):
         self.assertIn("Status: 5.1.2", nowhere)
         [nullmx] = [r for r in reports if "Final-Recipient: rfc822; y@nullmx.test" in r]
         self.assertIn("Status: 5.1.10", nullmx)
+
+    def test_mx_is_ourselves(self):
+        """
+        A domain whose best MX is our own hostname bounces at once with
+        5.4.6 (RFC 5321 section 5.1), instead of going round through
+        ourselves until the hop limit.
+        """
+        dns, sink = self.dns(), self.sink()
+        server = self.server(dns, sink.port)
+        self.send(server, "alice@example.test", ["x@loop.test"])
+        [dsn] = self.dsn(server)
+        report = dsn.get_payload()[1].as_string()
+        self.assertIn("Final-Recipient: rfc822; x@loop.test", report)
+        self.assertIn("Status: 5.4.6", report)
+        self.assertIn("loops back to myself", " ".join(report.split()))
+        self.assertEqual(os.listdir(sink.spool), [])
 
     def test_servfail_defers(self):
         """
