@@ -553,6 +553,26 @@ class ParallelRelayTests(SynchronousTestCase):
                 results.append(relay.deliver(e, e.recipients, self.body.path))
         return results
 
+    def test_slow_dns_holds_no_slot(self):
+        """
+        Destinations whose DNS does not answer do not take the overall
+        slots (they count SMTP sessions): mail for a healthy domain goes
+        at once.
+        """
+
+        class HangingRouter(FakeRouter):
+            def route(self, domain):
+                if domain.startswith("dead"):
+                    return defer.Deferred()
+                return super().route(domain)
+
+        relay = Relay(None, HangingRouter(), ClientOptions("mx.example.test"), RetryPolicy(), SynchronousDiskPool(),
+                      clock=self.clock, deliver=self.slow, rng=random.Random(4),
+                      log=Logger(observer=lambda e: None), max_concurrent=2)
+        self.send(relay, 1, "a@dead1.test", "b@dead2.test", "c@dead3.test")
+        self.send(relay, 1, "d@alive.test")
+        self.assertEqual([m.recipients for _, m in self.pending], [("d@alive.test",)])
+
     def finish_one(self):
         d, message = self.pending.pop(0)
         d.callback(DeliveryOutcome(tuple(RecipientResult(r, OK, "250 ok", "2.0.0", "h", True)

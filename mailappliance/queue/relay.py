@@ -283,17 +283,18 @@ class Relay:
             self.sessions.close_all()
 
     def _group(self, envelope: Envelope, recipients: list[Recipient], body_path: str, destination: str):
+        # The overall limit (max_concurrent_deliveries) counts SMTP
+        # sessions only: each transaction takes a slot (see _transaction),
+        # the DNS lookup before does not, so that domains whose DNS is slow
+        # or dead do not hold up mail for the others.
         if self.smarthost:
             # One destination for everything: only the overall limit.
-            return self._slots.run(self._attempt, envelope, recipients, body_path, destination)
+            return self._attempt(envelope, recipients, body_path, destination)
         gate = self._destinations.get(destination)
         if gate is None:
             gate = self._destinations[destination] = defer.DeferredSemaphore(PER_DESTINATION_LIMIT)
 
-        def run():
-            return self._slots.run(self._attempt, envelope, recipients, body_path, destination)
-
-        d = gate.run(run)
+        d = gate.run(self._attempt, envelope, recipients, body_path, destination)
 
         def forget(result):
             if not gate.waiting and gate.tokens == gate.limit:
@@ -346,7 +347,8 @@ class Relay:
             smtputf8=needs_smtputf8(envelope, recipients),
             queue_id=envelope.queue_id,
         )
-        return self._deliver(self.reactor, hosts, message, self.options, disk=self.disk, cache=self.sessions)
+        return self._slots.run(self._deliver, self.reactor, hosts, message, self.options, disk=self.disk,
+                               cache=self.sessions)
 
     def _outcomes(self, envelope: Envelope, recipients: list[Recipient], outcome: Any) -> list[Recipient]:
         retry_at = self._retry_at([r for r in recipients
