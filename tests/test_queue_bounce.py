@@ -169,6 +169,24 @@ class BounceTests(NotifierTestCase):
         self.assertEqual(self.stored(qid).recipients[0].state, PENDING)
 
 
+class UnresolvableSenderTests(NotifierTestCase):
+    def test_bounce_goes_to_postmaster(self):
+        """
+        A bounce for a sender in one of our domains who is nobody (cron's
+        root with no account or alias) goes to the postmaster, worded for
+        them, instead of being dropped.
+        """
+        delivery = ScriptedDelivery(self.maildir, {"alice@example.test": [DeliveryError("mailbox is a file", True)]})
+        self.start(delivery, notifier=self.notifier)
+        qid = self.submit([rcpt("alice@example.test")], sender="root@example.test")
+        [dsn] = self.dsn_for("postmaster@example.test")
+        self.assertEqual(dsn["Subject"], "Postmaster Copy: Undelivered Mail")
+        self.assertIn("Final-Recipient: rfc822; alice@example.test", dsn.get_payload()[1].as_string())
+        self.assertTrue(any(f"qid={qid} status=dsn-undeliverable to=<root@example.test>" in e for e in self.events))
+        self.assertTrue(any(f"qid={qid} status=bounced" in e and "to=<postmaster@example.test>" in e
+                            for e in self.events), self.events)
+
+
 class LocalExpiryTests(NotifierTestCase):
     """
     A local delivery that keeps failing temporarily (a Maildir that cannot

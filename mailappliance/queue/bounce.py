@@ -140,24 +140,32 @@ class Notifier:
         except OSError:
             headers = b""
         now = self.clock.seconds()
-        data = build_dsn(
-            hostname=self.hostname, queue_id=qid, sender=str(envelope.sender or ""), arrival=envelope.arrival,
-            reports=reports, original_headers=headers, now=now, action=action,
-            retry_until=envelope.arrival + self.max_queue_lifetime,
-            postmaster=str(to) if kind == DOUBLE_BOUNCE else "",
-        )
-        try:
-            dsn = yield inject(self.spool, self.resolver, self.clock, hostname=self.hostname, sender=None,
-                               recipients=[to], data=data, via="dsn", kind=kind,
-                               eight_bit=not data.isascii())
-        except NoDeliverableRecipient as e:
-            self.log.warn("qid={qid} status=dsn-undeliverable to=<{to}> reason={reason}", qid=qid, to=log_address(to),
-                          reason=quote(str(e)))
-            return True
-        except (ResolutionError, OSError) as e:
-            self.log.error("qid={qid} status=dsn-deferred to=<{to}> reason={reason}", qid=qid, to=log_address(to),
-                           reason=quote(getattr(e, "reason", None) or str(e)))
-            return False
+        while True:
+            data = build_dsn(
+                hostname=self.hostname, queue_id=qid, sender=str(envelope.sender or ""), arrival=envelope.arrival,
+                reports=reports, original_headers=headers, now=now, action=action,
+                retry_until=envelope.arrival + self.max_queue_lifetime,
+                postmaster=str(to) if kind == DOUBLE_BOUNCE else "",
+            )
+            try:
+                dsn = yield inject(self.spool, self.resolver, self.clock, hostname=self.hostname, sender=None,
+                                   recipients=[to], data=data, via="dsn", kind=kind,
+                                   eight_bit=not data.isascii())
+            except NoDeliverableRecipient as e:
+                self.log.warn("qid={qid} status=dsn-undeliverable to=<{to}> reason={reason}", qid=qid,
+                              to=log_address(to), reason=quote(str(e)))
+                if kind == DSN and action == ACTION_FAILED:
+                    # The sender is in one of our domains but is nobody
+                    # (cron's root with no account or alias): the report
+                    # goes to the postmaster, as a double bounce does.
+                    to, kind = self.postmaster, DOUBLE_BOUNCE
+                    continue
+                return True
+            except (ResolutionError, OSError) as e:
+                self.log.error("qid={qid} status=dsn-deferred to=<{to}> reason={reason}", qid=qid,
+                               to=log_address(to), reason=quote(getattr(e, "reason", None) or str(e)))
+                return False
+            break
         self.log.info("qid={qid} status={status} dsn={dsn} to=<{to}> nrcpt={n}", qid=qid,
                       status="bounced" if action == ACTION_FAILED else "delay-warned",
                       dsn=dsn.queue_id, to=log_address(to), n=len(recipients))

@@ -355,6 +355,21 @@ class QueueAdminTests(RelayTestCase):
 
 
 class SendmailTests(RelayTestCase):
+    def test_cron_mail_for_nobody_reaches_postmaster(self):
+        """
+        Cron mail for root on a host with no root account or alias: the
+        bounce to root (nobody either) reaches the postmaster instead of
+        being dropped.
+        """
+        dns, sink = self.dns(), self.sink()
+        server = self.server(dns, sink.port)
+        result = server.cli("sendmail", "root", stdin=b"Subject: cron output\n\nall good\n")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        [report] = self.dsn(server, "postmaster@example.test")
+        self.assertEqual(report["Subject"], "Postmaster Copy: Undelivered Mail")
+        self.assertIn("Final-Recipient: rfc822; root@example.test", report.get_payload()[1].as_string())
+        self.assertIn("Subject: cron output", report.get_payload()[2].as_string())
+
     def test_sendmail_while_stopped(self):
         """
         sendmail -t with the server stopped: the message waits in the drop
