@@ -166,6 +166,8 @@ class ServerProcess:
         self.config_path = os.path.join(self.base, "mailappliance.toml")
         self.log_path = os.path.join(self.base, "twistd.log")
         self.ports: dict[str, int] = {}
+        # Port to the number of start-up probes that connected to it.
+        self._probes: dict[int, int] = {}
         self.process: subprocess.Popen | None = None
         self.hostname = hostname
         self.options = options or {}
@@ -286,6 +288,7 @@ class ServerProcess:
             raise AssertionError(f"twistd exited with {self.process.returncode}:\n{self.log()}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
+                self._probes[port] = self._probes.get(port, 0) + 1
                 return True
         except OSError:
             return False
@@ -296,10 +299,14 @@ class ServerProcess:
         start-up probes of L{start} included) is logged closed, so that a
         test of the connection limits starts with none counted.
         """
+        # A probe's connection may still wait in the listen backlog, not yet
+        # accepted, let alone logged: wait until the log shows them all.
+        probes = sum(self._probes.get(self.ports.get(key), 0) for key in (service, f"{service}_tls"))
+
         def settled() -> bool:
             log = self.log()
             opened = log.count(f"service={service} event=connect ")
-            return opened == log.count(f"service={service} event=disconnect ")
+            return opened >= probes and opened == log.count(f"service={service} event=disconnect ")
 
         wait_until(settled, timeout, what=f"every {service} session to be closed")
 
