@@ -151,7 +151,7 @@ def load_accounts(config: Config, reactor: Any, disk: Any) -> Accounts:
     except (AliasesFileError, ResolverPluginError) as e:
         raise StartupError(f"{config.path or 'configuration'}: accounts.resolvers: {e}"
                            if isinstance(e, ResolverPluginError) else str(e)) from None
-    chain = ResolverChain(resolvers, config.server.local_domains)
+    chain = ResolverChain(resolvers, config.server.local_domains, clock=reactor)
     return Accounts(users, resolvers, chain, [users, *reloadables_of(resolvers)])
 
 

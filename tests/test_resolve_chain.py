@@ -7,6 +7,7 @@ import os
 import sys
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -805,6 +806,28 @@ class FailingResolverTests(ChainTestCase):
         chain = self.chain(BrokenResolver(exception=error))
         self.assertIs(self.refused(chain, "a@example.test", TemporaryResolutionError), error)
         self.assertEqual(self.events, [])
+
+    def test_hanging_resolver_times_out(self):
+        """
+        A resolver that never answers (an SQL or LDAP server that does not
+        reply) fails temporarily after the time-out, logged on one line,
+        instead of holding the SMTP session for ever; its lookup is
+        cancelled.
+        """
+        clock = Clock()
+        later = LaterResolver()
+        chain = self.chain(later, clock=clock, timeout=60)
+        d = chain.resolve(mb("a@example.test"))
+        clock.advance(59)
+        self.assertNoResult(d)
+        clock.advance(1)
+        error = self.failureResultOf(d, TemporaryResolutionError).value
+        self.assertEqual((error.code, error.status, error.reason),
+                         (451, "4.3.0", "<a@example.test>: address lookup timed out, try again later"))
+        self.assertEqual(self.messages(), ['to=<a@example.test> resolver=later call=resolve status=timeout '
+                                           'reason="resolver later did not answer resolve within 60 s"'])
+        [(_, pending)] = later.pending
+        self.assertTrue(pending.called)
 
     def test_unknown_address_from_resolver(self):
         """

@@ -48,6 +48,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Generator
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -65,9 +66,13 @@ from mailappliance.interfaces import (
     TemporaryResolutionError,
     UnknownAddress,
 )
+from mailappliance.logtext import quote
 
 # SPEC section 4: an expansion of more than 1000 addresses is refused.
 DEFAULT_MAX_EXPANSION = 1000
+# Seconds one resolver call may take (well within the 5 minutes an SMTP
+# client waits for the reply to RCPT, RFC 5321 section 4.5.3.2.3).
+LOOKUP_TIMEOUT = 60.0
 # Problems already logged, remembered so that each is logged once; forgotten
 # all at once when this many have piled up, to bound memory.
 MAX_REMEMBERED_PROBLEMS = 1000
@@ -129,18 +134,28 @@ class ResolverChain:
         local_domains: Iterable[str],
         max_expansion: int = DEFAULT_MAX_EXPANSION,
         log: Logger | None = None,
+        clock: Any = None,
+        timeout: float = LOOKUP_TIMEOUT,
     ) -> None:
         """
         @param resolvers: L{IAddressResolver} providers, in order.
         @param local_domains: normalised domains delivered here.
         @param max_expansion: see L{ExpansionTooLarge}.
         @param log: where to log; a module logger by default.
+        @param clock: an C{IReactorTime} for the time-out of each resolver
+            call, or L{None} for no time-out (the CLI's checks).
+        @param timeout: seconds a resolver may take to answer; a plug-in
+            whose lookup hangs (an SQL or LDAP server that does not
+            answer) then fails temporarily (451 4.3.0) instead of holding
+            the SMTP session for ever.
         """
         self.resolvers = tuple(resolvers)
         self.local_domains = frozenset(local_domains)
         self.max_expansion = max_expansion
         self._log = log if log is not None else _log
         self._reported: set[object] = set()
+        self._clock = clock
+        self._timeout = timeout
 
     def is_local_domain(self, domain: str) -> bool:
         """
@@ -254,6 +269,11 @@ class ResolverChain:
         def failed(failure: Failure) -> Failure:
             if failure.check(ResolutionError):
                 return failure
+            if failure.check(defer.TimeoutError):
+                self._log.error("to=<{to}> resolver={resolver} call={call} status=timeout reason={reason}",
+                                to=log_address(address), resolver=getattr(resolver, "name", repr(resolver)),
+                                call=method, reason=quote(str(failure.value)))
+                return Failure(TemporaryResolutionError(f"<{address}>: address lookup timed out, try again later"))
             self._log.failure(
                 "to=<{to}> resolver={resolver} call={call} status=error",
                 failure,
@@ -264,7 +284,11 @@ class ResolverChain:
             )
             return Failure(TemporaryResolutionError(f"<{address}>: address lookup failed, try again later"))
 
-        return maybeDeferred(getattr(resolver, method), argument).addCallback(check).addErrback(failed)
+        d = maybeDeferred(getattr(resolver, method), argument)
+        if self._clock is not None and not d.called:
+            d.addTimeout(self._timeout, self._clock,
+                         onTimeoutCancel=lambda result, timeout: _timed_out(resolver, method, timeout))
+        return d.addCallback(check).addErrback(failed)
 
     def _loop(self, path: list[Mailbox], again: Mailbox) -> AliasLoop:
         first = next(index for index, mailbox in enumerate(path) if mailbox.key == again.key)
@@ -297,6 +321,11 @@ class ResolverChain:
             self._reported.clear()
         self._reported.add(problem)
         return True
+
+
+def _timed_out(resolver: Any, method: str, timeout: float) -> Any:
+    name = getattr(resolver, "name", repr(resolver))
+    raise defer.TimeoutError(f"resolver {name} did not answer {method} within {timeout:g} s")
 
 
 def _is_valid_answer(answer: Any) -> bool:
