@@ -277,6 +277,21 @@ class PluginTests(ContextMixin, SynchronousTestCase):
             str(error).startswith("address resolver 'x' (tests.test_resolve_plugins) made <object object")
         )
 
+    def test_factory_fails(self):
+        """
+        A plug-in whose factory raises (its data file is missing) is a
+        one-line error naming it and its module, not a traceback.
+        """
+
+        class Failing(NamedFactory):
+            def make_resolver(self, context):
+                raise FileNotFoundError(2, "No such file or directory", "/etc/mail/table.csv")
+
+        self.fake_plugins(Failing("csv"))
+        error = self.assertRaises(ResolverPluginError, load_resolvers, ["csv"], self.context)
+        self.assertEqual(str(error), "address resolver 'csv' (tests.test_resolve_plugins) could not start: "
+                                     "FileNotFoundError: [Errno 2] No such file or directory: '/etc/mail/table.csv'")
+
     def test_example_resolver(self):
         """
         The example resolver knows only its fixed address.

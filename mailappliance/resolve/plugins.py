@@ -178,7 +178,21 @@ def load_resolvers(
             raise ResolverPluginError(
                 f"address resolver {name!r} is provided by several plug-ins ({modules})"
             )
-        resolver = candidates[0].make_resolver(context)
+        factory = candidates[0]
+        if any(factory is builtin for builtin in BUILTIN_FACTORIES):
+            resolver = factory.make_resolver(context)
+        else:
+            try:
+                resolver = factory.make_resolver(context)
+            except ResolverPluginError:
+                raise
+            except Exception as e:
+                # A plug-in that cannot start (its data file is missing, its
+                # server unreachable) is a configuration problem: one line.
+                raise ResolverPluginError(
+                    f"address resolver {name!r} ({getattr(factory, '__module__', '?')}) could not start: "
+                    f"{type(e).__name__}: {e}"
+                ) from None
         if not IAddressResolver.providedBy(resolver):
             raise ResolverPluginError(
                 f"address resolver {name!r} ({getattr(candidates[0], '__module__', '?')}) "
