@@ -33,8 +33,8 @@ class FailureEpisodes:
         count = self._failures.get(kind, 0)
         self._failures[kind] = count + 1
         if count == 0:
-            self.log.failure("event=error what={what} status=failing " +
-                             " ".join(f"{k}={{{k}}}" for k in fields), reason, what=kind, **fields)
+            self.log.failure(" ".join(["event=error what={what} status=failing", *(f"{k}={{{k}}}" for k in fields)]),
+                             reason, what=kind, **fields)
 
     def succeeded(self, kind: str) -> None:
         """

@@ -43,6 +43,7 @@ from twisted.internet.defer import (
 from twisted.logger import Logger
 
 from mailappliance.config.model import Config
+from mailappliance.episodes import FailureEpisodes
 from mailappliance.logtext import quote
 
 RELOAD_INTERVAL = 1.0
@@ -284,19 +285,31 @@ class Reloader(Service):
         self.timer = TimerService(interval, self.poll)
         self.timer.clock = reactor
         self._previous_handler = None
+        # A reloadable that keeps failing (a plug-in whose table went
+        # away) is logged once per episode, not at every poll.
+        self._episodes = FailureEpisodes(log)
 
     def poll(self):
-        return DeferredList([r.reload_if_changed() for r in self.reloadables], consumeErrors=True)
+        return DeferredList([self._reload(r, "reload_if_changed") for r in self.reloadables], consumeErrors=True)
 
     def reload_all(self):
         log.info("event=reload reason=SIGHUP")
         if self.reconfigure is not None:
             d = self.reconfigure()
             d.addErrback(lambda f: log.failure("event=reload what=configuration status=error", f))
-        work = [r.reload() for r in self.reloadables]
+        work = [self._reload(r, "reload") for r in self.reloadables]
         if self.tls is not None:
             work.append(self.tls.reload_in(self.disk))
         return DeferredList(work, consumeErrors=True)
+
+    def _reload(self, reloadable: Any, method: str) -> Deferred:
+        # The built-in files log their own problems and never fail; what a
+        # plug-in's reload raises is logged here (the old table stays).
+        kind = f"reload-{getattr(reloadable, 'name', type(reloadable).__name__)}"
+        d = maybeDeferred(getattr(reloadable, method))
+        d.addCallbacks(lambda result: self._episodes.succeeded(kind) or result,
+                       lambda f: self._episodes.failed(kind, f))
+        return d
 
     def privilegedStartService(self) -> None:
         # Before the listeners bind (they come later in the tree): once a

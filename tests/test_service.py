@@ -328,3 +328,47 @@ class StopSignalGuardTests(SynchronousTestCase):
         self.guard.startService()
         self.reactor.fire("after", "startup")
         self.assertEqual(self.handlers, {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler})
+
+
+class ReloaderTests(SynchronousTestCase):
+    def test_failing_plugin_reload_logged_once(self):
+        """
+        A reloadable (a resolver plug-in's table) whose reload fails is
+        logged once, with its traceback, while it keeps failing, and its
+        recovery once; the others are reloaded as usual.
+        """
+        from twisted.internet.defer import fail, succeed
+
+        from mailappliance.service import Reloader
+
+        class Table:
+            name = "csv"
+            broken = True
+
+            def reload_if_changed(self):
+                return fail(FileNotFoundError("table.csv")) if self.broken else succeed(None)
+
+            reload = reload_if_changed
+
+        class Fine:
+            name = "users"
+            calls = 0
+
+            def reload_if_changed(self):
+                self.calls += 1
+                return succeed(None)
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        table, fine = Table(), Fine()
+        reloader = Reloader(MemoryReactor(), [table, fine], SynchronousDiskPool())
+        for _ in range(3):
+            self.successResultOf(reloader.poll())
+        self.assertEqual(fine.calls, 3)
+        table.broken = False
+        self.successResultOf(reloader.poll())
+        lines = [formatEvent(e) for e in events if "reload-csv" in formatEvent(e)]
+        self.assertEqual(lines, ["event=error what=reload-csv status=failing",
+                                 "event=recovered what=reload-csv failures=3"])
+        self.assertEqual(len(self.flushLoggedErrors(FileNotFoundError)), 1)
