@@ -287,3 +287,20 @@ class CheckCommandTests(CLITestCase):
         self.assertEqual(result.returncode, 1)
         self.assertEqual(result.stderr,
                          b"mailappliance: /nonexistent.toml: cannot read configuration: No such file or directory\n")
+
+    def test_reader_goes_away(self):
+        """
+        Output into a pipe whose reader has gone (C{check | head -c 10})
+        ends quietly: no traceback, status 141 as after SIGPIPE.
+        """
+        reader, writer = os.pipe()
+        os.close(reader)
+        try:
+            result = subprocess.run(
+                [sys.executable, "-m", "mailappliance.cli.main", "--config", self.config.path, "check"],
+                stdout=writer, stderr=subprocess.PIPE, cwd=SOURCE_ROOT,
+            )
+        finally:
+            os.close(writer)
+        self.assertEqual((result.returncode, result.stderr), (141, b""))
+

@@ -103,6 +103,17 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
     except KeyboardInterrupt:
         stderr.write("mailappliance: interrupted\n")
         return 130
+    except BrokenPipeError:
+        # The reader went away (`queue list | head`): stop quietly, as a
+        # command killed by SIGPIPE does, and keep Python's exit-time
+        # flush from failing again.
+        if stdout is sys.stdout:
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
+        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover
