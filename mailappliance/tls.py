@@ -254,7 +254,12 @@ def certificate_warnings(certificate_path: str, hostname: str | None, now: float
     if hostname:
         try:
             verify_certificate_hostname(certificate, hostname)
-        except (VerificationError, CertificateError):
+        except CertificateError:
+            # Names are checked in subjectAltName only (RFC 6125); a
+            # certificate made with "openssl req -subj /CN=..." has none.
+            warnings.append("the certificate has no subjectAltName, so clients that check names refuse it "
+                            "(its common name does not count)")
+        except VerificationError:
             warnings.append(f"the certificate is not for {hostname} (the server's hostname)")
     return warnings
 

@@ -312,6 +312,21 @@ class CertificateWarningsTests(SynchronousTestCase):
         self.assertEqual(certificate_warnings(self.cert_path, "mx.other.test"),
                          ["the certificate is not for mx.other.test (the server's hostname)"])
 
+    def test_no_subject_alt_name(self):
+        """
+        A certificate with its name only in the common name (no
+        subjectAltName) is said to be so, not "not for" its own name.
+        """
+        from mailappliance.testing.certificates import make_certificate
+
+        certificate, _ = make_certificate("mail.example.test", subject_alt_name=False)
+        path = os.path.join(self.mktemp())
+        with open(path, "wb") as f:
+            f.write(certificate)
+        self.assertEqual(certificate_warnings(path, "mail.example.test"),
+                         ["the certificate has no subjectAltName, so clients that check names refuse it "
+                          "(its common name does not count)"])
+
     def test_logged_at_load_and_reload(self):
         """
         L{ServerTLS.from_files} and both reloads log each warning; the
