@@ -140,7 +140,12 @@ class IAddressResolver(Interface):
         @return: a L{Deferred} firing with L{Account}, L{Forward}, or L{None}
             when this resolver does not know the address. It may fail with a
             L{ResolutionError} (most usefully L{TemporaryResolutionError});
-            any other failure is logged and treated as temporary.
+            any other failure is logged and treated as temporary, and so is
+            an answer that takes longer than a minute (the call is then
+            cancelled). Build the addresses of an answer with
+            L{mailappliance.address.parse_mailbox}. An L{Account} is a
+            Maildir here (in a local domain); logging in to it (POP3, SMTP
+            AUTH) needs a line in the users file too.
         """
 
     def resolve_catch_all(domain):
@@ -164,11 +169,14 @@ class IAddressResolverFactory(IPlugin):
 
     def make_resolver(context):
         """
-        Build the resolver.
+        Build the resolver. Called once at start-up (and by C{mailappliance
+        check}), before the reactor runs: it may block briefly (read a
+        file, open a connection pool), and any exception it raises stops
+        start-up with a one-line error naming the plug-in.
 
         @param context: what the product offers a resolver.
         @type context: L{ResolverContext}
-        @return: an L{IAddressResolver} provider.
+        @return: an L{IAddressResolver} provider (not a L{Deferred}).
         """
 
 
@@ -178,8 +186,11 @@ class ResolverContext:
     What a resolver plug-in is given to build itself.
 
     @ivar config: the whole parsed configuration
-        (L{mailappliance.config.Config}); a plug-in may read its own
-        settings from a file named there or from its environment.
+        (L{mailappliance.config.Config}: the data folder, the local
+        domains). The configuration file takes no keys of a plug-in's own
+        (unknown keys are errors): a plug-in reads its settings from its
+        own file (beside the configuration file, say, or in the data
+        folder) or from its environment.
     @ivar accounts: the L{IAccountStore} of the users file.
     @ivar reactor: the reactor.
     @ivar disk: the L{mailappliance.disk.DiskPool} for blocking work.
