@@ -541,6 +541,13 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     disk.setServiceParent(root)
     StopSignalGuard(reactor).setServiceParent(root)
     accounts = load_accounts(config, reactor, disk)
+    from mailappliance.accounts.verifier import PasswordChecks
+
+    # Password hashes are verified apart from the disk work, a few at a
+    # time (mailappliance.accounts.verifier).
+    password_checks = PasswordChecks.in_own_threads(reactor)
+    password_checks.pool.setServiceParent(root)
+    accounts.users.password_checks = password_checks
     tls = load_tls(config)
 
     syncer = DirectorySyncer(disk)

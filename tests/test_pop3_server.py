@@ -908,6 +908,58 @@ class LoginTests(SynchronousTestCase):
         self.assertIn("status=error", h.log_lines()[-1])
 
 
+class BusyAndAbandonedLoginTests(SynchronousTestCase):
+    def test_too_many_logins(self):
+        """
+        When the password checks are full, a login gets -ERR [SYS/TEMP] at
+        once, logged on one line.
+        """
+        from mailappliance.accounts.verifier import TooManyLogins
+
+        @implementer(ICredentialsChecker)
+        class Busy:
+            credentialInterfaces = (IUsernamePassword,)
+
+            def requestAvatarId(self, credentials):
+                raise TooManyLogins()
+
+        h = Harness(self, checker=Busy())
+        client = h.connect()
+        self.assertEqual(client.send(b"USER alice@example.test\r\nPASS x\r\n"),
+                         b"+OK Send your password\r\n-ERR [SYS/TEMP] Too many logins at once, try again later\r\n")
+        self.assertEqual(h.log_lines()[-1], "service=pop3 event=login status=busy user=alice@example.test "
+                                            "peer=127.0.0.1 session=s1 method=USER")
+
+    def test_abandoned_failure_logged_and_counted(self):
+        """
+        A wrong password whose client left before the answer is still
+        logged and counted against its address (so that a guessing client
+        that never waits is seen, and slowed).
+        """
+
+        @implementer(ICredentialsChecker)
+        class Later:
+            credentialInterfaces = (IUsernamePassword,)
+
+            def __init__(self):
+                self.pending = []
+
+            def requestAvatarId(self, credentials):
+                d = Deferred()
+                self.pending.append(d)
+                return d
+
+        checker = Later()
+        h = Harness(self, checker=checker)
+        client = h.connect()
+        client.send(b"USER alice@example.test\r\nPASS wrong\r\n")
+        client.drop()
+        checker.pending[0].errback(UnauthorizedLogin())
+        self.assertEqual(h.log_lines()[-1], "service=pop3 event=login status=failed user=alice@example.test "
+                                            "peer=127.0.0.1 session=s1 method=USER delay=-")
+        self.assertEqual(h.factory.throttle.recent_failures("127.0.0.1"), 1)
+
+
 class FailedLoginDelayTests(SynchronousTestCase):
     def test_delays_grow_and_close(self):
         """

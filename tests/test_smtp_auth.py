@@ -300,6 +300,23 @@ class RefusalTests(SynchronousTestCase):
         self.assertTrue(any(event.get("log_failure") is not None for event in session.events))
         self.assertEqual(session.factory.auth_failures.failures("127.0.0.1"), 0)
 
+    def test_too_many_logins(self) -> None:
+        """
+        When the password checks are full (a burst of logins), AUTH gets
+        454 4.7.0 at once, logged on one line without a traceback; it does
+        not count as a failed login.
+        """
+        from mailappliance.accounts.verifier import TooManyLogins
+
+        session = submission()
+        session.factory.checker.error = TooManyLogins()
+        self.assertEqual(session.send(b"AUTH PLAIN " + plain(b"alice@example.test", b"correct horse") + b"\r\n"),
+                         lines("454 4.7.0 Temporary authentication failure"))
+        self.assertFalse(any(event.get("log_failure") is not None for event in session.events))
+        self.assertIn('service=submission event=auth status=busy mechanism=PLAIN peer=127.0.0.1 session=s1 '
+                      'reason="too many logins at once"', session.log_lines())
+        self.assertEqual(session.factory.auth_failures.failures("127.0.0.1"), 0)
+
     def test_auth_parameter_of_mail(self) -> None:
         """
         MAIL's C{AUTH=} parameter (RFC 4954 section 5) is accepted and

@@ -57,16 +57,21 @@ class UsersDatabase(WatchedFile):
     kind = "users"
     error_type = UsersFileError
 
-    def __init__(self, path: str, disk: Any, log: Logger | None = None) -> None:
+    def __init__(self, path: str, disk: Any, log: Logger | None = None, password_checks: Any = None) -> None:
         """
         @param path: the users file (absolute). It need not exist: a missing
             file means no accounts.
         @param disk: a L{mailappliance.disk.DiskPool} (or
-            L{mailappliance.disk.SynchronousDiskPool}): password checks and
-            the file work of reloads run there.
+            L{mailappliance.disk.SynchronousDiskPool}): the file work of
+            reloads runs there, and password checks without
+            C{password_checks}.
         @param log: where to log; a module logger by default.
+        @param password_checks: a
+            L{mailappliance.accounts.verifier.PasswordChecks}, where the
+            server verifies passwords (apart from the disk work).
         """
         super().__init__(path, disk, log if log is not None else _log)
+        self.password_checks = password_checks
         # Replaced whole, never changed in place (see the module docstring).
         self._records: dict[str, UserRecord] = {}
         # (address, stored hash) of the {PLAIN} lines already warned about,
@@ -90,8 +95,9 @@ class UsersDatabase(WatchedFile):
 
     def check_password(self, mailbox: Mailbox, password: bytes) -> Deferred:
         """
-        See L{IAccountStore.check_password}. The hash is verified in the
-        disk pool. For an address without an account, the password is
+        See L{IAccountStore.check_password}. The hash is verified in
+        L{password_checks} (a L{mailappliance.accounts.verifier.PasswordChecks},
+        which may fail with its C{TooManyLogins}), else in the disk pool. For an address without an account, the password is
         verified against L{DUMMY_HASH} all the same, so that the answer
         takes as long as for an account (with the default scheme) and does
         not tell who has one.
@@ -102,9 +108,10 @@ class UsersDatabase(WatchedFile):
             and the password matches, else L{False}.
         """
         record = self.lookup(mailbox)
+        checks = self.password_checks if self.password_checks is not None else self._disk
         if record is None:
-            return self._disk.run(verify_password, DUMMY_HASH, password).addCallback(lambda _: False)
-        return self._disk.run(verify_password, record.password_hash, password)
+            return checks.run(verify_password, DUMMY_HASH, password).addCallback(lambda _: False)
+        return checks.run(verify_password, record.password_hash, password)
 
     def addresses(self) -> list[str]:
         """

@@ -32,6 +32,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mailappliance.accounts.verifier import TooManyLogins
 from mailappliance.pop3.commands import TRANSACTION
 from mailappliance.pop3.mailbox import MessageInfo, scan_mailbox
 from mailappliance.pop3.readahead import MessageReader
@@ -220,6 +221,21 @@ class POP3LoginHandlers:
         self.block_on(d)
 
     def _authentication_failed(self, reason: Failure, name: bytes, method: str) -> Deferred | None:
+        if reason.check(TooManyLogins):
+            self._log.info("service=pop3 event=login status=busy user={user} peer={peer} session={session} "
+                           "method={method}", user=_printable(name), peer=self._peer_key, session=self._session,
+                           method=method)
+            if not self._disconnected:
+                self.send_line(b"-ERR [SYS/TEMP] Too many logins at once, try again later")
+            return None
+        if self._disconnected and reason.check(UnauthorizedLogin, LoginFailed):
+            # The client did not wait for its answer; the failure still
+            # counts, and is logged, as any other.
+            self.factory.throttle.record_failure(self._peer_key)
+            self._log.info("service=pop3 event=login status=failed user={user} peer={peer} session={session} "
+                           "method={method} delay=-", user=_printable(name), peer=self._peer_key,
+                           session=self._session, method=method)
+            return None
         if self._disconnected:
             return None
         if not reason.check(UnauthorizedLogin, LoginFailed):

@@ -33,6 +33,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from mailappliance.accounts.verifier import TooManyLogins
 from mailappliance.address import parse_mailbox
 from mailappliance.logtext import quote
 from mailappliance.smtp import replies
@@ -263,6 +264,11 @@ class SMTPAuthHandlers:
         def failed(reason: Failure) -> Reply | Deferred:
             if reason.check(UnauthorizedLogin):
                 return self._auth_failed(mechanism, credentials.authcid, "invalid credentials")
+            if reason.check(TooManyLogins):
+                # Not a wrong password, not a bug: try again later.
+                self._log_event(LogLevel.info, event="auth", status="busy", mechanism=mechanism,
+                                peer=self._peer_key, reason=quote(str(reason.value)))
+                return replies.AUTH_TEMPORARY_FAILURE
             self._log.failure(
                 "service={service} event=auth status=error mechanism={mechanism} peer={peer} session={session}",
                 reason,

@@ -244,6 +244,33 @@ def _closed_by_server(s):
         return True
 
 
+class LoginStormTests(SynchronousTestCase):
+    def test_wrong_passwords_do_not_stall_mail(self):
+        """
+        A burst of POP3 logins that never wait for their answers (each
+        costs an argon2id check) does not hold up mail: a message sent
+        during it gets its 250 at once, the checks beyond the bounded queue
+        are refused as busy, and every attempt is logged.
+        """
+        server = ServerProcess(self, services=("smtp", "pop3"), users=USERS,
+                               options={"pop3": 'idle_timeout = "5s"'}).start()
+        attempts = 120
+        for n in range(attempts):
+            s = connect_from(server.ports["pop3"], f"127.0.2.{n % 200 + 1}")
+            s.sendall(b"USER ghost%d@example.test\r\nPASS wrong\r\n" % n)
+            s.close()
+        start = time.monotonic()
+        client = smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=60)
+        client.sendmail("z@remote.test", ["alice@example.test"], b"Subject: during the storm\r\n\r\nx\r\n")
+        elapsed = time.monotonic() - start
+        client.quit()
+        self.assertLess(elapsed, 4, "the 250 waited for the password checks")
+        log = wait_until(lambda: (server.log().count("event=login status=")) >= attempts and server.log(), 60,
+                         what="every login attempt logged")
+        self.assertGreater(log.count("event=login status=busy"), 0)
+        self.assertEqual(log.count("event=login status=busy") + log.count("event=login status=failed"), attempts)
+
+
 class NonReadingClientTests(SynchronousTestCase):
     def test_clients_that_do_not_read(self):
         """
