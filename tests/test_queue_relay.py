@@ -133,6 +133,36 @@ class RelayTests(RelayTestCase):
         self.assertEqual([len(recipients) for _, recipients in self.client.calls], [100, 100, 50])
         self.assertEqual([r.target.local for r in results], [f"u{n}" for n in range(250)])
 
+    def test_each_batch_reported_at_once(self):
+        """
+        The outcomes of a destination's first transactions are reported as
+        each finishes, while the next is still in flight, so that a stop or
+        crash then does not send those recipients the message again.
+        """
+        pending = []
+
+        def slow(reactor, hosts, message, options, disk=None, cache=None):
+            d = defer.Deferred()
+            pending.append((d, message))
+            return d
+
+        relay = self.relay(client=slow)
+        reported = []
+        e = self.envelope(*[rcpt(f"u{n}@one.test") for n in range(150)])
+        result = relay.deliver(e, e.recipients, self.body.path, report=reported.extend)
+        d, message = pending.pop(0)
+        d.callback(DeliveryOutcome(tuple(RecipientResult(r, OK, "250 ok", "2.0.0", "h", True)
+                                         for r in message.recipients), host="h", address="1", port=25))
+        self.assertNoResult(result)
+        self.assertEqual([i for i, _ in reported], list(range(100)))
+        self.assertEqual({r.state for _, r in reported}, {DELIVERED})
+        d, message = pending.pop(0)
+        self.assertEqual(len(message.recipients), 50)
+        d.callback(DeliveryOutcome(tuple(RecipientResult(r, OK, "250 ok", "2.0.0", "h", True)
+                                         for r in message.recipients), host="h", address="1", port=25))
+        self.assertEqual(len(self.successResultOf(result)), 150)
+        self.assertEqual(len(reported), 100)
+
     def test_too_many_recipients_sent_at_once_in_another_transaction(self):
         """
         Recipients a server refused with 452 "too many recipients" while
@@ -572,6 +602,24 @@ class ParallelRelayTests(SynchronousTestCase):
         self.send(relay, 1, "a@dead1.test", "b@dead2.test", "c@dead3.test")
         self.send(relay, 1, "d@alive.test")
         self.assertEqual([m.recipients for _, m in self.pending], [("d@alive.test",)])
+
+    def test_smarthost_lookups_bounded(self):
+        """
+        With a smarthost, no more attempts (each looks its address up) run
+        at once than max_concurrent.
+        """
+
+        class CountingRouter(FakeRouter):
+            def route(self, domain):
+                self.asked.append(domain)
+                return defer.Deferred()
+
+        router = CountingRouter()
+        relay = Relay(None, router, ClientOptions("mx.example.test"), RetryPolicy(), SynchronousDiskPool(),
+                      clock=self.clock, deliver=self.slow, rng=random.Random(4),
+                      log=Logger(observer=lambda e: None), max_concurrent=3, smarthost=True)
+        self.send(relay, 10, "a@one.test")
+        self.assertEqual(len(router.asked), 3)
 
     def finish_one(self):
         d, message = self.pending.pop(0)

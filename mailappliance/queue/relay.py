@@ -204,6 +204,8 @@ class Relay:
         self._deliver = deliver
         self._random = rng or random.Random()
         self._slots = defer.DeferredSemaphore(max_concurrent)
+        # Smarthost only: whole attempts (address lookup included) at once.
+        self._smarthost_gate = defer.DeferredSemaphore(max_concurrent)
         # Smarthost only: its idle connections, for the next message.
         self.sessions = SessionCache(self.reactor) if smarthost else None
         # MX routing only: destination domain -> its gate, while in use.
@@ -252,7 +254,16 @@ class Relay:
                 unreported.extend(outcomes)
             return result
 
-        attempts = [self._group(envelope, [recipients[i] for i in indexes], body_path, key)
+        def early(indexes: list[int]) -> Any:
+            # Outcomes of a destination's transaction while more of its
+            # transactions are to come (more than MAX_RECIPIENTS): written
+            # at once, so that a stop or crash before the others finish
+            # does not send those recipients the message again.
+            if report is None:
+                return None
+            return lambda pairs: self._report(envelope, report, [(indexes[p], r) for p, r in pairs])
+
+        attempts = [self._group(envelope, [recipients[i] for i in indexes], body_path, key, early(indexes))
                     .addBoth(finished, indexes)
                     for key, indexes in groups.items()]
         # Every destination is waited for, even when one fails, so that no
@@ -282,19 +293,21 @@ class Relay:
         if self.sessions is not None:
             self.sessions.close_all()
 
-    def _group(self, envelope: Envelope, recipients: list[Recipient], body_path: str, destination: str):
+    def _group(self, envelope: Envelope, recipients: list[Recipient], body_path: str, destination: str,
+               early: Any = None):
         # The overall limit (max_concurrent_deliveries) counts SMTP
         # sessions only: each transaction takes a slot (see _transaction),
         # the DNS lookup before does not, so that domains whose DNS is slow
         # or dead do not hold up mail for the others.
         if self.smarthost:
-            # One destination for everything: only the overall limit.
-            return self._attempt(envelope, recipients, body_path, destination)
+            # One destination for everything: only the overall limit, for
+            # whole attempts too (each looks the smarthost's address up).
+            return self._smarthost_gate.run(self._attempt, envelope, recipients, body_path, destination, early)
         gate = self._destinations.get(destination)
         if gate is None:
             gate = self._destinations[destination] = defer.DeferredSemaphore(PER_DESTINATION_LIMIT)
 
-        d = gate.run(self._attempt, envelope, recipients, body_path, destination)
+        d = gate.run(self._attempt, envelope, recipients, body_path, destination, early)
 
         def forget(result):
             if not gate.waiting and gate.tokens == gate.limit:
@@ -304,7 +317,8 @@ class Relay:
         return d.addBoth(forget)
 
     @defer.inlineCallbacks
-    def _attempt(self, envelope: Envelope, recipients: list[Recipient], body_path: str, destination: str):
+    def _attempt(self, envelope: Envelope, recipients: list[Recipient], body_path: str, destination: str,
+                 early: Any = None):
         try:
             hosts = yield self.router.route(recipients[0].target.domain)
         except RoutingError as e:
@@ -333,8 +347,12 @@ class Relay:
                 overflow = [i for i in batch if _too_many_recipients(results[i])]
                 waiting = overflow + waiting
                 batch = [i for i in batch if i not in overflow]
-            for i, r in zip(batch, self._outcomes(envelope, [recipients[i] for i in batch], outcome), strict=True):
+            outcomes = list(zip(batch, self._outcomes(envelope, [recipients[i] for i in batch], outcome),
+                                strict=True))
+            for i, r in outcomes:
                 updated[i] = r
+            if waiting and early is not None:
+                early(outcomes)
         return updated
 
     def _transaction(self, envelope: Envelope, recipients: list[Recipient], body_path: str, hosts: Any) -> Any:
