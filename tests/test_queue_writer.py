@@ -330,6 +330,26 @@ class DirectHookTests(SpoolFixture, SynchronousTestCase):
         # The copies delivered are taken back: the client sends it again.
         self.assertEqual(withdrawn, [writer.queue_id])
 
+    def test_withdraw_after_stop(self):
+        """
+        The hook to take copies back is the one in force when they were
+        delivered: a stop in between (which unsets the spool's hooks) does
+        not leave them behind.
+        """
+        withdrawn = []
+        self.spool.on_withdraw = withdrawn.append
+
+        def first_only_then_stop(envelope):
+            first, *rest = envelope.recipients
+            self.spool.on_withdraw = None
+            return succeed(envelope.replace(recipients=(first.with_state(state=DELIVERED), *rest)))
+
+        self.hook(first_only_then_stop)
+        self.patch(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+        writer = self.spool.new_message()
+        self.failureResultOf(writer.commit(make_envelope(recipients=("a@example.test", "b@example.test"))), OSError)
+        self.assertEqual(withdrawn, [writer.queue_id])
+
     def test_nothing_to_withdraw(self):
         """
         When direct delivery delivered nothing and the queue commit fails,

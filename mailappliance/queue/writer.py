@@ -219,6 +219,9 @@ class SpoolWriter:
         hook = self._spool.on_direct
         if hook is None:
             return None
+        # Taken now: a stop in the meantime unsets the spool's hooks, and
+        # copies delivered now must still be taken back if the commit fails.
+        withdraw = self._spool.on_withdraw
         try:
             d = hook(envelope, body)
         except Exception:  # noqa: BLE001 -- a consumer bug must not lose the message: queue it
@@ -238,7 +241,7 @@ class SpoolWriter:
                     # Some copies are in their Maildirs: if the message is
                     # refused now, the client's next attempt must not
                     # deliver them twice.
-                    queued.addErrback(self._withdraw_direct)
+                    queued.addErrback(self._withdraw_direct, withdraw)
                 return queued
             self._state = _DONE
             self._outstanding -= len(body)
@@ -249,10 +252,9 @@ class SpoolWriter:
         d.addCallback(outcome)
         return d
 
-    def _withdraw_direct(self, reason: Failure) -> Deferred:
+    def _withdraw_direct(self, reason: Failure, hook: Any) -> Deferred:
         # The queue commit after a partial direct delivery failed: have the
         # copies taken back, then fail as the commit did.
-        hook = self._spool.on_withdraw
         if hook is None:
             return fail(reason)
         withdrawing = maybeDeferred(hook, self.queue_id)
