@@ -227,7 +227,13 @@ class SMTPServerProtocol(SMTPCommandHandlers, SMTPChunkingHandlers, SMTPStartTLS
             self._send_shutting_down()
         self._closing = True
         self._abandon_message("dropped at shutdown")
-        self.transport.abortConnection()
+        if self._flow is not None:
+            # Closed after the 421 (a TLS transport would drop it on an
+            # abort), aborted if that takes long; the reactor's stop ends
+            # it anyway.
+            self._flow.close()
+        else:
+            self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.factory.sessions.discard(self)
