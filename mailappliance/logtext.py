@@ -26,6 +26,17 @@ def quote(text: str) -> str:
     return '"%s"' % _UNSAFE.sub(_escape, text)
 
 
+def value(text: str) -> str:
+    """
+    A logged value as it is when it is one plain word (a path, a name), else
+    L{quote}d: a space in it cannot split the line into fields.
+    """
+    if text and _WORD.fullmatch(text):
+        return text
+    return quote(text)
+
+
+_WORD = re.compile(r'[^\s\\"\x00-\x1f\x7f-\x9f]+')
 _PLAIN = re.compile(r'[^\\"\x00-\x1f\x7f-\x9f]*')
 _UNSAFE = re.compile(r'[\\"\x00-\x1f\x7f-\x9f]')
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\r": "\\r", "\n": "\\n"}

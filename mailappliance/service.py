@@ -44,7 +44,7 @@ from twisted.logger import Logger
 
 from mailappliance.config.model import Config
 from mailappliance.episodes import FailureEpisodes
-from mailappliance.logtext import quote
+from mailappliance.logtext import quote, value
 
 RELOAD_INTERVAL = 1.0
 # SIGTERM: how long SMTP transactions in flight may take to finish.
@@ -305,7 +305,7 @@ class Reloader(Service):
     def _reload(self, reloadable: Any, method: str) -> Deferred:
         # The built-in files log their own problems and never fail; what a
         # plug-in's reload raises is logged here (the old table stays).
-        kind = f"reload-{getattr(reloadable, 'name', type(reloadable).__name__)}"
+        kind = value(f"reload-{getattr(reloadable, 'name', type(reloadable).__name__)}")
         d = maybeDeferred(getattr(reloadable, method))
         d.addCallbacks(lambda result: self._episodes.succeeded(kind) or result,
                        lambda f: self._episodes.failed(kind, f))

@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 
 from mailappliance.episodes import FailureEpisodes
+from mailappliance.logtext import value
 
 STATUS_NAME = "status.json"
 STATUS_INTERVAL = 2.0
@@ -92,7 +93,7 @@ class StatusWriter(TimerService):
 
         d.addBoth(done)
         d.addCallbacks(lambda _: self._episodes.succeeded("status-file"),
-                       lambda f: self._episodes.failed("status-file", f, path=self.path))
+                       lambda f: self._episodes.failed("status-file", f, path=value(self.path)))
         return d
 
     def stopService(self):

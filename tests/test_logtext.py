@@ -4,7 +4,7 @@ Tests for L{mailappliance.logtext}.
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailappliance.logtext import next_session_id, quote
+from mailappliance.logtext import next_session_id, quote, value
 
 
 class QuoteTests(SynchronousTestCase):
@@ -25,6 +25,19 @@ class QuoteTests(SynchronousTestCase):
         """
         self.assertEqual(quote("550 Empf\u00e4nger \x01\x1b[31m\x7f\x9b\ttab"),
                          '"550 Empf\u00e4nger \\x01\\x1b[31m\\x7f\\x9b\\x09tab"')
+
+
+class ValueTests(SynchronousTestCase):
+    def test_word_or_quoted(self):
+        """
+        A plain word (a Maildir path, with its C{=}) stays as it is; a value
+        with a space, a quote or a control character, or an empty one, is
+        quoted.
+        """
+        self.assertEqual(value("/var/mail/a/new/1.M2,S=10,W=12"), "/var/mail/a/new/1.M2,S=10,W=12")
+        self.assertEqual(value("/var/my mail/x"), '"/var/my mail/x"')
+        self.assertEqual(value('a"b'), '"a\\"b"')
+        self.assertEqual(value(""), '""')
 
 
 class SessionIdTests(SynchronousTestCase):

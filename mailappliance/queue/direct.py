@@ -48,6 +48,7 @@ from twisted.python.failure import Failure
 
 from mailappliance.address import log_address
 from mailappliance.interfaces import DeliveryError
+from mailappliance.logtext import value
 from mailappliance.queue.envelope import DELIVERED, PENDING, Envelope, Recipient
 from mailappliance.queue.outcomes import after_attempt
 from mailappliance.queue.rounds import delivered_to, delivery_prefix
@@ -174,7 +175,7 @@ class DirectDelivery:
             d = self.local_delivery.withdraw(path)
             d.addCallback(lambda _, target=target, path=path: self.log.info(
                 "qid={qid} to=<{to}> status=withdrawn path={path} reason=\"the message could not be queued\"",
-                qid=qid, to=log_address(target), path=path))
+                qid=qid, to=log_address(target), path=value(path)))
             attempts.append(d)
         return DeferredList(attempts, fireOnOneErrback=True, consumeErrors=True)
 

@@ -19,7 +19,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from mailappliance.address import log_address
-from mailappliance.logtext import quote
+from mailappliance.logtext import quote, value
 from mailappliance.queue.envelope import Recipient
 
 # Outcomes remembered for "mailappliance status" (deliveries and bounces
@@ -64,7 +64,8 @@ class OutcomeLog:
             self.history.popleft()
 
     def _log_delivered(self, qid: str, target: Any, path: str) -> None:
-        self.log.info("qid={qid} to=<{to}> status=delivered path={path}", qid=qid, to=log_address(target), path=path)
+        self.log.info("qid={qid} to=<{to}> status=delivered path={path}", qid=qid, to=log_address(target),
+                      path=value(path))
 
     def _log_deferred(self, qid: str, target: Any, reason: str, delay: float | None = None) -> None:
         self.log.info(
