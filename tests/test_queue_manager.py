@@ -422,10 +422,13 @@ class DirectDeliveryTests(ManagerTestCase):
         self.assertTrue(lines[2].startswith(f"qid={writer.queue_id} to=<alice@example.test> status=withdrawn "),
                         lines)
         self.assertEqual(self.manager._direct_copies, {})
+        # The copy taken back does not count as delivered.
+        self.assertEqual(self.manager.summary()["delivered_last_hour"], 0)
         self.spool.messages_dir = os.path.join(self.spool.queue_dir, "messages")
         self.submit([rcpt("alice@example.test"), rcpt("remote@far.test", local=False)])
         self.assertEqual(len(self.delivered_files("alice@example.test")), 1)
         self.assertEqual(self.manager._direct_copies, {})
+        self.assertEqual(self.manager.summary()["delivered_last_hour"], 1)
 
     def test_remote_only_declined(self):
         """

@@ -72,7 +72,7 @@ class DirectDelivery:
     history: deque[tuple[float, str]]
     _forget_old_history: Callable[[float], None]
     _log_delivered: Callable[[str, Any, str], None]
-    _direct_copies: dict[str, list[tuple[Any, str]]]
+    _direct_copies: dict[str, tuple[list[tuple[Any, str]], int]]
 
     def deliver_direct(self, envelope: Envelope, body: bytes) -> Deferred | None:
         """
@@ -113,19 +113,21 @@ class DirectDelivery:
 
         def record(results: list[tuple[bool, Any]]) -> Envelope:
             recipients = list(envelope.recipients)
-            now = self.clock.seconds()
             copies = []
+            count = 0
             for _, (indexes, copy) in results:
                 if copy is not None:
                     copies.append(copy)
                 for i in indexes:
                     recipients[i] = after_attempt(recipients[i], state=DELIVERED, last_error="", next_attempt=0.0)
-                    self.history.append((now, DELIVERED))
-            self._forget_old_history(now)
+                    count += 1
             delivered = envelope.replace(recipients=tuple(recipients))
             if copies and not delivered.done:
-                # Until the queue commit: see withdraw_direct.
-                self._direct_copies[qid] = copies
+                # Until the queue commit: see withdraw_direct. The copies
+                # count as delivered once they are sure to stay.
+                self._direct_copies[qid] = (copies, count)
+            else:
+                self._count_delivered(count)
             return delivered
 
         return DeferredList(attempts).addCallback(record)
@@ -169,7 +171,7 @@ class DirectDelivery:
 
         @return: a L{Deferred} firing when they are gone.
         """
-        copies = self._direct_copies.pop(qid, [])
+        copies, _ = self._direct_copies.pop(qid, ([], 0))
         attempts = []
         for target, path in copies:
             d = self.local_delivery.withdraw(path)
@@ -181,7 +183,14 @@ class DirectDelivery:
 
     def _committed_after_direct(self, qid: str) -> None:
         # The rest of the message is queued: its copies stay.
-        self._direct_copies.pop(qid, None)
+        _, count = self._direct_copies.pop(qid, ([], 0))
+        self._count_delivered(count)
+
+    def _count_delivered(self, count: int) -> None:
+        now = self.clock.seconds()
+        for _ in range(count):
+            self.history.append((now, DELIVERED))
+        self._forget_old_history(now)
 
     def _delivered_direct(self, path: str, qid: str, target: Any,
                           indexes: list[int]) -> tuple[list[int], tuple[Any, str]]:

@@ -146,8 +146,9 @@ class QueueManager(DirectDelivery, DeliveryRounds, OutcomeLog, Service):
         self._messages: dict[str, _Message] = {}
         self.history: deque[tuple[float, str]] = deque()
         # Copies delivered directly of messages whose rest is being queued
-        # (queue id to (target, path) pairs): see withdraw_direct.
-        self._direct_copies: dict[str, list[tuple[Any, str]]] = {}
+        # (queue id to its (target, path) pairs and the recipients they
+        # stand for): see withdraw_direct.
+        self._direct_copies: dict[str, tuple[list[tuple[Any, str]], int]] = {}
 
     # -- service -----------------------------------------------------------
 
