@@ -82,6 +82,8 @@ class BounceTests(NotifierTestCase):
                      rcpt("ghost@example.test", original="team@example.test", state=FAILED, status="5.1.1",
                           last_error="5.1.1 unknown alias member")])
         self.assertEqual(len(self.delivered_files("alice@example.test")), 1)
+        # The failure counts in the status summary, as any failure does.
+        self.assertEqual(self.manager.summary()["failed_last_hour"], 1)
         [dsn] = self.dsn_for("bob@example.test")
         report = dsn.get_payload()[1].as_string()
         self.assertIn("Original-Recipient: rfc822; team@example.test", report)

@@ -269,9 +269,15 @@ class QueueManager(DirectDelivery, DeliveryRounds, OutcomeLog, Service):
                 size=envelope.size,
                 nrcpt=len(envelope.recipients),
             )
+            now = self.clock.seconds()
             for r in envelope.recipients:
                 if r.state == FAILED:
+                    # Failed before it was queued (an unknown alias member,
+                    # a sendmail recipient nobody has): a failure all the
+                    # same, for the status summary too.
                     self._log_failed(qid, r.target, r.last_error)
+                    self.history.append((now, FAILED))
+            self._forget_old_history(now)
         if self.remote_delivery is None:
             for r in envelope.recipients:
                 if r.state == PENDING and not r.local:
