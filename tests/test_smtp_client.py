@@ -270,6 +270,23 @@ class DeliveryTests(ClientTestCase):
         self.assertEqual(set(self.statuses(outcome).values()), {("temporary", "4.3.0")})
         self.assertEqual(self.pending(), [])
 
+    def test_truncated_body_is_our_problem(self) -> None:
+        """
+        A queued message shorter than its envelope says cannot be sent
+        whole: temporary 4.3.0, not tried at another host, and logged as
+        our own error, not the host's failure.
+        """
+        events = []
+        self.patch(client.log, "observer", events.append)
+        peer = testing.FakeSMTPPeer()
+        d = self.start(hosts=(MX1, MX2), message=self.message(size=os.path.getsize(self.body_path) + 100))
+        self.serve(peer)
+        outcome = self.successResultOf(d)
+        self.assertEqual(set(self.statuses(outcome).values()), {("temporary", "4.3.0")})
+        self.assertEqual(len(self.pending()), 0)
+        [line] = [formatEvent(e) for e in events]
+        self.assertIn(" status=local-error dsn=4.3.0 reason='cannot read the queued message: ", line)
+
     def test_unsafe_recipient_and_duplicates(self) -> None:
         """
         A recipient that cannot be put on the wire (CR LF would inject a

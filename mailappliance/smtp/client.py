@@ -434,10 +434,13 @@ class _Delivery:
         )
 
     def _log_problem(self, host, address: str, problem: ConnectionProblem) -> None:
+        # A problem of ours (the queued message cannot be read, a bug) is
+        # not the host's failure: the log says so.
         log.info(
-            "qid={qid} relay={relay} status=host-failed dsn={dsn} reason={reason!r}",
+            "qid={qid} relay={relay} status={status} dsn={dsn} reason={reason!r}",
             qid=self._qid,
             relay=f"{host.name}[{address}]:{host.port}",
+            status="host-failed" if problem.retry_elsewhere else "local-error",
             dsn=problem.status,
             reason=problem.reason,
         )
