@@ -131,6 +131,10 @@ class HeaderCompleterTests(SynchronousTestCase):
         self.assertEqual(complete(b"Subj"), MESSAGE_ID + DATE + b"\r\nSubj")
         self.assertEqual(complete(b"Subject: s\r\nno colon"),
                          b"Subject: s\r\n" + MESSAGE_ID + DATE + b"\r\nno colon")
+        # A lone CR at the end is no empty line either (found by the
+        # property tests): kept as it came, after the fields.
+        self.assertEqual(complete(b"\r"), MESSAGE_ID + DATE + b"\r\n\r")
+        self.assertEqual(complete(b"Subject: s\r\n\r"), b"Subject: s\r\n" + MESSAGE_ID + DATE + b"\r\n\r")
 
 
 # (message, stored): with no fields to add (the smtp service), only whether

@@ -173,10 +173,10 @@ class HeaderCompleter:
         if not self._in_header:
             return b""
         held = bytes(self._held)
-        if held and held != b"\r":
+        if held:
             # The data ended within a line that could still have become a
-            # field: without its colon it is none, and ends the header
-            # section like any such line.
+            # field (or, a lone CR, the empty line): without its colon it is
+            # none, and ends the header section like any such line.
             out = bytearray()
             self._end_header(out, held, add_separator=True)
             return bytes(out)
