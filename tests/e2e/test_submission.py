@@ -105,10 +105,12 @@ class SubmissionTests(SynchronousTestCase):
         """
         server = self.start()
         send_and_half_close(server.ports["submission_tls"], b"EHLO x\r\n")
-        log = server.wait_for_log("service=submission event=tls-error")
-        self.assertRegex(log, r"service=submission event=tls-error peer=127\.0\.0\.1 session=(\w+) "
-                              r"reason=\"[^\"]+\"\n.*service=submission event=disconnect peer=127\.0\.0\.1 "
-                              r"session=\1 ")
+        pattern = re.compile(r"service=submission event=tls-error peer=127\.0\.0\.1 session=(\w+) "
+                             r"reason=\"[^\"]+\"\n.*service=submission event=disconnect peer=127\.0\.0\.1 "
+                             r"session=\1 ")
+        # The disconnect line follows the tls-error line (it may not be in
+        # the log file yet when the first is).
+        wait_until(lambda: pattern.search(server.log()), 10, what="the tls-error and disconnect lines")
 
     def test_implicit_tls(self):
         """
