@@ -21,7 +21,7 @@ def quote(text: str) -> str:
     C1; a remote server's reply may hold terminal escape sequences) as
     C{\\xNN}.
     """
-    if _PLAIN.fullmatch(text):
+    if _UNSAFE.search(text) is None:
         return f'"{text}"'
     return '"%s"' % _UNSAFE.sub(_escape, text)
 
@@ -37,7 +37,6 @@ def value(text: str) -> str:
 
 
 _WORD = re.compile(r'[^\s\\"\x00-\x1f\x7f-\x9f]+')
-_PLAIN = re.compile(r'[^\\"\x00-\x1f\x7f-\x9f]*')
 _UNSAFE = re.compile(r'[\\"\x00-\x1f\x7f-\x9f]')
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\r": "\\r", "\n": "\\n"}
 

@@ -38,6 +38,14 @@ def age_text(seconds: float) -> str:
     return f"{seconds}s"
 
 
+def expired_error(envelope: Any, now: float, reason: str) -> str:
+    """
+    The error of a recipient given up on after the queue lifetime (status
+    4.4.7), local or relayed: the message's age and the last error.
+    """
+    return f"message expired after {age_text(now - envelope.arrival)} in the queue; last error: {reason}"
+
+
 def after_attempt(recipient: Recipient, **changes: Any) -> Recipient:
     """
     @return: C{recipient} after one more delivery attempt, with C{changes}

@@ -88,7 +88,7 @@ from mailappliance.queue.envelope import (
     Recipient,
 )
 from mailappliance.queue.manager import IRemoteDelivery
-from mailappliance.queue.outcomes import age_text
+from mailappliance.queue.outcomes import expired_error
 from mailappliance.queue.routing import RoutingError
 from mailappliance.smtp import client as smtp_client
 from mailappliance.smtp.client_cache import SessionCache
@@ -416,8 +416,7 @@ class Relay:
         attempts = r.attempts + 1
         if now >= expires:
             return r.with_state(state=FAILED, attempts=attempts, status="4.4.7", remote_mta=host,
-                                last_error=f"message expired after {age_text(now - envelope.arrival)} in the queue; "
-                                           f"last error: {reason}")
+                                last_error=expired_error(envelope, now, reason))
         return r.with_state(attempts=attempts, last_error=reason, status=status, remote_mta=host,
                             next_attempt=min(retry_at, expires))
 

@@ -66,7 +66,7 @@ from mailappliance.address import log_address
 from mailappliance.interfaces import DeliveryError
 from mailappliance.logtext import quote
 from mailappliance.queue.envelope import DELIVERED, FAILED, PENDING, Envelope, Recipient
-from mailappliance.queue.outcomes import after_attempt, age_text
+from mailappliance.queue.outcomes import after_attempt, expired_error
 
 
 def delivery_prefix(sender: Any, target: Any) -> bytes:
@@ -230,9 +230,7 @@ class DeliveryRounds:
             return {"last_error": reason, "next_attempt": now + self.retry_delay}
         expires = envelope.arrival + policy.lifetime
         if now >= expires:
-            return {"state": FAILED, "status": "4.4.7",
-                    "last_error": f"message expired after {age_text(now - envelope.arrival)} in the queue; "
-                                  f"last error: {reason}"}
+            return {"state": FAILED, "status": "4.4.7", "last_error": expired_error(envelope, now, reason)}
         delay = policy.delay(recipient.attempts + 1, self._random)
         return {"last_error": reason, "next_attempt": min(now + delay, expires)}
 
